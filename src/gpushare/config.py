@@ -1,0 +1,281 @@
+"""Scenario configuration: YAML in, one validated `ScenarioConfig` out.
+
+Every key is declared here, so an unknown key or a wrong type is rejected with a message
+that names it. Command-line overrides are applied to the raw mapping before validation,
+so a bad flag value is reported the same way as a bad YAML value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+EMBEDDED_MODEL = "smollm2"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- token length distributions -------------------------------------------------------
+
+
+class FixedLength(StrictModel):
+    dist: Literal["fixed"] = "fixed"
+    value: PositiveInt
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.full(n, self.value, dtype=np.int64)
+
+
+class UniformLength(StrictModel):
+    dist: Literal["uniform"]
+    low: PositiveInt
+    high: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "UniformLength":
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.integers(self.low, self.high + 1, size=n, dtype=np.int64)
+
+
+class NormalLength(StrictModel):
+    """Normal lengths, rounded and clipped to [min, max] so every length stays usable."""
+
+    dist: Literal["normal"]
+    mean: PositiveFloat
+    std: float = Field(ge=0)
+    min: PositiveInt = 1
+    max: PositiveInt | None = None
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        values = np.rint(rng.normal(self.mean, self.std, size=n)).astype(np.int64)
+        return np.clip(values, self.min, self.max if self.max is not None else None)
+
+
+def _int_is_fixed(value: Any) -> Any:
+    return {"dist": "fixed", "value": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+LengthDistribution = Annotated[
+    Union[FixedLength, UniformLength, NormalLength], Field(discriminator="dist")
+]
+
+
+# --- workload ---------------------------------------------------------------------------
+
+
+class SyntheticWorkload(StrictModel):
+    """Random-token prompts of the given lengths, built with the model's tokenizer."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    input_tokens: LengthDistribution = FixedLength(value=128)
+    output_tokens: LengthDistribution = FixedLength(value=128)
+
+    _coerce = field_validator("input_tokens", "output_tokens", mode="before")(_int_is_fixed)
+
+
+class DatasetWorkload(StrictModel):
+    """Prompts from a JSONL file: ShareGPT-style conversations or {prompt, max_tokens} rows."""
+
+    kind: Literal["dataset"]
+    path: Path
+    output_tokens: LengthDistribution | None = None
+    """Used for rows that do not say how many tokens to generate."""
+
+    _coerce = field_validator("output_tokens", mode="before")(_int_is_fixed)
+
+
+Workload = Annotated[Union[SyntheticWorkload, DatasetWorkload], Field(discriminator="kind")]
+
+
+# --- servers ----------------------------------------------------------------------------
+
+
+class ServerConfig(StrictModel):
+    """One OpenAI-compatible server: launched by gpushare (`vllm`) or already running (`external`)."""
+
+    name: str | None = None
+    engine: Literal["vllm", "external"] = "vllm"
+    model: str | None = None
+    """Overrides the scenario's model for this server."""
+    url: str | None = None
+    """Base URL of an `external` server, e.g. http://127.0.0.1:8000."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    command: list[str] | None = None
+    """Replaces the engine's launcher, e.g. [python3, -m, vllm.entrypoints.cli.main, serve]."""
+    args: list[str] = []
+    env: dict[str, str] = {}
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    tenant: str | None = None
+    ready_timeout_s: PositiveFloat = 900.0
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> "ServerConfig":
+        if self.engine == "external" and not self.url:
+            raise ValueError("an external server needs 'url'")
+        if self.engine != "external" and self.url:
+            raise ValueError("'url' is only for engine: external")
+        return self
+
+
+class SharingConfig(StrictModel):
+    """How the servers share the GPU. More modes (mps, mig_emulation, mig) plug in here."""
+
+    mode: Literal["baseline", "timeslice"] = "baseline"
+
+
+# --- requests and load -----------------------------------------------------------------
+
+
+class ApiConfig(StrictModel):
+    endpoint: Literal["completions", "chat"] = "completions"
+    stream: bool = True
+    ignore_eos: bool = True
+    """vLLM extension: generate exactly max_tokens tokens."""
+    temperature: float = Field(default=0.0, ge=0)
+    timeout_s: PositiveFloat = 600.0
+    extra_body: dict[str, Any] = {}
+    api_key: str | None = None
+
+
+class LoadConfig(StrictModel):
+    """Closed loop at `concurrency`, or open loop at `request_rate` (then concurrency caps in-flight)."""
+
+    concurrency: PositiveInt | None = None
+    request_rate: PositiveFloat | None = None
+    burstiness: PositiveFloat = 1.0
+    """Gamma shape of inter-arrival times: 1 is Poisson, <1 burstier, >1 more regular."""
+    n_requests: PositiveInt | None = None
+    duration_s: PositiveFloat | None = None
+    warmup_requests: NonNegativeInt = 2
+    routing: Literal["round_robin", "tenant"] = "round_robin"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("concurrency") is None and data.get("request_rate") is None:
+                data["concurrency"] = 8
+            if data.get("n_requests") is None and data.get("duration_s") is None:
+                data["n_requests"] = 100
+        return data
+
+    @property
+    def open_loop(self) -> bool:
+        return self.request_rate is not None
+
+
+class ScenarioConfig(StrictModel):
+    scenario: str = Field(default="run", pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = EMBEDDED_MODEL
+    """The embedded model's name, a local model folder, or a hub id you have cached."""
+    served_model_name: str | None = None
+    tokenizer: str | None = None
+    """Tokenizer folder or id, when it differs from the model (e.g. external servers)."""
+    servers: list[ServerConfig] = Field(default_factory=lambda: [ServerConfig()], min_length=1)
+    sharing: SharingConfig = SharingConfig()
+    workload: Workload = SyntheticWorkload()
+    api: ApiConfig = ApiConfig()
+    load: LoadConfig = LoadConfig()
+    slo: dict[Literal["ttft", "tpot", "itl", "e2el"], PositiveFloat] = {}
+    """Service-level objectives in seconds; a request is good when it meets all of them."""
+    seed: int = 0
+    out: Path = Path("runs")
+    monitor_interval_s: PositiveFloat = 0.2
+
+    @model_validator(mode="after")
+    def _servers_distinct(self) -> "ScenarioConfig":
+        launched = [(s.host, s.port) for s in self.servers if s.engine != "external"]
+        if len(set(launched)) != len(launched):
+            raise ValueError("servers: two launched servers share a host and port")
+        if self.sharing.mode == "baseline" and len(self.servers) > 1:
+            raise ValueError("sharing.mode: baseline runs one server; use timeslice for several")
+        if self.load.routing == "tenant" and any(s.tenant is None for s in self.servers):
+            raise ValueError("load.routing: tenant needs a 'tenant' label on every server")
+        return self
+
+    def server_names(self) -> list[str]:
+        return [s.name or f"server-{i}" for i, s in enumerate(self.servers)]
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    given = first.get("input")
+    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+    return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+
+
+def parse_config(raw: dict[str, Any]) -> ScenarioConfig:
+    try:
+        return ScenarioConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"config: {_format_error(err)}") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"--config: cannot read {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"--config: {path} is not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of keys, not {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`load.concurrency`) on a copy of `raw`; None values are skipped."""
+    merged = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config: {key} must be a mapping")
+        node[leaf] = value
+    return merged
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ScenarioConfig:
+    return parse_config(apply_overrides(read_config_file(path), overrides or {}))
+
+
+def dump_config(config: ScenarioConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

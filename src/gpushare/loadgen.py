@@ -1,0 +1,446 @@
+"""Async load generator for OpenAI-compatible servers.
+
+The scheduler (closed loop at a concurrency, or open loop at a request rate) is separate
+from the backend (`send_request`, which speaks the OpenAI HTTP API). The stream is read in
+network blocks: each block is time-stamped once and its server-sent events are counted
+with a byte search, and only the first events (to find the first token) and the last ones
+(usage, errors, [DONE]) are parsed as JSON. That keeps the client's own cost per request
+small, so that what it reports is the server's behaviour, not the client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import aiohttp
+
+from .config import ApiConfig, LoadConfig
+from .records import OK, RequestRecord, RequestSpec
+
+clock = time.perf_counter
+
+HTTP_ERROR = "http_error"
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection_error"
+STREAM_ERROR = "stream_error"
+ABORTED = "aborted"
+
+_TAIL_BYTES = 8192
+_READ_BUFFER = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One server the load is sent to."""
+
+    name: str
+    base_url: str
+    model: str
+    tenant: str | None = None
+
+    def url(self, api: ApiConfig) -> str:
+        path = "/v1/completions" if api.endpoint == "completions" else "/v1/chat/completions"
+        return self.base_url.rstrip("/") + path
+
+
+# --- request bodies ----------------------------------------------------------------------
+
+
+def request_body(api: ApiConfig, model: str, spec: RequestSpec) -> bytes:
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": spec.max_tokens,
+        "temperature": api.temperature,
+        "stream": api.stream,
+    }
+    if api.endpoint == "chat":
+        body["messages"] = spec.prompt
+    else:
+        body["prompt"] = spec.prompt
+    if api.stream:
+        body["stream_options"] = {"include_usage": True}
+    if api.ignore_eos:
+        body["ignore_eos"] = True
+    body.update(api.extra_body)
+    return json.dumps(body).encode()
+
+
+# --- stream accounting (pure: bytes and times in, counts out) -------------------------------
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The payload of one server-sent event (its `data:` lines joined), or None for comments."""
+    lines = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
+
+
+def _choice_text(choice: dict[str, Any]) -> str:
+    if "text" in choice:
+        return choice.get("text") or ""
+    delta = choice.get("delta") or choice.get("message") or {}
+    parts = [delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning")]
+    text = "".join(p for p in parts if isinstance(p, str))
+    if not text and delta.get("tool_calls"):
+        text = json.dumps(delta["tool_calls"])
+    return text
+
+
+@dataclass
+class _Event:
+    kind: str  # "content", "empty", "done", "error"
+    text: str = ""
+    usage: dict[str, Any] | None = None
+    error: str = ""
+
+
+def classify_event(data: bytes) -> _Event:
+    if data.strip() == b"[DONE]":
+        return _Event("done")
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return _Event("error", error=f"unparsable event: {data[:120]!r}")
+    if not isinstance(obj, dict):
+        return _Event("error", error=f"unexpected event: {data[:120]!r}")
+    if obj.get("error") is not None:
+        err = obj["error"]
+        message = err.get("message", err) if isinstance(err, dict) else err
+        return _Event("error", error=str(message)[:300])
+    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+    choices = obj.get("choices")
+    text = _choice_text(choices[0]) if choices else ""
+    return _Event("content" if text else "empty", text=text, usage=usage)
+
+
+class StreamAccounting:
+    """Counts token events per network block of an SSE stream.
+
+    Events before the first content event are parsed, so that role-only chat chunks do not
+    count as a first token. After it, every event is counted as a token until `finish`,
+    which parses the stream's tail and takes back the trailing non-token events (usage,
+    empty finish chunks, [DONE]).
+    """
+
+    __slots__ = ("times", "tokens", "_head", "_sep", "_carry", "_tail", "_length", "_blocks", "_started")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+        self._head = b""
+        self._sep = b"\n\n"
+        self._carry = b""
+        self._tail = b""
+        self._length = 0
+        self._blocks: list[bytes] = []
+        self._started = False
+
+    def feed(self, block: bytes, t: float) -> None:
+        self._blocks.append(block)
+        self._length += len(block)
+        self._tail = block[-_TAIL_BYTES:] if len(block) >= _TAIL_BYTES else (self._tail + block)[-_TAIL_BYTES:]
+        if self._started:
+            sep = self._sep
+            n = block.count(sep)
+            if self._carry:
+                n += (self._carry + block[: len(sep) - 1]).count(sep)
+            self._carry = block[-(len(sep) - 1):]
+            if n:
+                self.times.append(t)
+                self.tokens.append(n)
+            return
+        self._head += block
+        if self._sep not in self._head and b"\r\n\r\n" in self._head:
+            self._sep = b"\r\n\r\n"
+        sep = self._sep
+        start = 0
+        while True:
+            end = self._head.find(sep, start)
+            if end < 0:
+                return
+            data = _event_data(self._head[start:end])
+            start = end + len(sep)
+            if data is not None and classify_event(data).kind == "content":
+                rest = self._head[start:]
+                self.times.append(t)
+                self.tokens.append(1 + rest.count(sep))
+                self._carry = self._head[-(len(sep) - 1):]
+                self._started = True
+                self._head = b""
+                return
+
+    def events(self, data: bytes) -> list[_Event]:
+        out = []
+        for raw in data.split(self._sep):
+            payload = _event_data(raw)
+            if payload is not None:
+                out.append(classify_event(payload))
+        return out
+
+    def finish(self) -> "StreamOutcome":
+        whole_stream = self._length <= _TAIL_BYTES
+        tail = self._tail
+        complete, _, _ = tail.rpartition(self._sep)
+        pieces = complete.split(self._sep)
+        if not whole_stream and pieces:
+            pieces = pieces[1:]  # the first piece may be cut
+        tail_events = [classify_event(d) for d in (_event_data(p) for p in pieces) if d is not None]
+        usage = next((e.usage for e in reversed(tail_events) if e.usage is not None), None)
+        errors = [e.error for e in tail_events if e.kind == "error"]
+        done = any(e.kind == "done" for e in tail_events)
+        if self._started:
+            trailing = 0
+            for event in reversed(tail_events):
+                if event.kind == "content":
+                    break
+                trailing += 1
+            while trailing and self.tokens:
+                take = min(trailing, self.tokens[-1])
+                self.tokens[-1] -= take
+                trailing -= take
+                if self.tokens[-1] == 0:
+                    self.tokens.pop()
+                    self.times.pop()
+        return StreamOutcome(usage=usage, error="; ".join(errors), done=done)
+
+    def text(self) -> str:
+        """All generated text; parses every event, so only used when usage is missing."""
+        return "".join(e.text for e in self.events(b"".join(self._blocks)) if e.kind == "content")
+
+
+@dataclass(frozen=True)
+class StreamOutcome:
+    usage: dict[str, Any] | None
+    error: str
+    done: bool
+
+
+# --- the backend: one request ------------------------------------------------------------
+
+
+TokenCounter = Callable[[str], int]
+
+
+async def send_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    api: ApiConfig,
+    rec: RequestRecord,
+    count_tokens: TokenCounter | None = None,
+) -> None:
+    """Send one request and fill `rec` in; never raises for a failed request."""
+    headers = {"Content-Type": "application/json"}
+    if api.api_key:
+        headers["Authorization"] = f"Bearer {api.api_key}"
+    rec.sent = clock()
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            if resp.status != 200:
+                text = await resp.text()
+                rec.status, rec.error = HTTP_ERROR, f"HTTP {resp.status}: {text[:300]}"
+                return
+            if api.stream:
+                acc = StreamAccounting()
+                async for block in resp.content.iter_any():
+                    acc.feed(block, clock())
+                rec.end = clock()
+                outcome = acc.finish()
+                rec.chunk_times, rec.chunk_tokens = acc.times, acc.tokens
+                rec.first_token = acc.times[0] if acc.times else None
+                usage, text_of = outcome.usage, acc.text
+                if outcome.error:
+                    rec.status, rec.error = STREAM_ERROR, outcome.error
+                elif not outcome.done:
+                    rec.status, rec.error = STREAM_ERROR, "stream ended without [DONE]"
+            else:
+                payload = await resp.json(content_type=None)
+                rec.end = clock()
+                usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
+                choices = payload.get("choices") or [{}]
+                text = _choice_text(choices[0])
+                rec.first_token = rec.end if text else None
+                rec.chunk_times, rec.chunk_tokens = ([rec.end], [1]) if text else ([], [])
+                text_of = lambda: text  # noqa: E731
+            if usage is not None:
+                rec.usage_reported = True
+                rec.input_tokens = usage.get("prompt_tokens", rec.input_tokens)
+                rec.output_tokens = usage.get("completion_tokens")
+            elif count_tokens is not None:
+                rec.output_tokens = count_tokens(text_of())
+    except asyncio.TimeoutError:
+        rec.status, rec.error = TIMEOUT, f"no complete answer within {api.timeout_s:g} s"
+    except aiohttp.ClientError as err:
+        rec.status, rec.error = CONNECTION_ERROR, f"{type(err).__name__}: {err}"[:300]
+    finally:
+        if rec.end is None:
+            rec.end = clock()
+
+
+# --- the scheduler -----------------------------------------------------------------------
+
+
+class Router:
+    """Picks the endpoint for each request: round-robin, or the server of the request's tenant."""
+
+    def __init__(self, endpoints: Sequence[Endpoint], by_tenant: bool):
+        self._endpoints = list(endpoints)
+        self._by_tenant = {e.tenant: e for e in endpoints} if by_tenant else None
+
+    def __call__(self, spec: RequestSpec) -> Endpoint:
+        if self._by_tenant is not None and spec.tenant is not None:
+            try:
+                return self._by_tenant[spec.tenant]
+            except KeyError:
+                raise KeyError(f"no server has tenant '{spec.tenant}'") from None
+        return self._endpoints[spec.index % len(self._endpoints)]
+
+
+@dataclass
+class LoadResult:
+    records: list[RequestRecord]
+    started: float
+    ended: float
+    client_cpu_s: float
+    aborted: str = ""
+
+
+def new_session(api: ApiConfig) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=api.timeout_s)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=_READ_BUFFER)
+
+
+class LoadGenerator:
+    """Drives endpoints with requests from `specs` (indexable), warm-up first, then measured."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        api: ApiConfig,
+        load: LoadConfig,
+        specs: Any,
+        arrivals: Iterator[float] | None = None,
+        count_tokens: TokenCounter | None = None,
+        on_record: Callable[[RequestRecord], None] | None = None,
+    ):
+        if load.open_loop and arrivals is None:
+            raise ValueError("an open-loop load needs arrival gaps")
+        self._api = api
+        self._load = load
+        self._specs = specs
+        self._arrivals = arrivals
+        self._route = Router(endpoints, by_tenant=load.routing == "tenant")
+        self._count_tokens = count_tokens
+        self._on_record = on_record or (lambda rec: None)
+        self.records: list[RequestRecord] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._aborted = ""
+        self._bodies: dict[tuple[int, str], bytes] = {}
+
+    def abort(self, reason: str) -> None:
+        """Stop sending, cancel what is in flight (recorded as aborted) and return soon."""
+        if not self._aborted:
+            self._aborted = reason
+        self._stop.set()
+        for task in list(self._in_flight):
+            task.cancel()
+
+    def prebuild(self, first: int, count: int) -> None:
+        """Serialise request bodies ahead of the timed window."""
+        for i in range(first, first + count):
+            spec = self._specs[i]
+            endpoint = self._route(spec)
+            self._bodies[(i, endpoint.name)] = request_body(self._api, endpoint.model, spec)
+
+    async def _one(self, session: aiohttp.ClientSession, index: int, scheduled: float, warmup: bool,
+                   gate: asyncio.Semaphore | None) -> None:
+        spec = self._specs[index]
+        endpoint = self._route(spec)
+        rec = RequestRecord(index=index, endpoint=endpoint.name, warmup=warmup, scheduled=scheduled,
+                            input_tokens=spec.input_tokens, tenant=spec.tenant or endpoint.tenant)
+        body = self._bodies.pop((index, endpoint.name), None) or request_body(self._api, endpoint.model, spec)
+        try:
+            if gate is not None:
+                async with gate:
+                    await send_request(session, endpoint.url(self._api), body, self._api, rec, self._count_tokens)
+            else:
+                await send_request(session, endpoint.url(self._api), body, self._api, rec, self._count_tokens)
+        except asyncio.CancelledError:
+            rec.status, rec.error = ABORTED, self._aborted or "cancelled"
+            rec.end = rec.end or clock()
+        self.records.append(rec)
+        self._on_record(rec)
+
+    def _track(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return task
+
+    async def _closed_loop(self, session: aiohttp.ClientSession, first: int, count: int | None,
+                           concurrency: int, deadline: float | None, warmup: bool) -> None:
+        indices = itertools.count(first)
+        last = None if count is None else first + count
+
+        async def worker() -> None:
+            while not self._stop.is_set():
+                index = next(indices)
+                if (last is not None and index >= last) or (deadline is not None and clock() >= deadline):
+                    return
+                await self._track(self._one(session, index, clock(), warmup, None))
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+        try:
+            await asyncio.gather(*workers, return_exceptions=False)
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+
+    async def _open_loop(self, session: aiohttp.ClientSession, first: int, count: int | None,
+                         deadline: float | None) -> None:
+        assert self._arrivals is not None and self._load.request_rate is not None
+        gate = asyncio.Semaphore(self._load.concurrency) if self._load.concurrency else None
+        due = clock()
+        for index in itertools.count(first):
+            if self._stop.is_set() or (count is not None and index >= first + count):
+                break
+            due += next(self._arrivals)
+            if deadline is not None and due >= deadline:
+                break
+            delay = due - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                if self._stop.is_set():
+                    break
+            self._track(self._one(session, index, due, False, gate))
+        if self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+
+    async def run(self) -> LoadResult:
+        load = self._load
+        warm = load.warmup_requests
+        async with new_session(self._api) as session:
+            if warm:
+                await self._closed_loop(session, 0, warm, min(warm, load.concurrency or warm), None, True)
+            n = load.n_requests
+            if n is not None:
+                self.prebuild(warm, n)
+            cpu0, started = time.process_time(), clock()
+            deadline = None if load.duration_s is None else started + load.duration_s
+            if not self._stop.is_set():
+                if load.open_loop:
+                    await self._open_loop(session, warm, n, deadline)
+                else:
+                    assert load.concurrency is not None
+                    await self._closed_loop(session, warm, n, load.concurrency, deadline, False)
+            if self._in_flight:
+                await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+            ended, cpu = clock(), time.process_time() - cpu0
+        self.records.sort(key=lambda r: r.index)
+        return LoadResult(self.records, started, ended, cpu, self._aborted)

@@ -1,0 +1,199 @@
+"""Metrics, defined once (docs/metrics.md) and computed here, as pure functions of records.
+
+Key names in the flat summary follow `vllm bench serve --save-result` wherever both tools
+compute the same quantity, so results can be compared column for column.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .records import RequestRecord
+
+PERCENTILES = (50, 95, 99)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default, as vLLM uses); None for no values."""
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+# --- per request ----------------------------------------------------------------------------
+
+
+def ttft(rec: RequestRecord) -> float | None:
+    """Send → first token event."""
+    return None if rec.first_token is None else rec.first_token - rec.sent
+
+
+def e2el(rec: RequestRecord) -> float | None:
+    """Send → end of the response."""
+    return None if rec.end is None else rec.end - rec.sent
+
+
+def tpot(rec: RequestRecord) -> float | None:
+    """(E2E − TTFT) / (output tokens − 1): mean time per token after the first."""
+    first, total = ttft(rec), e2el(rec)
+    if first is None or total is None or rec.output_tokens is None or rec.output_tokens < 2:
+        return None
+    return (total - first) / (rec.output_tokens - 1)
+
+
+def queue_time(rec: RequestRecord) -> float:
+    """Scheduled → sent: how late the client was (open loop), ~0 in a closed loop."""
+    return rec.sent - rec.scheduled
+
+
+def inter_token_latencies(chunk_times: Sequence[float], chunk_tokens: Sequence[int]) -> list[float]:
+    """Gaps between token-carrying blocks, each spread evenly over the tokens of its block.
+
+    The first block holds the first token; its other tokens came with it and have no gap
+    of their own, so they add no value. The values sum to last block − first block.
+    """
+    out: list[float] = []
+    for i in range(1, len(chunk_times)):
+        n = chunk_tokens[i]
+        if n > 0:
+            out.extend([(chunk_times[i] - chunk_times[i - 1]) / n] * n)
+    return out
+
+
+# --- per run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """One latency metric over a set of requests, in milliseconds."""
+
+    mean: float | None
+    median: float | None
+    std: float | None
+    p: dict[int, float | None]
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> "LatencyStats":
+        if not len(seconds):
+            return cls(None, None, None, {q: None for q in PERCENTILES})
+        ms = np.asarray(seconds, dtype=float) * 1000.0
+        return cls(
+            float(ms.mean()),
+            float(np.median(ms)),
+            float(ms.std()),
+            {q: float(np.percentile(ms, q)) for q in PERCENTILES},
+        )
+
+
+# Each latency metric: how to get its values (seconds) from the completed requests.
+LATENCY_METRICS: dict[str, Callable[[Sequence[RequestRecord]], list[float]]] = {
+    "ttft": lambda recs: [v for r in recs if (v := ttft(r)) is not None],
+    "tpot": lambda recs: [v for r in recs if (v := tpot(r)) is not None],
+    "itl": lambda recs: [v for r in recs for v in inter_token_latencies(r.chunk_times, r.chunk_tokens)],
+    "e2el": lambda recs: [v for r in recs if (v := e2el(r)) is not None],
+}
+
+
+def is_good(rec: RequestRecord, slo: Mapping[str, float]) -> bool:
+    """A completed request that meets every SLO (seconds). ITL's SLO applies to its worst gap."""
+    if not rec.ok:
+        return False
+    measured = {
+        "ttft": ttft(rec),
+        "tpot": tpot(rec),
+        "e2el": e2el(rec),
+        "itl": max(inter_token_latencies(rec.chunk_times, rec.chunk_tokens), default=None),
+    }
+    return all(measured[k] is None or measured[k] <= limit for k, limit in slo.items())
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The numbers of one run (or one endpoint of it) over its measured requests."""
+
+    completed: int
+    failed: int
+    failed_by_kind: dict[str, int]
+    duration: float
+    total_input_tokens: int
+    total_output_tokens: int
+    latencies: dict[str, LatencyStats]
+    queue: LatencyStats
+    good_requests: int | None = None
+    usage_missing: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def request_throughput(self) -> float:
+        return self.completed / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def output_throughput(self) -> float:
+        return self.total_output_tokens / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def total_token_throughput(self) -> float:
+        return (self.total_input_tokens + self.total_output_tokens) / self.duration if self.duration > 0 else 0.0
+
+    def flat(self) -> dict[str, Any]:
+        """The summary as vLLM-named keys (plus ours), ready for summary.json."""
+        out: dict[str, Any] = {
+            "completed": self.completed,
+            "failed": self.failed,
+            "failed_by_kind": dict(self.failed_by_kind),
+            "duration": self.duration,
+            "total_input_tokens": self.total_input_tokens,
+            "total_output_tokens": self.total_output_tokens,
+            "request_throughput": self.request_throughput,
+            "output_throughput": self.output_throughput,
+            "total_token_throughput": self.total_token_throughput,
+        }
+        for name, stats in self.latencies.items():
+            out[f"mean_{name}_ms"] = stats.mean
+            out[f"median_{name}_ms"] = stats.median
+            out[f"std_{name}_ms"] = stats.std
+            for q, value in stats.p.items():
+                out[f"p{q}_{name}_ms"] = value
+        e2e = self.latencies["e2el"].p
+        for q in PERCENTILES:
+            out[f"p{q}_latency_s"] = None if e2e[q] is None else e2e[q] / 1000.0
+        out["mean_queue_ms"] = self.queue.mean
+        out["p99_queue_ms"] = self.queue.p[99]
+        if self.good_requests is not None:
+            total = self.completed + self.failed
+            out["good_requests"] = self.good_requests
+            out["request_goodput"] = self.good_requests / self.duration if self.duration > 0 else 0.0
+            out["good_request_fraction"] = self.good_requests / total if total else None
+        out["usage_missing"] = self.usage_missing
+        out.update(self.extra)
+        return out
+
+
+def measurement_window(records: Iterable[RequestRecord]) -> tuple[float, float] | None:
+    """First send → last completion of the given (measured) requests."""
+    recs = [r for r in records if r.end is not None]
+    if not recs:
+        return None
+    return min(r.sent for r in recs), max(r.end for r in recs)  # type: ignore[type-var]
+
+
+def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float] | None = None) -> RunSummary:
+    """Summarise measured requests; warm-up records are left out here, whoever passes them."""
+    measured = [r for r in records if not r.warmup]
+    done = [r for r in measured if r.ok]
+    failed = Counter(r.status for r in measured if not r.ok)
+    window = measurement_window(measured)
+    return RunSummary(
+        completed=len(done),
+        failed=sum(failed.values()),
+        failed_by_kind=dict(sorted(failed.items())),
+        duration=(window[1] - window[0]) if window else 0.0,
+        total_input_tokens=sum(r.input_tokens or 0 for r in done),
+        total_output_tokens=sum(r.output_tokens or 0 for r in done),
+        latencies={name: LatencyStats.of(values(done)) for name, values in LATENCY_METRICS.items()},
+        queue=LatencyStats.of([queue_time(r) for r in measured]),
+        good_requests=None if not slo else sum(is_good(r, slo) for r in measured),
+        usage_missing=sum(not r.usage_reported for r in done),
+    )

@@ -1,0 +1,127 @@
+"""GPU sampling through NVML into gpu.csv, on the same clock as the request records.
+
+With no NVML (no driver, no GPU) the file holds only its header and the run goes on.
+Sampling only reads: it never changes a clock, a power limit or a mode.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+GPU_COLUMNS = [
+    "t",
+    "gpu",
+    "uuid",
+    "gpu_util_pct",
+    "mem_util_pct",
+    "mem_used_mib",
+    "mem_total_mib",
+    "power_w",
+    "energy_j",
+    "sm_clock_mhz",
+    "mem_clock_mhz",
+    "temp_c",
+    "throttle_reasons",
+    "processes",
+]
+
+
+def _nvml() -> Any | None:
+    """The initialised pynvml module, or None where NVML cannot be used."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:
+        return None
+
+
+def _read(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception:
+        return None
+
+
+def sample_gpu(nv: Any, index: int, handle: Any, uuid: str, t: float) -> dict[str, Any]:
+    util = _read(lambda: nv.nvmlDeviceGetUtilizationRates(handle))
+    mem = _read(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
+    power = _read(lambda: nv.nvmlDeviceGetPowerUsage(handle))
+    energy = _read(lambda: nv.nvmlDeviceGetTotalEnergyConsumption(handle))
+    procs = _read(lambda: nv.nvmlDeviceGetComputeRunningProcesses(handle)) or []
+    return {
+        "t": f"{t:.6f}",
+        "gpu": index,
+        "uuid": uuid,
+        "gpu_util_pct": None if util is None else util.gpu,
+        "mem_util_pct": None if util is None else util.memory,
+        "mem_used_mib": None if mem is None else mem.used // 2**20,
+        "mem_total_mib": None if mem is None else mem.total // 2**20,
+        "power_w": None if power is None else power / 1000.0,
+        "energy_j": None if energy is None else energy / 1000.0,
+        "sm_clock_mhz": _read(lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM)),
+        "mem_clock_mhz": _read(lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_MEM)),
+        "temp_c": _read(lambda: nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)),
+        "throttle_reasons": _read(lambda: nv.nvmlDeviceGetCurrentClocksEventReasons(handle)),
+        "processes": ";".join(
+            f"{p.pid}:{(p.usedGpuMemory or 0) // 2**20}" for p in procs if getattr(p, "pid", None) is not None
+        ),
+    }
+
+
+class GpuMonitor:
+    """Background sampler; use as a context manager around the whole run."""
+
+    def __init__(self, path: Path, interval_s: float = 0.2, clock: Callable[[], float] = time.perf_counter,
+                 say: Callable[[str], None] = print):
+        self.path = path
+        self.interval_s = interval_s
+        self.clock = clock
+        self.say = say
+        self.samples = 0
+        self.available = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "GpuMonitor":
+        self._file = open(self.path, "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=GPU_COLUMNS)
+        self._writer.writeheader()
+        self._file.flush()
+        nv = _nvml()
+        if nv is None:
+            self.say("GPU monitor: NVML is not available here; gpu.csv will hold only its header")
+            return self
+        self.available = True
+        count = nv.nvmlDeviceGetCount()
+        devices = []
+        for i in range(count):
+            handle = nv.nvmlDeviceGetHandleByIndex(i)
+            devices.append((i, handle, _read(lambda h=handle: nv.nvmlDeviceGetUUID(h)) or ""))
+        self._thread = threading.Thread(target=self._loop, args=(nv, devices), name="gpu-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self, nv: Any, devices: list[tuple[int, Any, str]]) -> None:
+        try:
+            while not self._stop.is_set():
+                t = self.clock()
+                for index, handle, uuid in devices:
+                    self._writer.writerow(sample_gpu(nv, index, handle, uuid, t))
+                self.samples += 1
+                if self.samples % 25 == 0:
+                    self._file.flush()
+                self._stop.wait(self.interval_s)
+        finally:
+            _read(nv.nvmlShutdown)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._file.close()

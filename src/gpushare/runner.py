@@ -1,0 +1,334 @@
+"""One run: resolve, start servers, drive load, write the run folder, stop everything.
+
+The folder is written whatever happens; `summary.json` says `"complete": false` (and why)
+for a run cut short, and keeps the requests it finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import signal
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import environment
+from .config import ScenarioConfig, dump_config
+from .engines import ENGINES, LaunchPlan, redact, redact_env
+from .errors import GpushareError, RunFailure
+from .loadgen import Endpoint, LoadGenerator, LoadResult
+from .metrics import RunSummary, e2el, queue_time, summarize, tpot, ttft
+from .models import ResolvedModel, cache_root, resolve_model
+from .monitor import GpuMonitor
+from .records import RequestRecord
+from .servers import ServerFleet, ensure_port_free
+from .workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
+
+INTERRUPTED_EXIT = 130
+
+REQUEST_COLUMNS = [
+    "index", "warmup", "endpoint", "tenant", "status", "error", "scheduled", "sent", "first_token", "end",
+    "ttft_s", "tpot_s", "e2el_s", "queue_s", "input_tokens", "output_tokens", "usage_reported", "chunks",
+]
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: dict[str, Any]
+    exit_code: int
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived outside the load phase."""
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def make_run_dir(root: Path, config: ScenarioConfig) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{stamp}_{config.scenario}_{load_label(config.load)}"
+    for attempt in range(100):
+        path = root / (base if attempt == 0 else f"{base}-{attempt}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RunFailure(f"cannot create a run folder under {root}")
+
+
+def launch_plans(config: ScenarioConfig, model_of: dict[int, ResolvedModel]) -> list[LaunchPlan]:
+    names = config.server_names()
+    cache = cache_root()
+    return [
+        ENGINES[server.engine].plan(names[i], server, model_of[i].path, model_of[i].served_name, cache)
+        for i, server in enumerate(config.servers)
+    ]
+
+
+def preflight(config: ScenarioConfig, say: Any) -> tuple[dict[int, ResolvedModel], list[LaunchPlan]]:
+    """Everything that can be checked before a folder or a process exists."""
+    for i, server in enumerate(config.servers):
+        ENGINES[server.engine].check_installed(server)
+        if server.engine != "external":
+            ensure_port_free(server.host, server.port, f"servers[{i}].port")
+    models: dict[int, ResolvedModel] = {}
+    for i, server in enumerate(config.servers):
+        name = server.model or config.model
+        models[i] = resolve_model(name, config.served_model_name, prepare=server.engine != "external", say=say)
+    return models, launch_plans(config, models)
+
+
+# --- output files ---------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 6) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def write_requests(path: Path, records: list[RequestRecord]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REQUEST_COLUMNS)
+        for r in records:
+            w.writerow([
+                r.index, int(r.warmup), r.endpoint, r.tenant or "", r.status, r.error,
+                _num(r.scheduled), _num(r.sent), _num(r.first_token), _num(r.end),
+                _num(ttft(r)), _num(tpot(r)), _num(e2el(r)), _num(queue_time(r)),
+                "" if r.input_tokens is None else r.input_tokens,
+                "" if r.output_tokens is None else r.output_tokens,
+                int(r.usage_reported), len(r.chunk_times),
+            ])
+
+
+def write_chunks(path: Path, records: list[RequestRecord]) -> None:
+    """Every token-carrying network block: request index, arrival time, tokens in it."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "t", "tokens"])
+        for r in records:
+            for t, n in zip(r.chunk_times, r.chunk_tokens):
+                w.writerow([r.index, f"{t:.6f}", n])
+
+
+def summary_document(config: ScenarioConfig, records: list[RequestRecord], result: LoadResult | None,
+                     fleet: ServerFleet | None, complete: bool, error: str | None) -> dict[str, Any]:
+    overall = summarize(records, config.slo)
+    measured = [r for r in records if not r.warmup]
+    doc: dict[str, Any] = {
+        "scenario": config.scenario,
+        "complete": complete,
+        "error": error,
+        "sharing_mode": config.sharing.mode,
+        "load_mode": "open_loop" if config.load.open_loop else "closed_loop",
+        "max_concurrency": config.load.concurrency,
+        "request_rate": config.load.request_rate,
+        "burstiness": config.load.burstiness,
+        "num_prompts": len(measured),
+        "warmup_requests": sum(r.warmup for r in records),
+        "endpoint_type": config.api.endpoint,
+        "stream": config.api.stream,
+        "slo_s": dict(config.slo),
+    }
+    doc.update(overall.flat())
+    doc["token_counting"] = (
+        "server usage" if overall.usage_missing == 0
+        else f"tokenizer for {overall.usage_missing} request(s) without server usage"
+    )
+    if result is not None:
+        n = max(1, len(measured))
+        doc["client_cpu_s"] = result.client_cpu_s
+        doc["client_cpu_ms_per_request"] = 1000.0 * result.client_cpu_s / n
+    if fleet is not None:
+        doc["servers"] = [
+            {"name": h.name, "base_url": h.plan.base_url, "pid": h.pid, "startup_s": h.startup_s,
+             "exit_code": h.exit_code()}
+            for h in fleet.handles
+        ]
+    by_endpoint: dict[str, RunSummary] = {}
+    for name in sorted({r.endpoint for r in records}):
+        by_endpoint[name] = summarize([r for r in records if r.endpoint == name], config.slo)
+    doc["per_endpoint"] = {name: s.flat() for name, s in by_endpoint.items()}
+    return doc
+
+
+def print_summary(console: Console, doc: dict[str, Any], run_dir: Path) -> None:
+    def ms(key: str) -> str:
+        v = doc.get(key)
+        return "-" if v is None else f"{v:,.1f}"
+
+    table = Table(title=f"{doc['scenario']} ({'complete' if doc['complete'] else 'INCOMPLETE'})", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("requests completed / failed", f"{doc['completed']} / {doc['failed']}")
+    table.add_row("duration (s)", f"{doc['duration']:.2f}")
+    table.add_row("request throughput (req/s)", f"{doc['request_throughput']:.2f}")
+    table.add_row("output throughput (tok/s)", f"{doc['output_throughput']:,.1f}")
+    table.add_row("total token throughput (tok/s)", f"{doc['total_token_throughput']:,.1f}")
+    for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E latency")):
+        table.add_row(f"{label} mean / p50 / p99 (ms)", f"{ms(f'mean_{name}_ms')} / {ms(f'p50_{name}_ms')} / {ms(f'p99_{name}_ms')}")
+    if "request_goodput" in doc:
+        table.add_row("goodput (req/s) / good fraction", f"{doc['request_goodput']:.2f} / {doc['good_request_fraction'] or 0:.2%}")
+    console.print(table)
+    if doc.get("error"):
+        console.print(f"[red]run stopped early:[/red] {doc['error']}")
+    console.print(f"Run folder: {run_dir}")
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+class LiveProgress:
+    """Requests done / failed and output tokens/s, on a terminal only."""
+
+    def __init__(self, console: Console, total: int | None):
+        self.enabled = console.is_terminal
+        self.tokens = 0
+        self.failed = 0
+        self.began = time.perf_counter()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]} tok/s"),
+            TimeElapsedColumn(), console=console, transient=True,
+        )
+        self.task = self.progress.add_task("requests", total=total, failed=0, rate="0")
+
+    def __call__(self, rec: RequestRecord) -> None:
+        if rec.warmup or not self.enabled:
+            return
+        self.tokens += rec.output_tokens or 0
+        self.failed += not rec.ok
+        elapsed = max(1e-9, time.perf_counter() - self.began)
+        self.progress.update(self.task, advance=1, failed=self.failed, rate=f"{self.tokens / elapsed:,.0f}")
+
+    def __enter__(self) -> "LiveProgress":
+        if self.enabled:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+async def drive(generator: LoadGenerator, fleet: ServerFleet, watch_s: float = 0.5) -> LoadResult:
+    """Run the load while watching the servers and the signals; both end it early, cleanly."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, generator.abort, f"interrupted by {sig.name}")
+
+    async def watchdog() -> None:
+        while True:
+            dead = fleet.first_dead()
+            if dead is not None:
+                generator.abort(f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}")
+                return
+            await asyncio.sleep(watch_s)
+
+    watcher = asyncio.ensure_future(watchdog())
+    try:
+        return await generator.run()
+    finally:
+        watcher.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _event_loop_runner() -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
+
+
+@dataclass
+class _State:
+    fleet: ServerFleet | None = None
+    generator: LoadGenerator | None = None
+    result: LoadResult | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+
+def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunOutcome:
+    console = console or Console(stderr=True)
+    say = console.print
+    models, plans = preflight(config, say)
+    tokenizer = load_tokenizer(config.tokenizer or models[0].path)
+    prompt_rng, arrival_rng = random_streams(config.seed)
+    source = RequestSource(config.workload, config.api, tokenizer, prompt_rng)
+    load = config.load
+    source.prepare(load.warmup_requests + (load.n_requests or 0))
+    endpoints = [
+        Endpoint(plan.name, plan.base_url, models[i].served_name, config.servers[i].tenant)
+        for i, plan in enumerate(plans)
+    ]
+
+    run_dir = make_run_dir(config.out, config)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    env = environment.collect()
+    env["servers"] = [
+        {"name": p.name, "base_url": p.base_url, "argv": None if p.argv is None else redact(p.argv),
+         "env": redact_env(p.env)}
+        for p in plans
+    ]
+    (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str))
+    say(f"Run folder: {run_dir}")
+
+    state = _State()
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(GpuMonitor(run_dir / "gpu.csv", config.monitor_interval_s, say=say))
+            state.fleet = stack.enter_context(ServerFleet(plans, run_dir))
+            with console.status("starting servers") as status:
+                state.fleet.start(
+                    on_ready=lambda h: say(f"server {h.name} ready at {h.plan.base_url} in {h.startup_s:.1f} s"),
+                    progress=lambda h, s: status.update(f"starting server {h.name}: waiting {s:.0f} s"),
+                )
+            progress = stack.enter_context(LiveProgress(console, load.n_requests))
+            state.generator = LoadGenerator(
+                endpoints, config.api, load, source,
+                arrivals=inter_arrival_gaps(arrival_rng, load.request_rate, load.burstiness) if load.open_loop else None,
+                count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+                on_record=progress,
+            )
+            state.result = _event_loop_runner()(drive(state.generator, state.fleet))
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, _raise_interrupted)
+            if state.result.aborted:
+                state.error = state.result.aborted
+                state.exit_code = INTERRUPTED_EXIT if state.error.startswith("interrupted") else 1
+    except (Interrupted, KeyboardInterrupt) as err:
+        state.error, state.exit_code = f"interrupted by {err or 'SIGINT'}", INTERRUPTED_EXIT
+    except GpushareError as err:
+        state.error, state.exit_code = str(err), err.exit_code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        records = state.generator.records if state.generator else []
+        write_requests(run_dir / "requests.csv", records)
+        write_chunks(run_dir / "chunks.csv", records)
+        complete = state.error is None
+        doc = summary_document(config, records, state.result, state.fleet, complete, state.error)
+        if complete and doc["completed"] == 0:
+            state.exit_code = 1
+            doc["error"] = "no request completed"
+        (run_dir / "summary.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+        print_summary(console, doc, run_dir)
+    return RunOutcome(run_dir, doc, state.exit_code)

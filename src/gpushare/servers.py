@@ -1,0 +1,175 @@
+"""Server processes: start from a `LaunchPlan`, wait until ready, always stop.
+
+Each launched server runs in its own process group (its engine workers included), with its
+output in the run folder. Stopping sends SIGTERM to the group, then SIGKILL after a grace
+period, and is safe to call any number of times.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from .engines import LaunchPlan, server_environment
+from .errors import ConfigError, RunFailure
+
+STOP_GRACE_S = 20.0
+
+
+def ensure_port_free(host: str, port: int, key: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ConfigError(f"{key}: port {port} on {host} is already in use") from None
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class ServerHandle:
+    """One server: launched by us (a process group we own) or external (nothing to stop)."""
+
+    def __init__(self, plan: LaunchPlan, log_path: Path | None):
+        self.plan = plan
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self) -> None:
+        if self.plan.argv is None or self.process is not None:
+            return
+        assert self.log_path is not None
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.plan.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_environment(self.plan),
+                start_new_session=True,
+            )
+
+    def exit_code(self) -> int | None:
+        """The launched process's exit code, or None while it runs (or for external servers)."""
+        return None if self.process is None else self.process.poll()
+
+    def wait_ready(self, poll_s: float = 0.5, progress: Callable[[float], None] | None = None) -> float:
+        """Block until the ready URL answers 200; return the seconds it took."""
+        began = time.monotonic()
+        deadline = began + self.plan.ready_timeout_s
+        url = self.plan.base_url + self.plan.ready_path
+        while True:
+            code = self.exit_code()
+            if code is not None:
+                raise RunFailure(f"server {self.name} exited with code {code} before it was ready{self.log_hint()}")
+            if answers(url):
+                self.startup_s = time.monotonic() - began
+                return self.startup_s
+            now = time.monotonic()
+            if now >= deadline:
+                raise RunFailure(
+                    f"server {self.name} was not ready at {url} after {self.plan.ready_timeout_s:g} s{self.log_hint()}"
+                )
+            if progress:
+                progress(now - began)
+            time.sleep(poll_s)
+
+    def log_tail(self, lines: int = 12) -> list[str]:
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            text = f.read().decode(errors="replace")
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
+    def log_hint(self) -> str:
+        tail = self.log_tail(6)
+        if not tail:
+            return ""
+        return f"; last log lines ({self.log_path}): " + " | ".join(line.strip()[:200] for line in tail)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM the whole process group, SIGKILL what is left after `grace_s`."""
+        if self.process is None:
+            return
+        pgid = self.process.pid  # start_new_session makes the server its group's leader
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        # Engine workers can outlive the leader; the group id still names them.
+        deadline = time.monotonic() + grace_s
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal_group(pgid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class ServerFleet:
+    """The run's servers: started one after another, each once the previous answers (two
+    engines profiling GPU memory at once disturb each other), and stopped in reverse."""
+
+    def __init__(self, plans: list[LaunchPlan], log_dir: Path):
+        self.handles = [
+            ServerHandle(plan, log_dir / f"server-{i}.log" if plan.argv is not None else None)
+            for i, plan in enumerate(plans)
+        ]
+
+    def start(self, on_ready: Callable[[ServerHandle], None] | None = None,
+              progress: Callable[[ServerHandle, float], None] | None = None) -> None:
+        for handle in self.handles:
+            handle.start()
+            handle.wait_ready(progress=(lambda s, h=handle: progress(h, s)) if progress else None)
+            if on_ready:
+                on_ready(handle)
+
+    def first_dead(self) -> ServerHandle | None:
+        return next((h for h in self.handles if h.exit_code() is not None), None)
+
+    def stop(self) -> None:
+        for handle in reversed(self.handles):
+            handle.stop()
+
+    def __enter__(self) -> "ServerFleet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

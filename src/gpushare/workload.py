@@ -1,0 +1,203 @@
+"""What to send and when: request specs from a workload config, and arrival times.
+
+Prompts and arrivals draw from separate random streams of one seed, so the same seed gives
+the same requests in the same order whatever the timing of the run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from .config import (
+    ApiConfig,
+    DatasetWorkload,
+    LoadConfig,
+    SyntheticWorkload,
+    Workload,
+)
+from .errors import ConfigError
+from .records import RequestSpec
+
+
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer we use."""
+
+    vocab_size: int
+    all_special_ids: list[int]
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def load_tokenizer(name_or_path: str) -> Tokenizer:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as err:  # pragma: no cover - transformers is a dependency
+        raise ConfigError(f"tokenizer: transformers is not importable ({err})") from None
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as err:  # transformers raises many types for a missing or broken folder
+        raise ConfigError(f"tokenizer: cannot load '{name_or_path}': {str(err).splitlines()[0]}") from None
+
+
+def random_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent generators for (prompts, arrivals)."""
+    prompts, arrivals = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(prompts), np.random.default_rng(arrivals)
+
+
+# --- synthetic prompts -------------------------------------------------------------------
+
+
+def synthetic_prompt(tokenizer: Tokenizer, rng: np.random.Generator, n_tokens: int) -> tuple[str, int]:
+    """Text of about `n_tokens` random tokens, and its length by `tokenizer`.
+
+    Decoding random ids and encoding the text again does not always round-trip, so the
+    ids are re-encoded and cut to length once; the server's usage says the exact count.
+    """
+    special = set(tokenizer.all_special_ids)
+    ids: list[int] = []
+    while len(ids) < n_tokens:
+        draw = rng.integers(0, tokenizer.vocab_size, size=n_tokens - len(ids) + 8)
+        ids.extend(int(i) for i in draw if int(i) not in special)
+    text = tokenizer.decode(ids[:n_tokens])
+    again = tokenizer.encode(text, add_special_tokens=False)[:n_tokens]
+    text = tokenizer.decode(again)
+    return text, len(again)
+
+
+# --- datasets ----------------------------------------------------------------------------
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"workload.path: cannot read {path}: {err.strerror}") from None
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"workload.path: {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ConfigError(f"workload.path: {path} line {number} is not valid JSON") from None
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise ConfigError(f"workload.path: {path} holds no rows of JSON objects")
+    return rows
+
+
+def _sharegpt_pair(row: dict[str, Any]) -> tuple[str, str | None] | None:
+    """First human turn and the reply after it, or None if the row has none."""
+    turns = row.get("conversations") or row.get("conversation")
+    if not isinstance(turns, list):
+        return None
+    for i, turn in enumerate(turns):
+        if isinstance(turn, dict) and turn.get("from") in ("human", "user") and turn.get("value"):
+            reply = turns[i + 1].get("value") if i + 1 < len(turns) and isinstance(turns[i + 1], dict) else None
+            return str(turn["value"]), reply
+    return None
+
+
+def dataset_rows(
+    workload: DatasetWorkload, tokenizer: Tokenizer | None, rng: np.random.Generator
+) -> list[tuple[str, int, str | None]]:
+    """(prompt, max_tokens, tenant) for every usable row, in file order."""
+    out: list[tuple[str, int, str | None]] = []
+    default_lengths = workload.output_tokens
+    for number, row in enumerate(_read_rows(workload.path), start=1):
+        if "prompt" in row:
+            prompt, reply = str(row["prompt"]), None
+            max_tokens = row.get("max_tokens")
+        else:
+            pair = _sharegpt_pair(row)
+            if pair is None:
+                continue
+            (prompt, reply), max_tokens = pair, None
+        if max_tokens is None and default_lengths is not None:
+            max_tokens = int(default_lengths.sample(rng, 1)[0])
+        if max_tokens is None and reply is not None and tokenizer is not None:
+            max_tokens = max(1, len(tokenizer.encode(reply, add_special_tokens=False)))
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigError(
+                f"workload.path: row {number} gives no usable max_tokens; set workload.output_tokens"
+            )
+        tenant = row.get("tenant")
+        out.append((prompt, max_tokens, None if tenant is None else str(tenant)))
+    if not out:
+        raise ConfigError(f"workload.path: {workload.path} has no rows with a prompt or a ShareGPT conversation")
+    return out
+
+
+# --- the request source ------------------------------------------------------------------
+
+
+class RequestSource:
+    """Request specs by index, generated in order on first use and then kept.
+
+    Runs bounded by duration ask for as many as they need; the same seed always gives
+    request i the same prompt.
+    """
+
+    def __init__(self, workload: Workload, api: ApiConfig, tokenizer: Tokenizer | None, rng: np.random.Generator):
+        self._api = api
+        self._tokenizer = tokenizer
+        self._rng = rng
+        self._specs: list[RequestSpec] = []
+        self._synthetic = workload if isinstance(workload, SyntheticWorkload) else None
+        self._rows = None if self._synthetic else dataset_rows(workload, tokenizer, rng)  # type: ignore[arg-type]
+        if self._synthetic and tokenizer is None:
+            raise ConfigError("workload: synthetic prompts need a tokenizer")
+
+    def _make(self, index: int) -> RequestSpec:
+        if self._synthetic is not None:
+            target = int(self._synthetic.input_tokens.sample(self._rng, 1)[0])
+            max_tokens = int(self._synthetic.output_tokens.sample(self._rng, 1)[0])
+            text, n_in = synthetic_prompt(self._tokenizer, self._rng, target)  # type: ignore[arg-type]
+            tenant = None
+        else:
+            assert self._rows is not None
+            text, max_tokens, tenant = self._rows[index % len(self._rows)]
+            n_in = None
+        prompt: str | list[dict[str, Any]] = text
+        if self._api.endpoint == "chat":
+            prompt = [{"role": "user", "content": text}]
+        return RequestSpec(index=index, prompt=prompt, max_tokens=max_tokens, input_tokens=n_in, tenant=tenant)
+
+    def __getitem__(self, index: int) -> RequestSpec:
+        while len(self._specs) <= index:
+            self._specs.append(self._make(len(self._specs)))
+        return self._specs[index]
+
+    def prepare(self, n: int) -> None:
+        """Build the first n specs now, so the timed part of the run does not."""
+        if n > 0:
+            self[n - 1]
+
+
+def inter_arrival_gaps(rng: np.random.Generator, rate: float, burstiness: float) -> Iterator[float]:
+    """Gaps between request arrivals: gamma(shape=burstiness, mean=1/rate), forever.
+
+    burstiness 1 gives a Poisson process; the mean rate is `rate` for any burstiness.
+    """
+    scale = 1.0 / (rate * burstiness)
+    while True:
+        yield from rng.gamma(burstiness, scale, size=1024).tolist()
+
+
+def load_label(load: LoadConfig) -> str:
+    """The run folder's load tag: c<concurrency> closed loop, r<rate> open loop."""
+    if load.open_loop:
+        return f"r{load.request_rate:g}"
+    return f"c{load.concurrency}"

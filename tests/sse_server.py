@@ -1,0 +1,116 @@
+"""A protocol-faithful OpenAI test server for the load generator's own tests.
+
+It streams events in vLLM's format with controlled timings, so tests can check what the
+client measures against what the server did. It is a test fixture, never the product's
+end-to-end path (those tests start real vLLM). Run as a script it serves on a port:
+    python tests/sse_server.py PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+
+from aiohttp import web
+
+
+@dataclass
+class Behaviour:
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    events_per_write: int = 1
+    usage: bool = True
+    status: int = 200
+    fail_after: int | None = None
+    """Send an error event after this many tokens (vLLM's mid-stream error shape)."""
+    drop_after: int | None = None
+    """Close the connection after this many tokens, without [DONE]."""
+    empty_final_chunk: bool = False
+
+
+def _completion_event(text: str, finish: str | None = None) -> dict:
+    return {"id": "cmpl-test", "object": "text_completion", "created": 1, "model": "test",
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}]}
+
+
+def _chat_event(delta: dict, finish: str | None = None) -> dict:
+    return {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": "test",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+def sse(obj: dict | str) -> bytes:
+    return b"data: " + (obj if isinstance(obj, str) else json.dumps(obj)).encode() + b"\n\n"
+
+
+class SseServer:
+    def __init__(self, behaviour: Behaviour | None = None):
+        self.behaviour = behaviour or Behaviour()
+        self.requests: list[dict] = []
+        self.app = web.Application()
+        self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_post("/v1/completions", self.completions)
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "test", "object": "model"}]})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=False)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=True)
+
+    async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        b = self.behaviour
+        if b.status != 200:
+            return web.json_response({"error": {"message": "test failure", "code": b.status}}, status=b.status)
+        n = int(body["max_tokens"])
+        prompt_tokens = len(str(body.get("prompt") or body.get("messages")).split())
+        if not body.get("stream"):
+            await asyncio.sleep(b.first_token_delay + b.token_delay * max(0, n - 1))
+            text = " tok" * n
+            choice = {"index": 0, "finish_reason": "length"}
+            choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+            payload = {"id": "x", "object": "chat.completion" if chat else "text_completion", "choices": [choice]}
+            if b.usage:
+                payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+            return web.json_response(payload)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        pending = b""
+        if chat:
+            pending += sse(_chat_event({"role": "assistant", "content": ""}))
+        await asyncio.sleep(b.first_token_delay)
+        for i in range(n):
+            if b.fail_after is not None and i == b.fail_after:
+                await resp.write(pending + sse({"error": {"message": "engine failed", "code": 500}}))
+                return resp
+            if b.drop_after is not None and i == b.drop_after:
+                await resp.write(pending)
+                request.transport.close()
+                return resp
+            last = i == n - 1 and not b.empty_final_chunk
+            finish = "length" if last else None
+            pending += sse(_chat_event({"content": " tok"}, finish) if chat else _completion_event(" tok", finish))
+            if (i + 1) % b.events_per_write == 0 or i == n - 1:
+                await resp.write(pending)
+                pending = b""
+                if i < n - 1 and b.token_delay:
+                    await asyncio.sleep(b.token_delay)
+        tail = b""
+        if b.empty_final_chunk:
+            tail += sse(_chat_event({"content": ""}, "length") if chat else _completion_event("", "length"))
+        if b.usage and (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+            tail += sse({"id": "x", "object": "text_completion", "created": 1, "model": "test", "choices": [], "usage": usage})
+        await resp.write(tail + sse("[DONE]"))
+        await resp.write_eof()
+        return resp
+
+
+if __name__ == "__main__":
+    web.run_app(SseServer().app, host="127.0.0.1", port=int(sys.argv[1]), print=None)

@@ -1,0 +1,175 @@
+"""The load generator against a local SSE server with known timings."""
+
+import asyncio
+import contextlib
+import itertools
+import socket
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from gpushare.config import ApiConfig, LoadConfig
+from gpushare.loadgen import Endpoint, LoadGenerator
+from gpushare.metrics import summarize
+from gpushare.records import RequestSpec
+from gpushare.workload import inter_arrival_gaps
+from sse_server import Behaviour, SseServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def serving(*behaviours: Behaviour):
+    servers, runners, endpoints = [], [], []
+    for i, behaviour in enumerate(behaviours):
+        server = SseServer(behaviour)
+        runner = web.AppRunner(server.app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        servers.append(server)
+        runners.append(runner)
+        endpoints.append(Endpoint(f"s{i}", f"http://127.0.0.1:{port}", "test", tenant=f"t{i}"))
+    try:
+        yield servers, endpoints
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def specs(n: int, max_tokens: int = 8, tenants=None) -> list[RequestSpec]:
+    return [RequestSpec(index=i, prompt=f"prompt {i}", max_tokens=max_tokens,
+                        tenant=None if tenants is None else tenants[i % len(tenants)]) for i in range(n)]
+
+
+def run_load(behaviours, api=None, load=None, n_specs=50, max_tokens=8, arrivals=None, tenants=None):
+    async def go():
+        async with serving(*behaviours) as (servers, endpoints):
+            gen = LoadGenerator(endpoints, api or ApiConfig(), load or LoadConfig(concurrency=4, n_requests=10),
+                                specs(n_specs, max_tokens, tenants), arrivals=arrivals)
+            return await gen.run(), servers
+    return asyncio.run(go())
+
+
+def test_closed_loop_measures_server_timings():
+    b = Behaviour(first_token_delay=0.05, token_delay=0.01)
+    result, (server,) = run_load([b], load=LoadConfig(concurrency=2, n_requests=6, warmup_requests=2), max_tokens=11)
+    recs = result.records
+    assert [r.index for r in recs] == list(range(8))
+    assert sum(r.warmup for r in recs) == 2
+    assert all(r.ok for r in recs), [r.error for r in recs]
+    for r in recs:
+        assert r.output_tokens == 11 and r.usage_reported
+        assert 0.05 <= r.first_token - r.sent < 0.5
+        assert sum(r.chunk_tokens) == 11
+    s = summarize(recs).flat()
+    assert s["completed"] == 6 and s["failed"] == 0
+    assert 9.0 <= s["median_itl_ms"] < 60
+    assert 9.0 <= s["mean_tpot_ms"] < 60
+    body = server.requests[0]
+    assert body["stream"] and body["ignore_eos"] and body["stream_options"] == {"include_usage": True}
+
+
+def test_closed_loop_keeps_concurrency_in_flight():
+    b = Behaviour(first_token_delay=0.1)
+    result, _ = run_load([b], load=LoadConfig(concurrency=4, n_requests=8, warmup_requests=0), max_tokens=2)
+    sends = sorted(r.sent for r in result.records)
+    # The first four go out together; the next four only once those finish.
+    assert sends[3] - sends[0] < 0.05
+    assert sends[4] - sends[0] >= 0.09
+
+
+def test_chat_role_chunk_is_not_the_first_token_and_nonstreaming_works():
+    b = Behaviour(first_token_delay=0.05)
+    result, _ = run_load([b], api=ApiConfig(endpoint="chat"), load=LoadConfig(concurrency=1, n_requests=2, warmup_requests=0))
+    for r in result.records:
+        assert r.ok and r.output_tokens == 8 and sum(r.chunk_tokens) == 8
+    result, _ = run_load([b], api=ApiConfig(stream=False), load=LoadConfig(concurrency=1, n_requests=2, warmup_requests=0))
+    assert all(r.ok and r.output_tokens == 8 and r.first_token == r.end for r in result.records)
+
+
+def test_failures_are_recorded_by_kind_never_dropped():
+    load = LoadConfig(concurrency=2, n_requests=4, warmup_requests=0)
+    result, _ = run_load([Behaviour(status=503)], load=load)
+    assert [r.status for r in result.records] == ["http_error"] * 4
+    assert "503" in result.records[0].error
+    result, _ = run_load([Behaviour(fail_after=3)], load=load)
+    assert {r.status for r in result.records} == {"stream_error"}
+    assert "engine failed" in result.records[0].error
+    result, _ = run_load([Behaviour(drop_after=2)], load=load)
+    assert all(not r.ok for r in result.records)
+    result, _ = run_load([Behaviour(first_token_delay=2)], api=ApiConfig(timeout_s=0.3), load=load)
+    assert {r.status for r in result.records} == {"timeout"}
+    s = summarize(result.records)
+    assert s.failed == 4 and s.failed_by_kind == {"timeout": 4}
+
+
+def test_missing_usage_falls_back_to_the_token_counter():
+    async def go():
+        async with serving(Behaviour(usage=False)) as (_, endpoints):
+            gen = LoadGenerator(endpoints, ApiConfig(), LoadConfig(concurrency=1, n_requests=2, warmup_requests=0),
+                                specs(2, 5), count_tokens=lambda text: len(text.split()))
+            return await gen.run()
+    result = asyncio.run(go())
+    assert all(r.ok and not r.usage_reported and r.output_tokens == 5 for r in result.records)
+    assert summarize(result.records).usage_missing == 2
+
+
+def test_round_robin_and_tenant_routing():
+    load = LoadConfig(concurrency=3, n_requests=9, warmup_requests=0)
+    result, servers = run_load([Behaviour(), Behaviour(), Behaviour()], load=load)
+    assert [len(s.requests) for s in servers] == [3, 3, 3]
+    assert [r.endpoint for r in result.records][:3] == ["s0", "s1", "s2"]
+    tenant_load = LoadConfig(concurrency=3, n_requests=6, warmup_requests=0, routing="tenant")
+    result, servers = run_load([Behaviour(), Behaviour()], load=tenant_load, tenants=["t1", "t1", "t0"])
+    assert [len(s.requests) for s in servers] == [2, 4]
+    assert all(r.endpoint == f"s{r.tenant[1]}" for r in result.records)
+
+
+def test_open_loop_follows_the_arrival_schedule():
+    rate = 50.0
+    load = LoadConfig(request_rate=rate, n_requests=40, warmup_requests=0)
+    arrivals = inter_arrival_gaps(np.random.default_rng(1), rate, 1.0)
+    result, _ = run_load([Behaviour(first_token_delay=0.2)], load=load, arrivals=arrivals)
+    recs = result.records
+    assert len(recs) == 40 and all(r.ok for r in recs)
+    expected = np.cumsum(list(itertools.islice(inter_arrival_gaps(np.random.default_rng(1), rate, 1.0), 40)))
+    scheduled = np.array([r.scheduled for r in recs])
+    assert np.allclose(scheduled - scheduled[0], expected - expected[0], atol=1e-6)
+    # Open loop does not wait for answers: requests overlap although each takes 0.2 s.
+    assert max(r.sent for r in recs) - min(r.sent for r in recs) < 0.2 * 40
+    assert max(r.sent - r.scheduled for r in recs) < 0.05
+
+
+def test_duration_bound_run_stops_sending_in_time():
+    load = LoadConfig(concurrency=2, duration_s=0.5, warmup_requests=0)
+    result, _ = run_load([Behaviour(first_token_delay=0.05)], load=load, n_specs=1000)
+    assert 10 <= len(result.records) <= 40
+    assert max(r.sent for r in result.records) - result.started <= 0.5
+
+
+def test_abort_cancels_in_flight_requests_and_records_them():
+    async def go():
+        async with serving(Behaviour(first_token_delay=5)) as (_, endpoints):
+            gen = LoadGenerator(endpoints, ApiConfig(), LoadConfig(concurrency=3, n_requests=10, warmup_requests=0),
+                                specs(10))
+            task = asyncio.ensure_future(gen.run())
+            await asyncio.sleep(0.3)
+            gen.abort("server s0 exited")
+            return await asyncio.wait_for(task, 5)
+    result = asyncio.run(go())
+    assert result.aborted == "server s0 exited"
+    assert len(result.records) == 3
+    assert {r.status for r in result.records} == {"aborted"}
+
+
+def test_same_seed_same_arrivals():
+    a = list(itertools.islice(inter_arrival_gaps(np.random.default_rng(7), 10, 0.5), 100))
+    b = list(itertools.islice(inter_arrival_gaps(np.random.default_rng(7), 10, 0.5), 100))
+    assert a == b
+    assert np.mean(a) == pytest.approx(0.1, rel=0.35)

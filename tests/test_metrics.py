@@ -1,0 +1,134 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpushare.metrics import (
+    LatencyStats,
+    inter_token_latencies,
+    is_good,
+    percentile,
+    summarize,
+    tpot,
+    ttft,
+)
+from gpushare.records import RequestRecord
+
+finite = st.floats(min_value=0, max_value=1e4, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(finite, min_size=1, max_size=200), st.floats(min_value=0, max_value=100))
+def test_percentile_lies_within_the_data(values, q):
+    p = percentile(values, q)
+    assert min(values) - 1e-9 <= p <= max(values) + 1e-9
+
+
+@given(st.lists(finite, min_size=1, max_size=200), st.floats(0, 100), st.floats(0, 100))
+def test_percentile_is_monotonic_in_q(values, q1, q2):
+    lo, hi = sorted((q1, q2))
+    assert percentile(values, lo) <= percentile(values, hi) + 1e-9
+
+
+def test_percentile_interpolates_linearly_and_handles_empty():
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([10.0, 20.0], 99) == pytest.approx(19.9)
+    assert percentile([], 50) is None
+
+
+@st.composite
+def chunk_streams(draw):
+    n = draw(st.integers(min_value=1, max_value=40))
+    gaps = draw(st.lists(st.floats(min_value=0, max_value=2), min_size=n, max_size=n))
+    times = list(np.cumsum(gaps) + 1.0)
+    tokens = draw(st.lists(st.integers(min_value=1, max_value=5), min_size=n, max_size=n))
+    return times, tokens
+
+
+@given(chunk_streams())
+def test_inter_token_latencies_cover_first_to_last_block(stream):
+    times, tokens = stream
+    itl = inter_token_latencies(times, tokens)
+    assert len(itl) == sum(tokens[1:])
+    assert math.isclose(sum(itl), times[-1] - times[0], rel_tol=1e-9, abs_tol=1e-9)
+    assert all(v >= 0 for v in itl)
+
+
+def test_inter_token_latencies_spread_a_gap_over_its_block():
+    assert inter_token_latencies([1.0, 1.4, 2.0], [2, 1, 3]) == pytest.approx([0.4, 0.2, 0.2, 0.2])
+
+
+def record(i=0, sent=0.0, first=0.1, end=1.0, out=10, status="ok", warmup=False, inp=5, endpoint="a"):
+    return RequestRecord(index=i, endpoint=endpoint, warmup=warmup, scheduled=sent, sent=sent, first_token=first,
+                         end=end, chunk_times=[first, end], chunk_tokens=[1, max(0, out - 1)],
+                         input_tokens=inp, output_tokens=out, usage_reported=True, status=status)
+
+
+def test_per_request_definitions():
+    r = record(sent=1.0, first=1.25, end=3.25, out=9)
+    assert ttft(r) == pytest.approx(0.25)
+    assert tpot(r) == pytest.approx(2.0 / 8)
+    assert tpot(record(out=1)) is None
+
+
+requests = st.lists(
+    st.tuples(finite, st.floats(0, 5), st.floats(0, 5), st.integers(1, 300), st.sampled_from(["ok", "ok", "timeout", "http_error"]), st.booleans()),
+    min_size=1, max_size=60,
+)
+
+
+@given(requests)
+@settings(max_examples=60)
+def test_summary_counts_every_request_and_excludes_warmup(rows):
+    recs = [record(i, s, s + a, s + a + b, out, status, warm) for i, (s, a, b, out, status, warm) in enumerate(rows)]
+    s = summarize(recs)
+    measured = [r for r in recs if not r.warmup]
+    assert s.completed + s.failed == len(measured)
+    assert sum(s.failed_by_kind.values()) == s.failed
+    assert s.total_output_tokens == sum(r.output_tokens for r in measured if r.ok)
+    if s.duration > 0:
+        assert s.output_throughput == pytest.approx(s.total_output_tokens / s.duration)
+    flat = s.flat()
+    if s.completed:
+        assert flat["p50_e2el_ms"] <= flat["p99_e2el_ms"] + 1e-9
+        assert flat["p99_latency_s"] == pytest.approx(flat["p99_e2el_ms"] / 1000)
+    else:
+        assert flat["mean_ttft_ms"] is None
+
+
+@given(requests, st.floats(0.01, 5), st.floats(0.001, 1))
+@settings(max_examples=60)
+def test_good_requests_are_completed_requests_meeting_every_slo(rows, ttft_slo, tpot_slo):
+    recs = [record(i, s, s + a, s + a + b, out, status) for i, (s, a, b, out, status, _) in enumerate(rows)]
+    slo = {"ttft": ttft_slo, "tpot": tpot_slo}
+    s = summarize(recs, slo)
+    expected = sum(
+        r.ok and ttft(r) <= ttft_slo and (tpot(r) is None or tpot(r) <= tpot_slo) for r in recs
+    )
+    assert s.good_requests == expected <= s.completed
+    flat = s.flat()
+    assert flat["good_request_fraction"] == pytest.approx(expected / len(recs))
+
+
+def test_summary_uses_vllm_key_names():
+    flat = summarize([record(0), record(1, sent=0.5, first=0.7, end=2.0)]).flat()
+    for key in ("completed", "duration", "total_input_tokens", "total_output_tokens", "request_throughput",
+                "output_throughput", "total_token_throughput"):
+        assert key in flat
+    for metric in ("ttft", "tpot", "itl", "e2el"):
+        for stat in ("mean", "median", "std", "p50", "p95", "p99"):
+            assert f"{stat}_{metric}_ms" in flat
+    assert flat["duration"] == pytest.approx(2.0)  # first send (0.0) to last end (2.0)
+    assert flat["request_throughput"] == pytest.approx(1.0)
+
+
+def test_latency_stats_are_population_statistics_in_ms():
+    stats = LatencyStats.of([0.1, 0.2, 0.3])
+    assert stats.mean == pytest.approx(200.0)
+    assert stats.std == pytest.approx(np.std([100.0, 200.0, 300.0]))
+    assert stats.p[50] == pytest.approx(200.0)
+
+
+def test_failed_requests_are_never_good():
+    assert not is_good(record(status="timeout"), {"ttft": 100.0})
