@@ -2,14 +2,18 @@
 
 It streams events in vLLM's format with controlled timings, so tests can check what the
 client measures against what the server did. It is a test fixture, never the product's
-end-to-end path (those tests start real vLLM). Run as a script it serves on a port:
-    python tests/sse_server.py PORT
+end-to-end path (those tests start real vLLM). Run as a script it takes vLLM-style flags
+(only --host and --port matter), so the process tests can launch it as a server command:
+    python tests/sse_server.py --host 127.0.0.1 --port 8123 [--child-ignoring-sigterm]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -112,5 +116,21 @@ class SseServer:
         return resp
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--child-ignoring-sigterm", action="store_true",
+                        help="also start a worker that ignores SIGTERM, like a wedged engine process")
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    args, _ = parser.parse_known_args()
+    if args.child_ignoring_sigterm:
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+        print(f"child pid {child.pid}", flush=True)
+    print(f"server pid {os.getpid()}", flush=True)
+    web.run_app(SseServer(Behaviour(token_delay=args.token_delay)).app, host=args.host, port=args.port, print=None)
+
+
 if __name__ == "__main__":
-    web.run_app(SseServer().app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+    main()

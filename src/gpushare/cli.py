@@ -13,14 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, environment
-from .config import load_config, read_config_file, apply_overrides, parse_config
+from .config import apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
 from .models import EMBEDDED, embedded_folder, is_prepared, prepare_embedded
 
 app = typer.Typer(
     help="Measure LLM serving on a shared GPU: start real OpenAI-compatible servers, drive them, record everything.",
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -64,7 +63,7 @@ def run(
     """Start the scenario's servers, drive them, and write a run folder."""
     from .runner import run_scenario
 
-    raw = apply_overrides(read_config_file(config), {
+    overrides = {
         "load.concurrency": concurrency,
         "load.n_requests": n_requests,
         "load.request_rate": request_rate,
@@ -72,15 +71,21 @@ def run(
         "out": None if out is None else str(out),
         "seed": seed,
         "slo": parse_slos(slo),
-    })
-    load = raw.setdefault("load", {}) if isinstance(raw.get("load", {}), dict) else None
-    if load is not None:
+    }
+    raw = apply_overrides(read_config_file(config), overrides)
+    load = raw.setdefault("load", {})
+    if isinstance(load, dict):
         # A rate given alone means a pure open loop, a duration alone a time-bound run.
         if request_rate is not None and concurrency is None:
             load["concurrency"] = None
         if duration is not None and n_requests is None:
             load["n_requests"] = None
-    outcome = run_scenario(parse_config(raw), err_console)
+    flags = {key: "--" + key.split(".")[-1].removesuffix("_s").replace("_", "-")
+             for key, value in overrides.items() if value is not None}
+    parsed = parse_config(raw, flags)
+    outcome = run_scenario(parsed, err_console)
+    if outcome.exit_code:
+        err_console.print(f"error: {outcome.summary['error']}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -130,15 +135,16 @@ def model_prepare(name: str = typer.Argument("smollm2", help=f"One of: {', '.joi
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure becomes one `error:` line and an exit code, never a traceback."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        code = app(args=argv, prog_name="gpushare", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as err:
-        click.echo(err.ctx.get_help() if err.ctx else str(err))
-        return 0
-    except click.UsageError as err:
-        err_console.print(f"error: {err.format_message()}", markup=False, highlight=False)
-        return 2
-    except click.exceptions.Abort:
+        code = app(args=args or ["--help"], prog_name="gpushare", standalone_mode=False)
+    except (typer.TyperException, click.ClickException) as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # a command group called bare: its help
+            print(err.format_message())
+            return 0
+        err_console.print(f"error: {err.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        return getattr(err, "exit_code", 2)
+    except (typer.Abort, click.exceptions.Abort):
         err_console.print("error: interrupted", markup=False)
         return 130
     except GpushareError as err:

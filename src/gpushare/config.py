@@ -221,22 +221,29 @@ class ScenarioConfig(StrictModel):
         return [s.name or f"server-{i}" for i, s in enumerate(self.servers)]
 
 
-def _format_error(err: ValidationError) -> str:
+_UNION_TAGS = {"synthetic", "dataset", "fixed", "uniform", "normal"}
+
+
+def _error_key_and_text(err: ValidationError) -> tuple[str, str]:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    # A discriminated union puts the chosen variant in the path (workload.synthetic.input_tokens...).
+    loc = ".".join(str(p) for p in first["loc"] if str(p) not in _UNION_TAGS and not str(p).startswith("function-"))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
+        return loc, "unknown key"
     given = first.get("input")
     shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
-    return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+    return loc, f"{msg}{shown}"
 
 
-def parse_config(raw: dict[str, Any]) -> ScenarioConfig:
+def parse_config(raw: dict[str, Any], flags: dict[str, str] | None = None) -> ScenarioConfig:
+    """Validate; an error names the command-line flag when `flags` maps its key to one."""
     try:
         return ScenarioConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"config: {_format_error(err)}") from None
+        key, text = _error_key_and_text(err)
+        where = (flags or {}).get(key) or (f"config: {key}" if key else "config")
+        raise ConfigError(f"{where}: {text}") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -271,10 +278,6 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
                 raise ConfigError(f"config: {key} must be a mapping")
         node[leaf] = value
     return merged
-
-
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ScenarioConfig:
-    return parse_config(apply_overrides(read_config_file(path), overrides or {}))
 
 
 def dump_config(config: ScenarioConfig) -> str:

@@ -30,6 +30,8 @@ class LaunchPlan:
     """Variables set for the server on top of gpushare's own environment."""
     ready_path: str = "/v1/models"
     ready_timeout_s: float = 900.0
+    counters: dict[str, str] = field(default_factory=dict)
+    """Our name -> the server's Prometheus counter at /metrics, to cross-check token counts."""
 
 
 class Engine(Protocol):
@@ -58,6 +60,11 @@ class VllmEngine:
 
     name = "vllm"
     memory_flag = "--gpu-memory-utilization"
+    counters = {
+        "prompt_tokens": "vllm:prompt_tokens_total",
+        "generation_tokens": "vllm:generation_tokens_total",
+        "requests_finished": "vllm:request_success_total",
+    }
 
     def default_command(self) -> list[str]:
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
@@ -82,7 +89,8 @@ class VllmEngine:
             **server.env,
         }
         host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
-        return LaunchPlan(name, f"http://{host}:{server.port}", argv, env, ready_timeout_s=server.ready_timeout_s)
+        return LaunchPlan(name, f"http://{host}:{server.port}", argv, env, ready_timeout_s=server.ready_timeout_s,
+                          counters=dict(self.counters))
 
 
 class ExternalEngine:

@@ -327,6 +327,7 @@ class LoadGenerator:
         arrivals: Iterator[float] | None = None,
         count_tokens: TokenCounter | None = None,
         on_record: Callable[[RequestRecord], None] | None = None,
+        before_measure: Callable[[], None] | None = None,
     ):
         if load.open_loop and arrivals is None:
             raise ValueError("an open-loop load needs arrival gaps")
@@ -337,6 +338,7 @@ class LoadGenerator:
         self._route = Router(endpoints, by_tenant=load.routing == "tenant")
         self._count_tokens = count_tokens
         self._on_record = on_record or (lambda rec: None)
+        self._before_measure = before_measure
         self.records: list[RequestRecord] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -431,6 +433,8 @@ class LoadGenerator:
             n = load.n_requests
             if n is not None:
                 self.prebuild(warm, n)
+            if self._before_measure is not None:
+                self._before_measure()
             cpu0, started = time.process_time(), clock()
             deadline = None if load.duration_s is None else started + load.duration_s
             if not self._stop.is_set():

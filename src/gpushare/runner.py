@@ -182,10 +182,10 @@ def print_summary(console: Console, doc: dict[str, Any], run_dir: Path) -> None:
         table.add_row(f"{label} mean / p50 / p99 (ms)", f"{ms(f'mean_{name}_ms')} / {ms(f'p50_{name}_ms')} / {ms(f'p99_{name}_ms')}")
     if "request_goodput" in doc:
         table.add_row("goodput (req/s) / good fraction", f"{doc['request_goodput']:.2f} / {doc['good_request_fraction'] or 0:.2%}")
-    console.print(table)
-    if doc.get("error"):
-        console.print(f"[red]run stopped early:[/red] {doc['error']}")
-    console.print(f"Run folder: {run_dir}")
+    if doc["completed"] or doc["failed"]:
+        console.print(table)
+    state = "" if doc["complete"] else " (incomplete)"
+    console.print(f"Run folder: {run_dir}{state}", soft_wrap=True, highlight=False)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -224,27 +224,52 @@ class LiveProgress:
             self.progress.stop()
 
 
-async def drive(generator: LoadGenerator, fleet: ServerFleet, watch_s: float = 0.5) -> LoadResult:
+class ServerWatch:
+    """Ends the load once a server has died: polled, and checked after every failed request
+    (a dead server fails requests faster than any poll)."""
+
+    def __init__(self, fleet: ServerFleet):
+        self.fleet = fleet
+        self.generator: LoadGenerator | None = None
+
+    def death(self) -> str | None:
+        dead = self.fleet.first_dead()
+        if dead is None:
+            return None
+        return f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}"
+
+    def check(self) -> bool:
+        reason = self.death()
+        if reason and self.generator is not None:
+            self.generator.abort(reason)
+        return reason is not None
+
+    def on_record(self, rec: RequestRecord) -> None:
+        if not rec.ok:
+            self.check()
+
+
+async def drive(generator: LoadGenerator, watch: ServerWatch, poll_s: float = 0.5) -> LoadResult:
     """Run the load while watching the servers and the signals; both end it early, cleanly."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, generator.abort, f"interrupted by {sig.name}")
+    watch.generator = generator
 
-    async def watchdog() -> None:
-        while True:
-            dead = fleet.first_dead()
-            if dead is not None:
-                generator.abort(f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}")
-                return
-            await asyncio.sleep(watch_s)
+    async def poll() -> None:
+        while not watch.check():
+            await asyncio.sleep(poll_s)
 
-    watcher = asyncio.ensure_future(watchdog())
+    poller = asyncio.ensure_future(poll())
     try:
-        return await generator.run()
+        result = await generator.run()
     finally:
-        watcher.cancel()
+        poller.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if not result.aborted:
+        result.aborted = watch.death() or ""
+    return result
 
 
 def _event_loop_runner() -> Any:
@@ -263,11 +288,29 @@ class _State:
     result: LoadResult | None = None
     error: str | None = None
     exit_code: int = 0
+    counters_before: dict[str, dict[str, float] | None] | None = None
+    counters_after: dict[str, dict[str, float] | None] | None = None
+
+    def measure_start(self) -> None:
+        assert self.fleet is not None
+        self.counters_before = self.fleet.counters()
+
+    def counter_deltas(self) -> dict[str, dict[str, float] | None]:
+        """What each server counted itself during the measured window (None: no counters)."""
+        before, after = self.counters_before or {}, self.counters_after or {}
+        out: dict[str, dict[str, float] | None] = {}
+        for name, end in after.items():
+            start = before.get(name)
+            out[name] = None if end is None or start is None else {k: end[k] - start[k] for k in end}
+        return out
 
 
 def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunOutcome:
     console = console or Console(stderr=True)
-    say = console.print
+
+    def say(message: str) -> None:
+        console.print(message, soft_wrap=True, highlight=False, markup=False)
+
     models, plans = preflight(config, say)
     tokenizer = load_tokenizer(config.tokenizer or models[0].path)
     prompt_rng, arrival_rng = random_streams(config.seed)
@@ -302,13 +345,21 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
                     progress=lambda h, s: status.update(f"starting server {h.name}: waiting {s:.0f} s"),
                 )
             progress = stack.enter_context(LiveProgress(console, load.n_requests))
+            watch = ServerWatch(state.fleet)
+
+            def on_record(rec: RequestRecord) -> None:
+                progress(rec)
+                watch.on_record(rec)
+
             state.generator = LoadGenerator(
                 endpoints, config.api, load, source,
                 arrivals=inter_arrival_gaps(arrival_rng, load.request_rate, load.burstiness) if load.open_loop else None,
                 count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
-                on_record=progress,
+                on_record=on_record,
+                before_measure=state.measure_start,
             )
-            state.result = _event_loop_runner()(drive(state.generator, state.fleet))
+            state.result = _event_loop_runner()(drive(state.generator, watch))
+            state.counters_after = state.fleet.counters()
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, _raise_interrupted)
             if state.result.aborted:
@@ -326,6 +377,7 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
         write_chunks(run_dir / "chunks.csv", records)
         complete = state.error is None
         doc = summary_document(config, records, state.result, state.fleet, complete, state.error)
+        doc["server_counters"] = state.counter_deltas()
         if complete and doc["completed"] == 0:
             state.exit_code = 1
             doc["error"] = "no request completed"

@@ -39,6 +39,27 @@ def answers(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def scrape_counters(plan: LaunchPlan, timeout: float = 5.0) -> dict[str, float] | None:
+    """The server's own counters (summed over labels), or None if it has none or does not answer."""
+    if not plan.counters:
+        return None
+    try:
+        with urllib.request.urlopen(plan.base_url + "/metrics", timeout=timeout) as resp:
+            text = resp.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    wanted = {metric: ours for ours, metric in plan.counters.items()}
+    totals = {ours: 0.0 for ours in plan.counters}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            try:
+                totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+    return totals
+
+
 class ServerHandle:
     """One server: launched by us (a process group we own) or external (nothing to stop)."""
 
@@ -61,14 +82,17 @@ class ServerHandle:
             return
         assert self.log_path is not None
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.plan.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=server_environment(self.plan),
-                start_new_session=True,
-            )
+            try:
+                self.process = subprocess.Popen(
+                    self.plan.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=server_environment(self.plan),
+                    start_new_session=True,
+                )
+            except OSError as err:
+                raise RunFailure(f"server {self.name}: cannot start {self.plan.argv[0]}: {err.strerror}") from None
 
     def exit_code(self) -> int | None:
         """The launched process's exit code, or None while it runs (or for external servers)."""
@@ -160,6 +184,9 @@ class ServerFleet:
             handle.wait_ready(progress=(lambda s, h=handle: progress(h, s)) if progress else None)
             if on_ready:
                 on_ready(handle)
+
+    def counters(self) -> dict[str, dict[str, float] | None]:
+        return {h.name: scrape_counters(h.plan) for h in self.handles}
 
     def first_dead(self) -> ServerHandle | None:
         return next((h for h in self.handles if h.exit_code() is not None), None)

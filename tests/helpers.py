@@ -1,0 +1,66 @@
+"""Shared test helpers: free ports, process liveness, running the CLI, writing configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+TESTS = Path(__file__).resolve().parent
+SSE_SERVER = [sys.executable, str(TESTS / "sse_server.py")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpushare.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+def run_folder(out: Path) -> Path:
+    folders = [p for p in out.iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def server_pids(log: Path) -> list[int]:
+    """PIDs the test server printed into its log (itself and any child)."""
+    return [int(line.rsplit(" ", 1)[1]) for line in log.read_text().splitlines() if line.endswith(tuple("0123456789")) and " pid " in line]
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "no error printed"
+    assert "Traceback" not in stderr, stderr
+    return lines[-1]
+
+
+def environ_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}

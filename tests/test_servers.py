@@ -1,0 +1,101 @@
+"""Server process handling with real child processes: readiness, logs, and group teardown."""
+
+import sys
+import time
+
+import pytest
+
+from gpushare.config import ServerConfig
+from gpushare.engines import LaunchPlan, VllmEngine, redact
+from gpushare.errors import ConfigError, RunFailure
+from gpushare.servers import ServerFleet, ServerHandle, ensure_port_free
+from helpers import SSE_SERVER, alive, free_port, server_pids
+
+
+def sse_plan(name: str, port: int, *extra: str, timeout: float = 30) -> LaunchPlan:
+    return LaunchPlan(name, f"http://127.0.0.1:{port}", [*SSE_SERVER, "--port", str(port), *extra],
+                      ready_timeout_s=timeout)
+
+
+def test_server_group_is_stopped_including_a_worker_that_ignores_sigterm(tmp_path):
+    port = free_port()
+    handle = ServerHandle(sse_plan("s", port, "--child-ignoring-sigterm"), tmp_path / "s.log")
+    handle.start()
+    try:
+        assert handle.wait_ready(poll_s=0.1) > 0
+        pids = server_pids(tmp_path / "s.log")
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+    finally:
+        began = time.monotonic()
+        handle.stop(grace_s=1.0)
+    assert not any(alive(p) for p in pids)
+    assert time.monotonic() - began < 10
+    handle.stop()  # idempotent
+
+
+def test_readiness_failures_name_the_server_and_quote_its_log(tmp_path):
+    dies = LaunchPlan("dies", "http://127.0.0.1:1", [sys.executable, "-c", "print('bad flag --x'); raise SystemExit(3)"])
+    handle = ServerHandle(dies, tmp_path / "d.log")
+    handle.start()
+    with pytest.raises(RunFailure, match=r"server dies exited with code 3 .*bad flag --x"):
+        handle.wait_ready(poll_s=0.05)
+
+    hangs = LaunchPlan("hangs", f"http://127.0.0.1:{free_port()}",
+                       [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(60)"],
+                       ready_timeout_s=0.5)
+    handle = ServerHandle(hangs, tmp_path / "h.log")
+    handle.start()
+    try:
+        with pytest.raises(RunFailure, match=r"not ready .* after 0.5 s.*loading"):
+            handle.wait_ready(poll_s=0.05)
+    finally:
+        handle.stop(grace_s=1)
+    assert not alive(handle.pid)
+
+    missing = LaunchPlan("missing", "http://127.0.0.1:1", ["/nonexistent/vllm"])
+    with pytest.raises(RunFailure, match="cannot start /nonexistent/vllm"):
+        ServerHandle(missing, tmp_path / "m.log").start()
+
+
+def test_fleet_starts_in_order_and_stops_all_on_error(tmp_path):
+    ports = [free_port(), free_port()]
+    order = []
+    fleet = ServerFleet([sse_plan("a", ports[0]), sse_plan("b", ports[1])], tmp_path)
+    with pytest.raises(RuntimeError):
+        with fleet:
+            fleet.start(on_ready=lambda h: order.append((h.name, all(x.exit_code() is None for x in fleet.handles))))
+            assert fleet.first_dead() is None
+            raise RuntimeError("boom")
+    assert [name for name, _ in order] == ["a", "b"]
+    assert not any(alive(h.pid) for h in fleet.handles)
+    assert (tmp_path / "server-0.log").exists() and (tmp_path / "server-1.log").exists()
+
+
+def test_port_in_use_is_refused(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"servers\\[0\\].port: port {port} on 127.0.0.1 is already in use"):
+            ensure_port_free("127.0.0.1", port, "servers[0].port")
+
+
+def test_vllm_plan_binds_loopback_and_caps_memory(tmp_path):
+    server = ServerConfig(port=8123, gpu_memory_utilization=0.42, args=["--enforce-eager"], env={"A": "1"})
+    plan = VllmEngine().plan("s", server, "/models/m", "m", tmp_path)
+    argv = plan.argv
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--port") + 1] == "8123"
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.42"
+    assert argv[-1] == "--enforce-eager"
+    assert plan.env["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm") and plan.env["A"] == "1"
+    custom = VllmEngine().plan("s", ServerConfig(command=["python3", "-m", "vllm.entrypoints.cli.main", "serve"]),
+                               "m", "m", tmp_path)
+    assert custom.argv[:4] == ["python3", "-m", "vllm.entrypoints.cli.main", "serve"]
+
+
+def test_redact_hides_keys():
+    assert redact(["serve", "--api-key", "s3cret", "--hf-token=abc", "--port", "1"]) == [
+        "serve", "--api-key", "***", "--hf-token=***", "--port", "1"]
