@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -38,6 +39,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from gpushare.config import EMBEDDED_MODEL
+from gpushare.models import embedded_folder, is_prepared
 
 MODEL = "bench"
 OUTPUT_TOKENS = 128
@@ -121,13 +125,16 @@ def start_nginx(nginx: str, tmp: Path, port: int) -> subprocess.Popen:
 def check_server(port: int, proc: subprocess.Popen, tmp: Path) -> None:
     """Wait for nginx, then check both routes answer what the clients expect."""
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    deadline = time.monotonic() + 30
+    while True:
         if proc.poll() is not None:
             sys.exit(f"nginx exited at start:\n{(tmp / 'stderr.log').read_text()}{(tmp / 'error.log').read_text()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
         except OSError:
+            if time.monotonic() > deadline:
+                sys.exit(f"nginx is not listening on 127.0.0.1:{port} after 30 s")
             time.sleep(0.05)
     post = urllib.request.Request(base + "/v1/completions", data=b'{"prompt": "hi"}', method="POST",
                                   headers={"Content-Type": "application/json"})
@@ -166,7 +173,7 @@ def worker_ours(port: int, n: int, concurrency: int, rate: float | None) -> dict
 
     from gpushare.config import ApiConfig, LoadConfig
     from gpushare.loadgen import Endpoint, LoadGenerator
-    from gpushare.metrics import summarize
+    from gpushare.metrics import queue_time, summarize
     from gpushare.records import RequestSpec
     from gpushare.workload import inter_arrival_gaps
 
@@ -179,12 +186,15 @@ def worker_ours(port: int, n: int, concurrency: int, rate: float | None) -> dict
         arrivals = inter_arrival_gaps(np.random.default_rng(0), rate, 1.0)
     result = uvloop.run(LoadGenerator([endpoint], ApiConfig(), load, specs, arrivals=arrivals).run())
     s = summarize(result.records).flat()
+    measured = [r for r in result.records if not r.warmup]
     return {
         "completed": s["completed"], "failed": s["failed"],
         "request_throughput": s["request_throughput"], "output_throughput": s["output_throughput"],
         "cpu_ms_per_request": 1000.0 * result.client_cpu_s / n,
         "p50_ttft_ms": s["p50_ttft_ms"], "p99_ttft_ms": s["p99_ttft_ms"],
         "mean_queue_ms": s["mean_queue_ms"], "p99_queue_ms": s["p99_queue_ms"],
+        "sent_early": sum(queue_time(r) < 0 for r in measured) / len(measured),
+        "errors": sorted({r.error for r in measured if not r.ok})[:3],
     }
 
 
@@ -192,9 +202,6 @@ def worker_vllm(port: int, n: int, concurrency: int) -> dict:
     """`vllm bench serve`, called as its CLI does (the `vllm` script itself fails to start here)."""
     from vllm.benchmarks import serve
     from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    from gpushare.config import EMBEDDED_MODEL
-    from gpushare.models import embedded_folder
 
     parser = FlexibleArgumentParser()
     serve.add_cli_args(parser)
@@ -223,8 +230,6 @@ def worker_vllm(port: int, n: int, concurrency: int) -> dict:
 
 def cpu_timed(fn, totals: dict, key: str):
     """Wrap a function (sync or async) to add the process CPU time it takes to totals[key]."""
-    import inspect
-
     if inspect.iscoroutinefunction(fn):
         async def timed_async(*args, **kwargs):
             t0 = time.process_time()
@@ -261,14 +266,15 @@ def run_worker(kind: str, port: int, n: int, concurrency: int, tmp: Path, rate: 
     if rc != 0:
         sys.exit(f"{kind} client failed (rc={rc}); last lines of its log:\n" + "\n".join(log.read_text().splitlines()[-25:]))
     result = json.loads(out.read_text())
+    if result["failed"] or result["completed"] != n:
+        sys.exit(f"{kind} client: {result['completed']} of {n} requests completed, {result['failed']} failed "
+                 f"{result.get('errors', '')}; against a static server that makes the run meaningless")
     result["process_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    if result["failed"]:
-        print(f"  WARNING: {result['failed']} of {n} requests failed")
     return result
 
 
 def describe(name: str, r: dict) -> None:
-    print(f"  {name}: {r['completed']} ok, {r['failed']} failed | {r['request_throughput']:.0f} req/s, "
+    print(f"  {name}: {r['completed']} ok | {r['request_throughput']:.0f} req/s, "
           f"{r['output_throughput']:.0f} output tok/s | {r['cpu_ms_per_request']:.3f} CPU ms/request "
           f"(whole process incl. start-up: {r['process_cpu_s']:.1f} s) | "
           f"TTFT p50 {r['p50_ttft_ms']:.3f} ms, p99 {r['p99_ttft_ms']:.3f} ms")
@@ -308,7 +314,8 @@ def benchmark(args: argparse.Namespace, tmp: Path) -> None:
     met = "met" if open_loop["p99_ttft_ms"] < TTFT_P99_TARGET_MS else "MISSED"
     print(f"  open loop: {open_loop['request_throughput']:.0f} req/s achieved | TTFT p50 {open_loop['p50_ttft_ms']:.3f} ms, "
           f"p99 {open_loop['p99_ttft_ms']:.3f} ms (target p99 < {TTFT_P99_TARGET_MS:g} ms: {met}) | "
-          f"client queue mean {open_loop['mean_queue_ms']:.3f} ms, p99 {open_loop['p99_queue_ms']:.3f} ms")
+          f"client queue mean {open_loop['mean_queue_ms']:.3f} ms, p99 {open_loop['p99_queue_ms']:.3f} ms "
+          f"({open_loop['sent_early']:.0%} sent before their scheduled time)")
     print_table(ours, vllm)
 
 
@@ -335,13 +342,20 @@ def main() -> None:
     if nginx is None:
         print("nginx is not installed; install it with:  apt-get install -y nginx", file=sys.stderr)
         sys.exit(2)
+    if not is_prepared(EMBEDDED_MODEL):
+        print(f"vLLM's client needs the '{EMBEDDED_MODEL}' tokenizer: run `make setup` first", file=sys.stderr)
+        sys.exit(2)
     args.port = args.port or free_port()
-    with tempfile.TemporaryDirectory(prefix="loadgen-capacity-") as tmp:
-        server = start_nginx(nginx, Path(tmp), args.port)
-        try:
-            benchmark(args, Path(tmp))
-        finally:
-            stop(server)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # so `finally` stops nginx
+    try:
+        with tempfile.TemporaryDirectory(prefix="loadgen-capacity-") as tmp:
+            server = start_nginx(nginx, Path(tmp), args.port)
+            try:
+                benchmark(args, Path(tmp))
+            finally:
+                stop(server)
+    except KeyboardInterrupt:
+        sys.exit("interrupted; nginx and the client stopped")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ class Behaviour:
     """Send an error event after this many tokens (vLLM's mid-stream error shape)."""
     drop_after: int | None = None
     """Close the connection after this many tokens, without [DONE]."""
-    empty_final_chunk: bool = False
+    empty_last_token: bool = False
+    """The last token's event carries no text (vLLM does this for EOS)."""
 
 
 def _completion_event(text: str, finish: str | None = None) -> dict:
@@ -97,17 +98,16 @@ class SseServer:
                 await resp.write(pending)
                 request.transport.close()
                 return resp
-            last = i == n - 1 and not b.empty_final_chunk
+            last = i == n - 1
             finish = "length" if last else None
-            pending += sse(_chat_event({"content": " tok"}, finish) if chat else _completion_event(" tok", finish))
+            text = "" if last and b.empty_last_token else " tok"
+            pending += sse(_chat_event({"content": text}, finish) if chat else _completion_event(text, finish))
             if (i + 1) % b.events_per_write == 0 or i == n - 1:
                 await resp.write(pending)
                 pending = b""
                 if i < n - 1 and b.token_delay:
                     await asyncio.sleep(b.token_delay)
         tail = b""
-        if b.empty_final_chunk:
-            tail += sse(_chat_event({"content": ""}, "length") if chat else _completion_event("", "length"))
         if b.usage and (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
             tail += sse({"id": "x", "object": "text_completion", "created": 1, "model": "test", "choices": [], "usage": usage})

@@ -92,13 +92,16 @@ def _choice_text(choice: dict[str, Any]) -> str:
 
 @dataclass
 class _Event:
-    kind: str  # "content", "empty", "done", "error"
+    kind: str  # "token", "role" (chat's role-only first chunk), "none" (no choices, e.g. usage), "done", "error"
     text: str = ""
     usage: dict[str, Any] | None = None
     error: str = ""
 
 
 def classify_event(data: bytes) -> _Event:
+    """One event's meaning. Every event with choices is one generated token (vLLM sends one
+    per engine step; its text can be empty while a multi-byte character is incomplete, and
+    EOS has none), except chat's role-only chunk."""
     if data.strip() == b"[DONE]":
         return _Event("done")
     try:
@@ -113,17 +116,23 @@ def classify_event(data: bytes) -> _Event:
         return _Event("error", error=str(message)[:300])
     usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
     choices = obj.get("choices")
-    text = _choice_text(choices[0]) if choices else ""
-    return _Event("content" if text else "empty", text=text, usage=usage)
+    if not choices:
+        return _Event("none", usage=usage)
+    choice = choices[0]
+    text = _choice_text(choice)
+    delta = choice.get("delta")
+    if isinstance(delta, dict) and "role" in delta and not text and choice.get("finish_reason") is None:
+        return _Event("role", usage=usage)
+    return _Event("token", text=text, usage=usage)
 
 
 class StreamAccounting:
     """Counts token events per network block of an SSE stream.
 
-    Events before the first content event are parsed, so that role-only chat chunks do not
+    Events before the first token event are parsed, so that chat's role-only chunk does not
     count as a first token. After it, every event is counted as a token until `finish`,
     which parses the stream's tail and takes back the trailing non-token events (usage,
-    empty finish chunks, [DONE]).
+    [DONE]).
     """
 
     __slots__ = ("times", "tokens", "_head", "_sep", "_carry", "_tail", "_length", "_blocks", "_started")
@@ -164,7 +173,7 @@ class StreamAccounting:
                 return
             data = _event_data(self._head[start:end])
             start = end + len(sep)
-            if data is not None and classify_event(data).kind == "content":
+            if data is not None and classify_event(data).kind == "token":
                 rest = self._head[start:]
                 self.times.append(t)
                 self.tokens.append(1 + rest.count(sep))
@@ -195,7 +204,7 @@ class StreamAccounting:
         if self._started:
             trailing = 0
             for event in reversed(tail_events):
-                if event.kind == "content":
+                if event.kind == "token":
                     break
                 trailing += 1
             while trailing and self.tokens:
@@ -209,7 +218,7 @@ class StreamAccounting:
 
     def text(self) -> str:
         """All generated text; parses every event, so only used when usage is missing."""
-        return "".join(e.text for e in self.events(b"".join(self._blocks)) if e.kind == "content")
+        return "".join(e.text for e in self.events(b"".join(self._blocks)) if e.kind == "token")
 
 
 @dataclass(frozen=True)
