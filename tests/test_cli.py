@@ -201,3 +201,38 @@ def test_doctor_reads_the_machine_without_changing_it(capsys):
     assert "smollm2" in facts["embedded_models"]
     assert cli.main(["doctor"]) == 0
     assert "gpushare doctor" in capsys.readouterr().out
+
+
+def test_external_server_is_driven_but_never_started_or_stopped(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([*SSE_SERVER, "--port", str(port)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        cfg = write_config(
+            tmp_path / "ext.yaml",
+            scenario="ext",
+            servers=[{"engine": "external", "url": f"http://127.0.0.1:{port}", "name": "theirs"}],
+            workload={"kind": "synthetic", "input_tokens": 8, "output_tokens": 3},
+            api={"endpoint": "chat", "stream": False},
+            load={"request_rate": 50, "n_requests": 10, "warmup_requests": 0},
+            out=str(tmp_path / "runs"),
+        )
+        proc = run_cli("run", "--config", str(cfg))
+        assert proc.returncode == 0, proc.stderr
+        folder = run_folder(tmp_path / "runs")
+        assert folder.name.endswith("_ext_r50")
+        doc = summary(folder)
+        assert doc["completed"] == 10 and doc["load_mode"] == "open_loop"
+        assert doc["servers"] == [{"name": "theirs", "base_url": f"http://127.0.0.1:{port}", "pid": None,
+                                   "startup_s": doc["servers"][0]["startup_s"], "exit_code": None}]
+        assert doc["server_counters"] == {"theirs": None}
+        assert not (folder / "server-0.log").exists()
+        assert server.poll() is None  # still running: not ours to stop
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -191,30 +191,34 @@ class StreamAccounting:
         return out
 
     def finish(self) -> "StreamOutcome":
-        whole_stream = self._length <= _TAIL_BYTES
-        tail = self._tail
-        complete, _, _ = tail.rpartition(self._sep)
+        """Parse the stream's trailing events (back to the last token) and take the non-token
+        ones back out of the counts."""
+        complete, _, _ = self._tail.rpartition(self._sep)
         pieces = complete.split(self._sep)
-        if not whole_stream and pieces:
+        if self._length > _TAIL_BYTES:
             pieces = pieces[1:]  # the first piece may be cut
-        tail_events = [classify_event(d) for d in (_event_data(p) for p in pieces) if d is not None]
-        usage = next((e.usage for e in reversed(tail_events) if e.usage is not None), None)
-        errors = [e.error for e in tail_events if e.kind == "error"]
-        done = any(e.kind == "done" for e in tail_events)
-        if self._started:
-            trailing = 0
-            for event in reversed(tail_events):
-                if event.kind == "token":
-                    break
-                trailing += 1
-            while trailing and self.tokens:
-                take = min(trailing, self.tokens[-1])
-                self.tokens[-1] -= take
-                trailing -= take
-                if self.tokens[-1] == 0:
-                    self.tokens.pop()
-                    self.times.pop()
-        return StreamOutcome(usage=usage, error="; ".join(errors), done=done)
+        usage, errors, done, trailing = None, [], False, 0
+        for piece in reversed(pieces):
+            data = _event_data(piece)
+            if data is None:
+                continue
+            event = classify_event(data)
+            if usage is None:
+                usage = event.usage
+            if event.kind == "token":
+                break
+            trailing += 1
+            done = done or event.kind == "done"
+            if event.kind == "error":
+                errors.append(event.error)
+        while trailing and self._started and self.tokens:
+            take = min(trailing, self.tokens[-1])
+            self.tokens[-1] -= take
+            trailing -= take
+            if self.tokens[-1] == 0:
+                self.tokens.pop()
+                self.times.pop()
+        return StreamOutcome(usage=usage, error="; ".join(reversed(errors)), done=done)
 
     def text(self) -> str:
         """All generated text; parses every event, so only used when usage is missing."""

@@ -97,12 +97,10 @@ def prepare_embedded(name: str, say: Callable[[str], None] = print) -> Path:
     return target
 
 
-def resolve_model(model: str, served_name: str | None, prepare: bool = True,
-                  say: Callable[[str], None] = print) -> ResolvedModel:
-    """Map the config's `model` to what an engine loads, preparing the embedded one if asked."""
+def resolve_model(model: str, served_name: str | None, say: Callable[[str], None] = print) -> ResolvedModel:
+    """Map the config's `model` to what an engine loads, preparing the embedded one on first use."""
     if model in EMBEDDED:
-        folder = prepare_embedded(model, say) if prepare else embedded_folder(model)
-        return ResolvedModel(str(folder), served_name or model, True)
+        return ResolvedModel(str(prepare_embedded(model, say)), served_name or model, True)
     local = Path(model).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():

@@ -85,10 +85,11 @@ def preflight(config: ScenarioConfig, say: Any) -> tuple[dict[int, ResolvedModel
         ENGINES[server.engine].check_installed(server)
         if server.engine != "external":
             ensure_port_free(server.host, server.port, f"servers[{i}].port")
-    models: dict[int, ResolvedModel] = {}
-    for i, server in enumerate(config.servers):
-        name = server.model or config.model
-        models[i] = resolve_model(name, config.served_model_name, prepare=server.engine != "external", say=say)
+    # The embedded model is prepared for external servers too: its folder holds the tokenizer.
+    models = {
+        i: resolve_model(server.model or config.model, config.served_model_name, say=say)
+        for i, server in enumerate(config.servers)
+    }
     return models, launch_plans(config, models)
 
 
@@ -198,7 +199,7 @@ class LiveProgress:
         self.enabled = console.is_terminal
         self.tokens = 0
         self.failed = 0
-        self.began = time.perf_counter()
+        self.began: float | None = None
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]} tok/s"),
@@ -209,6 +210,7 @@ class LiveProgress:
     def __call__(self, rec: RequestRecord) -> None:
         if rec.warmup or not self.enabled:
             return
+        self.began = self.began or rec.sent
         self.tokens += rec.output_tokens or 0
         self.failed += not rec.ok
         elapsed = max(1e-9, time.perf_counter() - self.began)
