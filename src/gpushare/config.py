@@ -128,6 +128,15 @@ class ServerConfig(StrictModel):
     args: list[str] = []
     env: dict[str, str] = {}
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    """The engine's memory budget as a fraction of the whole GPU (set directly)."""
+    memory_gib: PositiveFloat | None = None
+    """mps / mig_emulation: memory cap; the engine's fraction is derived from it."""
+    sm_percent: int | None = Field(default=None, ge=1, le=100)
+    """mps / mig_emulation: compute cap (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE); needs MPS."""
+    mig_profile: str | None = None
+    """mig_emulation: caps of a MIG profile, e.g. 3g.40gb (memory 40 GiB, 3/7 of the SMs)."""
+    mig_device: str | None = None
+    """mig: the instance (MIG-<uuid>, or its index in NVML's list); default: the server's position."""
     tenant: str | None = None
     ready_timeout_s: PositiveFloat = 900.0
 
@@ -137,13 +146,35 @@ class ServerConfig(StrictModel):
             raise ValueError("an external server needs 'url'")
         if self.engine != "external" and self.url:
             raise ValueError("'url' is only for engine: external")
+        if self.mig_profile is not None and (self.memory_gib is not None or self.sm_percent is not None):
+            raise ValueError("give either mig_profile or memory_gib/sm_percent, not both")
+        if self.memory_gib is not None and self.gpu_memory_utilization is not None:
+            raise ValueError("give either memory_gib or gpu_memory_utilization, not both")
         return self
+
+    @property
+    def capped(self) -> bool:
+        return self.memory_gib is not None or self.sm_percent is not None or self.mig_profile is not None
+
+
+SHARING_MODES = ("baseline", "mps", "timeslice", "mig_emulation", "mig")
 
 
 class SharingConfig(StrictModel):
-    """How the servers share the GPU. More modes (mps, mig_emulation, mig) plug in here."""
+    """How the servers share the GPU (docs/sharing.md)."""
 
-    mode: Literal["baseline", "timeslice"] = "baseline"
+    mode: Literal["baseline", "mps", "timeslice", "mig_emulation", "mig"] = "baseline"
+    mps: bool = False
+    """mig_emulation: also run the servers under MPS (needed for compute caps)."""
+    mps_pipe_directory: Path | None = None
+    """Use the MPS daemon already running with this pipe directory (it is left running)."""
+    gpu: int = Field(default=0, ge=0)
+    memory_headroom_gib: float = Field(default=3.0, ge=0)
+    """Kept out of a memory cap when it is turned into the engine's fraction of the GPU."""
+
+    @property
+    def uses_mps(self) -> bool:
+        return self.mode == "mps" or (self.mode == "mig_emulation" and self.mps)
 
 
 # --- requests and load -----------------------------------------------------------------
@@ -211,8 +242,23 @@ class ScenarioConfig(StrictModel):
         launched = [(s.host, s.port) for s in self.servers if s.engine != "external"]
         if len(set(launched)) != len(launched):
             raise ValueError("servers: two launched servers share a host and port")
-        if self.sharing.mode == "baseline" and len(self.servers) > 1:
-            raise ValueError("sharing.mode: baseline runs one server; use timeslice for several")
+        mode = self.sharing.mode
+        if mode == "baseline" and len(self.servers) > 1:
+            raise ValueError("sharing.mode: baseline runs one server; use timeslice, mps or mig_emulation for several")
+        for i, server in enumerate(self.servers):
+            if server.capped and mode not in ("mps", "mig_emulation"):
+                raise ValueError(f"servers.{i}: memory_gib, sm_percent and mig_profile need mode mps or mig_emulation")
+            if mode == "mig_emulation" and server.memory_gib is None and server.mig_profile is None:
+                raise ValueError(f"servers.{i}: mig_emulation needs a memory cap (memory_gib or mig_profile)")
+            if (server.sm_percent is not None or server.mig_profile is not None) and not self.sharing.uses_mps:
+                raise ValueError(
+                    f"servers.{i}: a compute cap needs MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE); set sharing.mps: true"
+                    if mode == "mig_emulation" else f"servers.{i}: a compute cap needs MPS"
+                )
+            if server.mig_device is not None and mode != "mig":
+                raise ValueError(f"servers.{i}.mig_device: only for sharing.mode mig")
+        if self.sharing.mps_pipe_directory is not None and not self.sharing.uses_mps:
+            raise ValueError("sharing.mps_pipe_directory: only when the servers run under MPS")
         if self.load.routing == "tenant" and any(s.tenant is None for s in self.servers):
             raise ValueError("load.routing: tenant needs a 'tenant' label on every server")
         return self

@@ -32,6 +32,8 @@ class LaunchPlan:
     ready_timeout_s: float = 900.0
     counters: dict[str, str] = field(default_factory=dict)
     """Our name -> the server's Prometheus counter at /metrics, to cross-check token counts."""
+    kv_cache_pattern: str | None = None
+    """A regex whose first group is the KV-cache size in tokens, found in the server's log."""
 
 
 class Engine(Protocol):
@@ -90,7 +92,7 @@ class VllmEngine:
         }
         host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
         return LaunchPlan(name, f"http://{host}:{server.port}", argv, env, ready_timeout_s=server.ready_timeout_s,
-                          counters=dict(self.counters))
+                          counters=dict(self.counters), kv_cache_pattern=r"[GC]PU KV cache size: ([\d,]+) tokens")
 
 
 class ExternalEngine:

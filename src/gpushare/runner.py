@@ -12,7 +12,7 @@ import json
 import signal
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -25,13 +25,17 @@ from rich.table import Table
 from . import environment
 from .config import ScenarioConfig, dump_config
 from .engines import ENGINES, LaunchPlan, redact, redact_env
-from .errors import GpushareError, RunFailure
+from .errors import ConfigError, GpushareError, RunFailure
 from .loadgen import Endpoint, LoadGenerator, LoadResult
 from .metrics import RunSummary, e2el, queue_time, summarize, tpot, ttft
+from . import mig
 from .models import ResolvedModel, cache_root, resolve_model
 from .monitor import GpuMonitor
+from . import mps
+from .mps import MpsDaemon
 from .records import RequestRecord
 from .servers import ServerFleet, ensure_port_free
+from .sharing import Placement, place_servers
 from .workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
 
 INTERRUPTED_EXIT = 130
@@ -70,27 +74,48 @@ def make_run_dir(root: Path, config: ScenarioConfig) -> Path:
     raise RunFailure(f"cannot create a run folder under {root}")
 
 
-def launch_plans(config: ScenarioConfig, model_of: dict[int, ResolvedModel]) -> list[LaunchPlan]:
-    names = config.server_names()
-    cache = cache_root()
-    return [
-        ENGINES[server.engine].plan(names[i], server, model_of[i].path, model_of[i].served_name, cache)
-        for i, server in enumerate(config.servers)
-    ]
+@dataclass
+class Prepared:
+    """What preflight resolved: models, where each server runs, and how to launch it."""
+
+    models: dict[int, ResolvedModel]
+    placements: list[Placement]
+    plans: list[LaunchPlan]
+    gpu: dict[str, Any]
 
 
-def preflight(config: ScenarioConfig, say: Any) -> tuple[dict[int, ResolvedModel], list[LaunchPlan]]:
+def gpu_memory_gib(gpu: dict[str, Any], index: int) -> float | None:
+    """The GPU's memory by NVML, or None on a machine without NVML or GPUs."""
+    if not gpu.get("nvml") or not gpu["devices"]:
+        return None
+    for device in gpu["devices"]:
+        if device["index"] == index:
+            return device["memory_mib"] / 1024
+    raise ConfigError(f"sharing.gpu: there is no GPU {index} (found {len(gpu['devices'])})")
+
+
+def preflight(config: ScenarioConfig, say: Any) -> Prepared:
     """Everything that can be checked before a folder or a process exists."""
     for i, server in enumerate(config.servers):
         ENGINES[server.engine].check_installed(server)
         if server.engine != "external":
             ensure_port_free(server.host, server.port, f"servers[{i}].port")
+    gpu = environment.gpus()
+    mig_list = mig.discover(config.sharing.gpu) if config.sharing.mode == "mig" else None
+    placements = place_servers(config, gpu_memory_gib(gpu, config.sharing.gpu), mig_list)
+    if config.sharing.uses_mps:
+        mps.preflight(config.sharing.mps_pipe_directory)
     # The embedded model is prepared for external servers too: its folder holds the tokenizer.
     models = {
         i: resolve_model(server.model or config.model, config.served_model_name, say=say)
         for i, server in enumerate(config.servers)
     }
-    return models, launch_plans(config, models)
+    names, cache = config.server_names(), cache_root()
+    plans = [
+        ENGINES[p.server.engine].plan(names[i], p.server, models[i].path, models[i].served_name, cache)
+        for i, p in enumerate(placements)
+    ]
+    return Prepared(models, placements, plans, gpu)
 
 
 # --- output files ---------------------------------------------------------------------------
@@ -156,7 +181,7 @@ def summary_document(config: ScenarioConfig, records: list[RequestRecord], resul
     if fleet is not None:
         doc["servers"] = [
             {"name": h.name, "base_url": h.plan.base_url, "pid": h.pid, "startup_s": h.startup_s,
-             "exit_code": h.exit_code()}
+             "kv_cache_tokens": h.kv_cache_tokens(), "exit_code": h.exit_code()}
             for h in fleet.handles
         ]
     by_endpoint: dict[str, RunSummary] = {}
@@ -290,6 +315,7 @@ class _State:
     result: LoadResult | None = None
     error: str | None = None
     exit_code: int = 0
+    mps: dict[str, Any] | None = None
     counters_before: dict[str, dict[str, float] | None] | None = None
     counters_after: dict[str, dict[str, float] | None] | None = None
 
@@ -313,7 +339,8 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
     def say(message: str) -> None:
         console.print(message, soft_wrap=True, highlight=False, markup=False)
 
-    models, plans = preflight(config, say)
+    prepared = preflight(config, say)
+    models, plans = prepared.models, prepared.plans
     tokenizer = load_tokenizer(config.tokenizer or models[0].path)
     prompt_rng, arrival_rng = random_streams(config.seed)
     source = RequestSource(config.workload, config.api, tokenizer, prompt_rng)
@@ -340,6 +367,12 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
     try:
         with ExitStack() as stack:
             stack.enter_context(GpuMonitor(run_dir / "gpu.csv", config.monitor_interval_s, say=say))
+            if config.sharing.uses_mps:
+                # Entered before the servers, so it is quit only after every client has stopped.
+                daemon = stack.enter_context(MpsDaemon(run_dir, config.sharing.mps_pipe_directory, say=say))
+                state.mps = {"pipe_directory": str(daemon.pipe_directory), "started_by_gpushare": daemon.process is not None,
+                             "control_pid": daemon.process.pid if daemon.process else None}
+                plans = [replace(p, env={**p.env, **daemon.client_env}) if p.argv is not None else p for p in plans]
             state.fleet = stack.enter_context(ServerFleet(plans, run_dir))
             with console.status("starting servers") as status:
                 state.fleet.start(
@@ -380,6 +413,8 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
         complete = state.error is None
         doc = summary_document(config, records, state.result, state.fleet, complete, state.error)
         doc["server_counters"] = state.counter_deltas()
+        doc["placements"] = {plan.name: p.describe() for plan, p in zip(plans, prepared.placements)}
+        doc["mps"] = state.mps
         if complete and doc["completed"] == 0:
             state.exit_code = 1
             doc["error"] = "no request completed"

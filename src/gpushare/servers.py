@@ -8,6 +8,7 @@ period, and is safe to call any number of times.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -126,6 +127,13 @@ class ServerHandle:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
             text = f.read().decode(errors="replace")
         return [line for line in text.splitlines() if line.strip()][-lines:]
+
+    def kv_cache_tokens(self) -> int | None:
+        """The KV-cache size the engine reported in its log (vLLM prints it once at start-up)."""
+        if self.plan.kv_cache_pattern is None or self.log_path is None or not self.log_path.exists():
+            return None
+        found = re.findall(self.plan.kv_cache_pattern, self.log_path.read_text(errors="replace"))
+        return int(found[-1].replace(",", "")) if found else None
 
     def log_hint(self) -> str:
         tail = self.log_tail(6)

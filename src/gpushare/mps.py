@@ -1,0 +1,146 @@
+"""CUDA MPS control for one run: a private daemon, started before the servers, quit after them.
+
+The daemon runs in the foreground as our own child (`nvidia-cuda-mps-control -f`), so its
+PID is known and it can be checked gone. Its pipe directory is private (mode 0700) and its
+log directory is in the run folder. A daemon already running on the machine is neither
+used nor stopped, unless the user names its pipe directory; then gpushare uses it and
+leaves it running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError, RunFailure
+
+CONTROL = "nvidia-cuda-mps-control"
+READY_TIMEOUT_S = 30.0
+QUIT_TIMEOUT_S = 30.0
+
+
+def running_control_daemons() -> list[int]:
+    """PIDs of MPS control daemons on this machine (read from /proc; nothing is signalled)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:2]
+        except OSError:
+            continue
+        if any(os.path.basename(arg.decode(errors="replace")) == CONTROL for arg in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _answers(pipe_directory: Path) -> bool:
+    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(pipe_directory)}
+    try:
+        out = subprocess.run([CONTROL], input="get_server_list\n", capture_output=True, text=True, env=env, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+def preflight(existing_pipe_directory: Path | None) -> None:
+    """Refuse, before anything starts, what this machine cannot do or what is not ours."""
+    if shutil.which(CONTROL) is None:
+        raise ConfigError(f"sharing.mode: MPS needs {CONTROL} on PATH; it was not found")
+    if existing_pipe_directory is not None:
+        if not _answers(existing_pipe_directory):
+            raise ConfigError(f"sharing.mps_pipe_directory: no MPS daemon answers at {existing_pipe_directory}")
+        return
+    others = running_control_daemons()
+    if others:
+        raise ConfigError(
+            f"sharing.mode: an MPS control daemon is already running (pid {', '.join(map(str, others))}); "
+            "gpushare neither uses nor stops it: name its pipe directory in sharing.mps_pipe_directory to use it"
+        )
+
+
+class MpsDaemon:
+    """Context manager: `with MpsDaemon(run_dir) as mps: env = mps.client_env`."""
+
+    def __init__(self, run_dir: Path, existing_pipe_directory: Path | None = None,
+                 say: Callable[[str], None] = print):
+        self.run_dir = run_dir
+        self.existing = existing_pipe_directory
+        self.say = say
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pipe_directory: Path | None = None
+        self.log_directory = run_dir / "mps-log"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What every server started under this daemon needs in its environment."""
+        assert self.pipe_directory is not None
+        return {"CUDA_MPS_PIPE_DIRECTORY": str(self.pipe_directory)}
+
+    def _control(self, command: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.client_env, "CUDA_MPS_LOG_DIRECTORY": str(self.log_directory)}
+        return subprocess.run([CONTROL], input=command + "\n", capture_output=True, text=True, env=env,
+                              timeout=timeout)
+
+    def answers(self) -> bool:
+        assert self.pipe_directory is not None
+        return _answers(self.pipe_directory)
+
+    def __enter__(self) -> "MpsDaemon":
+        preflight(self.existing)
+        if self.existing is not None:
+            self.pipe_directory = self.existing
+            self.say(f"MPS: using the running daemon at {self.existing} (it will be left running)")
+            return self
+        self.pipe_directory = Path(tempfile.mkdtemp(prefix="gpushare-mps-"))  # short path: it holds sockets
+        os.chmod(self.pipe_directory, 0o700)
+        self.log_directory.mkdir(mode=0o700, exist_ok=True)
+        env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(self.pipe_directory),
+               "CUDA_MPS_LOG_DIRECTORY": str(self.log_directory)}
+        with open(self.log_directory / "daemon-stdout.log", "ab") as out:
+            try:
+                self.process = subprocess.Popen([CONTROL, "-f"], stdin=subprocess.DEVNULL, stdout=out,
+                                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            except OSError as err:
+                raise RunFailure(f"MPS: cannot start {CONTROL}: {err.strerror}") from None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_tail()
+                self.__exit__(None, None, None)
+                raise RunFailure(f"MPS: the control daemon did not start; last log lines: {tail}")
+            time.sleep(0.2)
+        self.say(f"MPS: control daemon pid {self.process.pid}, pipe directory {self.pipe_directory}")
+        return self
+
+    def log_tail(self, lines: int = 6) -> str:
+        texts = []
+        for name in ("control.log", "daemon-stdout.log", "server.log"):
+            path = self.log_directory / name
+            if path.exists():
+                texts += [f"{name}: {line}" for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        return " | ".join(texts[-lines:]) or "(empty)"
+
+    def __exit__(self, *exc: object) -> None:
+        """Quit our daemon (its clients must be stopped first) and check it is gone."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                self._control("quit", timeout=QUIT_TIMEOUT_S)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            try:
+                self.process.wait(timeout=QUIT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.say(f"MPS: the control daemon (pid {self.process.pid}) did not quit; killing it")
+                self.process.kill()
+                self.process.wait()
+        if self.pipe_directory is not None and self.existing is None:
+            shutil.rmtree(self.pipe_directory, ignore_errors=True)
+        self.process = None

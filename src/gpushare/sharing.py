@@ -1,0 +1,103 @@
+"""Sharing modes turned into per-server settings: which GPU (or MIG instance) a server sees,
+its memory budget, and its MPS limits. Pure: the GPU's facts come in as arguments.
+
+| mode          | servers | what gpushare sets                                                   |
+|---------------|---------|----------------------------------------------------------------------|
+| baseline      | 1       | CUDA_VISIBLE_DEVICES                                                 |
+| timeslice     | 1+      | CUDA_VISIBLE_DEVICES; no MPS: the GPU's default time-slicing         |
+| mps           | 1+      | an MPS daemon for the run; optional caps as below                    |
+| mig_emulation | 1+      | a memory cap per server (engine fraction; under MPS also the pinned  |
+|               |         | memory limit) and, under MPS, a compute cap (active thread percent)  |
+| mig           | 1+      | CUDA_VISIBLE_DEVICES=MIG-<uuid>, one existing instance per server    |
+
+MIG-like emulation is not hardware isolation: servers share the SMs' caches, the memory
+bandwidth and one fault domain, and the memory cap is the engine's own budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import ScenarioConfig, ServerConfig
+from .errors import ConfigError
+from .mig import Caps, MigInstance, memory_fraction, profile_caps
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one server runs and what it may use; recorded in summary.json."""
+
+    server: ServerConfig
+    """The server's config with the derived memory fraction and environment applied."""
+    caps: Caps | None = None
+    mig_instance: MigInstance | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "cuda_visible_devices": self.server.env.get("CUDA_VISIBLE_DEVICES"),
+            "memory_cap_gib": None if self.caps is None else self.caps.memory_gib,
+            "sm_percent": None if self.caps is None else self.caps.sm_percent,
+            "gpu_memory_utilization": self.server.gpu_memory_utilization,
+            "mig_instance": None if self.mig_instance is None else self.mig_instance.name,
+        }
+
+
+def mps_memory_limit(gib: float) -> str:
+    """CUDA_MPS_PINNED_DEVICE_MEM_LIMIT for the first visible device: `0=36G`, or in MiB."""
+    return f"0={int(gib)}G" if float(gib).is_integer() else f"0={round(gib * 1024)}M"
+
+
+def server_caps(server: ServerConfig, gpu_memory_gib: float | None, key: str) -> Caps | None:
+    if not server.capped:
+        return None
+    if gpu_memory_gib is None and (server.mig_profile is not None or server.memory_gib is not None):
+        raise ConfigError(f"{key}: a memory cap needs the GPU's memory size, and NVML is not available")
+    if server.mig_profile is not None:
+        assert gpu_memory_gib is not None
+        return profile_caps(server.mig_profile, gpu_memory_gib)
+    return Caps(memory_gib=server.memory_gib, sm_percent=server.sm_percent)
+
+
+def _pick_instance(i: int, server: ServerConfig, instances: list[MigInstance]) -> MigInstance:
+    wanted = server.mig_device
+    if wanted is None:
+        if i >= len(instances):
+            raise ConfigError(f"servers.{i}: there are only {len(instances)} MIG instances for {i + 1} servers")
+        return instances[i]
+    for inst in instances:
+        if wanted in (inst.uuid, str(inst.index)):
+            return inst
+    raise ConfigError(f"servers.{i}.mig_device: no MIG instance '{wanted}' (found: {', '.join(m.uuid for m in instances)})")
+
+
+def place_servers(config: ScenarioConfig, gpu_memory_gib: float | None,
+                  mig: list[MigInstance] | None = None) -> list[Placement]:
+    """Each launched server's settings under the scenario's sharing mode."""
+    sharing = config.sharing
+    out = []
+    for i, server in enumerate(config.servers):
+        if server.engine == "external":
+            out.append(Placement(server))
+            continue
+        env = dict(server.env)
+        update: dict[str, Any] = {}
+        instance = None
+        if sharing.mode == "mig":
+            assert mig is not None
+            instance = _pick_instance(i, server, mig)
+            env["CUDA_VISIBLE_DEVICES"] = instance.uuid
+        elif gpu_memory_gib is not None:  # a machine with a GPU (none: CPU engines)
+            env["CUDA_VISIBLE_DEVICES"] = str(sharing.gpu)
+        caps = server_caps(server, gpu_memory_gib, f"servers.{i}")
+        if caps is not None and caps.memory_gib is not None:
+            assert gpu_memory_gib is not None
+            update["gpu_memory_utilization"] = memory_fraction(caps.memory_gib, gpu_memory_gib, sharing.memory_headroom_gib)
+            if sharing.uses_mps:
+                # Device 0 is the first visible device, the one CUDA_VISIBLE_DEVICES names.
+                env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = mps_memory_limit(caps.memory_gib)
+        if caps is not None and caps.sm_percent is not None:
+            env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(caps.sm_percent)
+        update["env"] = env
+        out.append(Placement(server.model_copy(update=update), caps, instance))
+    return out

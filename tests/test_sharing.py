@@ -1,0 +1,206 @@
+"""Sharing modes on a CPU machine: caps arithmetic, per-server settings, MIG discovery against
+NVML's API shapes, and MPS control sequencing against a stand-in control program."""
+
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpushare.config import parse_config
+from gpushare.errors import ConfigError, RunFailure
+from gpushare.mig import H100_80GB_PROFILES, memory_fraction, mig_instances, profile_caps
+from gpushare.mps import MpsDaemon
+from gpushare.sharing import mps_memory_limit, place_servers
+from helpers import SSE_SERVER, alive, cli, free_port, run_folder, summary, write_config
+
+STANDIN = Path(__file__).resolve().parent / "mps_standin"
+
+
+def test_profile_caps_follow_the_profile_name():
+    caps = profile_caps("3g.40gb", 79.2)
+    assert caps.memory_gib == pytest.approx(39.6) and caps.sm_percent == 43
+    assert profile_caps("4g.40gb", 79.2).sm_percent == 57
+    assert profile_caps("7g.80gb", 79.2) == profile_caps("7g.80gb", 79.2).__class__(79.2, 100)
+    assert profile_caps("1g.10gb", 80).sm_percent == 14 and profile_caps("1g.10gb", 80).memory_gib == 10
+    with pytest.raises(ConfigError, match="unknown profile '5g.50gb'"):
+        profile_caps("5g.50gb", 80)
+
+
+@given(st.sampled_from(H100_80GB_PROFILES), st.floats(20.0, 200.0), st.floats(0.0, 5.0))
+def test_memory_fraction_keeps_the_budget_under_the_cap(profile, total, headroom):
+    cap = profile_caps(profile, total).memory_gib
+    if cap - headroom > 0:
+        fraction = memory_fraction(cap, total, headroom)
+        assert 0 < fraction * total <= cap - headroom
+
+
+def test_memory_fraction_refuses_impossible_caps():
+    with pytest.raises(ConfigError, match="more than the GPU's 79.2 GiB"):
+        memory_fraction(90, 79.2, 3)
+    with pytest.raises(ConfigError, match="leaves nothing"):
+        memory_fraction(2, 79.2, 3)
+    assert mps_memory_limit(36) == "0=36G" and mps_memory_limit(2.5) == "0=2560M"
+
+
+def emulation(mps: bool, **server_b):
+    return parse_config({
+        "sharing": {"mode": "mig_emulation", "mps": mps},
+        "servers": [{"port": 8000, "memory_gib": 36}, {"port": 8001, **server_b}],
+    })
+
+
+def test_mig_emulation_places_caps_per_server():
+    placements = place_servers(emulation(True, mig_profile="4g.40gb"), gpu_memory_gib=79.2)
+    a, b = placements
+    assert a.server.env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert a.server.gpu_memory_utilization == pytest.approx((36 - 3) / 79.2, abs=1e-4)
+    assert a.server.env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=36G"
+    assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" not in a.server.env
+    assert b.server.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "57"
+    assert b.describe()["memory_cap_gib"] == pytest.approx(39.6) and b.describe()["sm_percent"] == 57
+
+    memory_only = place_servers(emulation(False, memory_gib=20), gpu_memory_gib=79.2)
+    assert all("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT" not in p.server.env for p in memory_only)
+    assert memory_only[1].server.gpu_memory_utilization == pytest.approx(17 / 79.2, abs=1e-4)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"sharing": {"mode": "mig_emulation"}, "servers": [{"port": 1, "memory_gib": 9, "sm_percent": 50}]},
+     "servers.0: a compute cap needs MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE); set sharing.mps: true"),
+    ({"sharing": {"mode": "mig_emulation"}, "servers": [{"port": 1}]},
+     "servers.0: mig_emulation needs a memory cap"),
+    ({"sharing": {"mode": "timeslice"}, "servers": [{"port": 1, "memory_gib": 9}]},
+     "servers.0: memory_gib, sm_percent and mig_profile need mode mps or mig_emulation"),
+    ({"sharing": {"mode": "mps"}, "servers": [{"port": 1, "mig_profile": "3g.40gb", "memory_gib": 3}]},
+     "servers.0: Value error, give either mig_profile or memory_gib/sm_percent, not both"),
+])
+def test_sharing_rules_are_one_line_errors(raw, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert message.replace("Value error, ", "") in str(err.value)
+
+
+def test_caps_without_a_gpu_are_refused():
+    with pytest.raises(ConfigError, match="needs the GPU's memory size, and NVML is not available"):
+        place_servers(emulation(True, memory_gib=9), gpu_memory_gib=None)
+
+
+class FakeNvml:
+    """The NVML calls gpushare uses for MIG, shaped like pynvml's."""
+
+    NVML_DEVICE_MIG_ENABLE = 1
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, mig_mode, instances):
+        self.mig_mode, self.instances = mig_mode, instances
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("gpu", i)
+
+    def nvmlDeviceGetMigMode(self, handle):
+        if self.mig_mode is None:
+            raise self.NVMLError("Not Supported")
+        return (self.mig_mode, self.mig_mode)
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle):
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle, i):
+        if i >= len(self.instances) or self.instances[i] is None:
+            raise self.NVMLError("Not Found")
+        return ("mig", i)
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.instances[handle[1]][0]
+
+    def nvmlDeviceGetName(self, handle):
+        return f"NVIDIA H100 80GB HBM3 MIG {self.instances[handle[1]][1]}"
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=self.instances[handle[1]][2] * 2**20)
+
+
+def test_mig_discovery_and_assignment():
+    nvml = FakeNvml(1, [("MIG-aaa", "3g.40gb", 40192), None, ("MIG-bbb", "4g.40gb", 40192)])
+    found = mig_instances(nvml, 0)
+    assert [(m.index, m.uuid) for m in found] == [(0, "MIG-aaa"), (2, "MIG-bbb")]
+    config = parse_config({"sharing": {"mode": "mig"},
+                           "servers": [{"port": 1, "mig_device": "MIG-bbb"}, {"port": 2, "mig_device": "0"}]})
+    a, b = place_servers(config, gpu_memory_gib=79.2, mig=found)
+    assert a.server.env["CUDA_VISIBLE_DEVICES"] == "MIG-bbb" and b.server.env["CUDA_VISIBLE_DEVICES"] == "MIG-aaa"
+    with pytest.raises(ConfigError, match="only 2 MIG instances for 3 servers"):
+        place_servers(parse_config({"sharing": {"mode": "mig"}, "servers": [{"port": p} for p in (1, 2, 3)]}),
+                      79.2, found)
+
+
+def test_mig_disabled_or_unsupported_is_one_line():
+    with pytest.raises(ConfigError, match="MIG is disabled on GPU 0; gpushare does not change MIG modes"):
+        mig_instances(FakeNvml(0, []), 0)
+    with pytest.raises(ConfigError, match="not MIG-capable|needs a MIG-capable GPU"):
+        mig_instances(FakeNvml(None, []), 0)
+
+
+@pytest.fixture
+def standin(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", f"{STANDIN}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "mps-standin.log"
+    monkeypatch.setenv("MPS_STANDIN_LOG", str(log))
+    return log
+
+
+def test_mps_daemon_lifecycle(standin, tmp_path):
+    with MpsDaemon(tmp_path, say=lambda m: None) as daemon:
+        pipe = daemon.pipe_directory
+        assert oct(pipe.stat().st_mode)[-3:] == "700"
+        assert daemon.client_env == {"CUDA_MPS_PIPE_DIRECTORY": str(pipe)}
+        pid = daemon.process.pid
+        assert alive(pid)
+    assert not alive(pid) and not pipe.exists()
+    lines = standin.read_text().splitlines()
+    assert f"daemon start log_dir={tmp_path / 'mps-log'}" in lines
+    assert lines[-2:] == ["quit clients_alive=0", "daemon exit"]
+
+
+def test_mps_daemon_that_fails_reports_its_log(standin, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPS_STANDIN_FAIL", "1")
+    with pytest.raises(RunFailure, match="did not start; last log lines: control.log: fatal: no CUDA-capable device"):
+        MpsDaemon(tmp_path, say=lambda m: None).__enter__()
+
+
+def test_an_mps_daemon_we_did_not_start_is_neither_used_nor_stopped(standin, tmp_path):
+    other = MpsDaemon(tmp_path / "other", say=lambda m: None)
+    (tmp_path / "other").mkdir()
+    with other:
+        with pytest.raises(ConfigError, match=r"already running \(pid \d+\); gpushare neither uses nor stops it"):
+            MpsDaemon(tmp_path, say=lambda m: None).__enter__()
+        with MpsDaemon(tmp_path, existing_pipe_directory=other.pipe_directory, say=lambda m: None) as borrowed:
+            assert borrowed.client_env["CUDA_MPS_PIPE_DIRECTORY"] == str(other.pipe_directory)
+        assert alive(other.process.pid)  # left running
+        assert not any(line.startswith("quit") for line in standin.read_text().splitlines())
+
+
+def test_mps_run_stops_servers_before_quitting_the_daemon(standin, tmp_path):
+    ports = [free_port(), free_port()]
+    cfg = write_config(
+        tmp_path / "mps.yaml", scenario="mps",
+        sharing={"mode": "mps"},
+        servers=[{"name": f"s{i}", "command": SSE_SERVER, "port": p, "ready_timeout_s": 30} for i, p in enumerate(ports)],
+        workload={"kind": "synthetic", "input_tokens": 8, "output_tokens": 4},
+        load={"concurrency": 2, "n_requests": 6, "warmup_requests": 0},
+        out=str(tmp_path / "runs"),
+    )
+    proc = cli("run", "--config", str(cfg), env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    doc = summary(run_folder(tmp_path / "runs"))
+    assert doc["completed"] == 6 and doc["mps"]["started_by_gpushare"]
+    assert set(doc["per_endpoint"]) == {"s0", "s1"}
+    lines = standin.read_text().splitlines()
+    assert "quit clients_alive=0" in lines and lines[-1] == "daemon exit"
+    assert not alive(doc["mps"]["control_pid"])
+    assert (run_folder(tmp_path / "runs") / "mps-log").is_dir()
