@@ -157,9 +157,14 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def free_port() -> int:
+def free_port(port: int = 0) -> int:
+    """`port` if nothing listens on it (any free port for 0); exits otherwise."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx does: TIME_WAIT is fine
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as err:
+            sys.exit(f"127.0.0.1:{port} is not free: {err.strerror}")
         return sock.getsockname()[1]
 
 
@@ -345,7 +350,7 @@ def main() -> None:
     if not is_prepared(EMBEDDED_MODEL):
         print(f"vLLM's client needs the '{EMBEDDED_MODEL}' tokenizer: run `make setup` first", file=sys.stderr)
         sys.exit(2)
-    args.port = args.port or free_port()
+    args.port = free_port(args.port or 0)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # so `finally` stops nginx
     try:
         with tempfile.TemporaryDirectory(prefix="loadgen-capacity-") as tmp:

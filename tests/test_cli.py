@@ -40,7 +40,7 @@ def fake_server_config(tmp_path, port, *extra, n_requests=6, **sections):
         ("servers:\n  - port: 70000\n", "config: servers.0.port: Input should be less than or equal to 65535 (got 70000)"),
         ("workload:\n  kind: synthetic\n  input_tokens: {dist: uniform, low: 9, high: 2}\n",
          "config: workload.input_tokens: high (2) must be >= low (9)"),
-        ("sharing:\n  mode: sometimes\n", "config: sharing.mode: Input should be 'baseline' or 'timeslice' (got 'sometimes')"),
+        ("sharing:\n  mode: sometimes\n", "config: sharing.mode: Input should be 'baseline', 'mps', 'timeslice', 'mig_emulation' or 'mig' (got 'sometimes')"),
         ("- just a list\n", "--config: {path} must hold a mapping of keys, not list"),
     ],
 )
@@ -229,7 +229,8 @@ def test_external_server_is_driven_but_never_started_or_stopped(tmp_path):
         doc = summary(folder)
         assert doc["completed"] == 10 and doc["load_mode"] == "open_loop"
         assert doc["servers"] == [{"name": "theirs", "base_url": f"http://127.0.0.1:{port}", "pid": None,
-                                   "startup_s": doc["servers"][0]["startup_s"], "exit_code": None}]
+                                   "startup_s": doc["servers"][0]["startup_s"], "kv_cache_tokens": None,
+                                   "exit_code": None}]
         assert doc["server_counters"] == {"theirs": None}
         assert not (folder / "server-0.log").exists()
         assert server.poll() is None  # still running: not ours to stop

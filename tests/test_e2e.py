@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from gpushare.servers import group_members
 from helpers import alive, free_port, run_folder, summary, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -24,19 +24,6 @@ CPU_SERVER = {
     "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
     "ready_timeout_s": 600,
 }
-
-
-def group_members(pgid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(entry.name))
-    return out
 
 
 def scenario(tmp_path: Path, name: str, **sections) -> Path:

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpushare.metrics import (
+    gpu_window,
     LatencyStats,
     inter_token_latencies,
     is_good,
@@ -132,3 +133,24 @@ def test_latency_stats_are_population_statistics_in_ms():
 
 def test_failed_requests_are_never_good():
     assert not is_good(record(status="timeout"), {"ttft": 100.0})
+
+
+def gpu_rows():
+    rows = []
+    for i in range(11):  # 10 s, one sample a second, 300 W, energy counter in J
+        rows.append({"t": str(100.0 + i), "gpu": "0", "energy_j": str(5000.0 + 300.0 * i), "power_w": "300",
+                     "gpu_util_pct": str(50 + i), "mem_used_mib": str(1000 + i),
+                     "processes": f"11:10:{500 + i};12:10:100;21:20:{200 - i};99::7"})
+    return rows
+
+
+def test_gpu_window_energy_power_and_peak_memory():
+    out = gpu_window(gpu_rows(), 102.0, 106.0, output_tokens=600, server_groups={"a": 10, "b": 20, "ext": None})
+    assert out["gpu_samples"] == 5
+    assert out["energy_j"] == pytest.approx(1200.0)  # 4 s at 300 W
+    assert out["energy_per_output_token_j"] == pytest.approx(2.0)
+    assert out["avg_power_w"] == pytest.approx(300.0)
+    assert out["mean_gpu_util_pct"] == pytest.approx(54.0) and out["max_mem_used_mib"] == 1006
+    assert out["peak_server_memory_mib"] == {"a": 606.0 + 0, "b": 198.0, "ext": None}
+    assert gpu_window(gpu_rows(), 200.0, 300.0, 1, {}) is None
+    assert gpu_window([{**r, "energy_j": ""} for r in gpu_rows()], 100, 110, 10, {})["energy_j"] is None

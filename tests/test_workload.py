@@ -1,13 +1,16 @@
 """Workloads and configuration: lengths, datasets, seeds, overrides, the GPU monitor's fallback."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushare.config import ApiConfig, DatasetWorkload, LoadConfig, ScenarioConfig, SyntheticWorkload, apply_overrides, parse_config
+from gpushare.config import (
+    ApiConfig, DatasetWorkload, LoadConfig, ScenarioConfig, SyntheticWorkload, apply_overrides, parse_config, read_config_file,
+)
 from gpushare.errors import ConfigError
 from gpushare.models import embedded_folder, resolve_model
 from gpushare.monitor import GPU_COLUMNS, GpuMonitor
@@ -134,3 +137,8 @@ def test_monitor_without_nvml_writes_only_the_header(tmp_path, monkeypatch):
         assert not mon.available
     assert (tmp_path / "gpu.csv").read_text().strip() == ",".join(GPU_COLUMNS)
     assert len(said) == 1 and "NVML is not available" in said[0]
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml")))
+def test_shipped_configs_are_valid(path):
+    parse_config(read_config_file(Path(path)))

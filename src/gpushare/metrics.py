@@ -197,3 +197,71 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float] | None 
         good_requests=None if not slo else sum(is_good(r, slo) for r in measured),
         usage_missing=sum(not r.usage_reported for r in done),
     )
+
+
+# --- the GPU over the measurement window (from gpu.csv rows) -----------------------------------
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def process_memory(processes: str) -> dict[int, float]:
+    """MiB per process group from a gpu.csv `processes` cell (pid:pgid:MiB;...)."""
+    out: dict[int, float] = {}
+    for item in filter(None, (processes or "").split(";")):
+        parts = item.split(":")
+        if len(parts) == 3 and parts[1].lstrip("-").isdigit():
+            out[int(parts[1])] = out.get(int(parts[1]), 0.0) + float(parts[2])
+    return out
+
+
+def gpu_window(rows: Sequence[Mapping[str, Any]], start: float, end: float, output_tokens: int,
+               server_groups: Mapping[str, int | None]) -> dict[str, Any] | None:
+    """Energy, power, utilisation and memory over [start, end]; None without samples there.
+
+    Energy is the difference of NVML's total-energy counter between the first and the last
+    sample inside the window, summed over GPUs; utilisation and power are sample means.
+    `server_groups` maps a server's name to its process group, for its peak memory."""
+    inside = [r for r in rows if (t := _float(r.get("t"))) is not None and start <= t <= end]
+    if not inside:
+        return None
+    energy = 0.0
+    energy_known = True
+    span = 0.0
+    for gpu in sorted({r["gpu"] for r in inside}):
+        samples = [r for r in inside if r["gpu"] == gpu]
+        first, last = _float(samples[0].get("energy_j")), _float(samples[-1].get("energy_j"))
+        span = max(span, float(samples[-1]["t"]) - float(samples[0]["t"]))
+        if first is None or last is None:
+            energy_known = False
+        else:
+            energy += last - first
+
+    def series(key: str) -> list[float]:
+        return [v for r in inside if (v := _float(r.get(key))) is not None]
+
+    def stat(values: list[float], fn: Callable[[list[float]], float]) -> float | None:
+        return fn(values) if values else None
+
+    power, util, mem = series("power_w"), series("gpu_util_pct"), series("mem_used_mib")
+    peak: dict[str, float | None] = {}
+    for name, group in server_groups.items():
+        used = [process_memory(str(r.get("processes") or "")).get(group) for r in inside] if group else []
+        peak[name] = max((u for u in used if u is not None), default=None)
+    out = {
+        "gpu_samples": len(inside),
+        "energy_j": energy if energy_known and span > 0 else None,
+        "energy_per_output_token_j": energy / output_tokens if energy_known and span > 0 and output_tokens else None,
+        "avg_power_w": energy / span if energy_known and span > 0 else stat(power, lambda v: sum(v) / len(v)),
+        "mean_power_w": stat(power, lambda v: sum(v) / len(v)),
+        "max_power_w": stat(power, max),
+        "mean_gpu_util_pct": stat(util, lambda v: sum(v) / len(v)),
+        "max_gpu_util_pct": stat(util, max),
+        "max_mem_used_mib": stat(mem, max),
+        "peak_server_memory_mib": peak,
+    }
+    return out

@@ -49,10 +49,10 @@ def memory_fraction(cap_gib: float, total_gib: float, headroom_gib: float) -> fl
     not count (CUDA context, activations outside its budget)."""
     if cap_gib > total_gib:
         raise ConfigError(f"memory_gib: a cap of {cap_gib:g} GiB is more than the GPU's {total_gib:.1f} GiB")
-    usable = cap_gib - headroom_gib
-    if usable <= 0:
+    fraction = math.floor((cap_gib - headroom_gib) / total_gib * 10_000) / 10_000  # down: never above the cap
+    if fraction <= 0:
         raise ConfigError(f"memory_gib: a cap of {cap_gib:g} GiB leaves nothing after {headroom_gib:g} GiB of headroom")
-    return math.floor(usable / total_gib * 10_000) / 10_000  # rounded down: never above the cap
+    return fraction
 
 
 @dataclass(frozen=True)

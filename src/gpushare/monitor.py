@@ -7,6 +7,7 @@ Sampling only reads: it never changes a clock, a power limit or a mode.
 from __future__ import annotations
 
 import csv
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ GPU_COLUMNS = [
     "throttle_reasons",
     "processes",
 ]
+"""`processes` lists pid:pgid:MiB of each compute process, separated by ';'."""
 
 
 def _nvml() -> Any | None:
@@ -69,9 +71,19 @@ def sample_gpu(nv: Any, index: int, handle: Any, uuid: str, t: float) -> dict[st
         "temp_c": _read(lambda: nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)),
         "throttle_reasons": _read(lambda: nv.nvmlDeviceGetCurrentClocksEventReasons(handle)),
         "processes": ";".join(
-            f"{p.pid}:{(p.usedGpuMemory or 0) // 2**20}" for p in procs if getattr(p, "pid", None) is not None
+            f"{p.pid}:{_pgid(p.pid)}:{(p.usedGpuMemory or 0) // 2**20}"
+            for p in procs if getattr(p, "pid", None) is not None
         ),
     }
+
+
+def _pgid(pid: int) -> int | str:
+    """The process group of a GPU process: a launched server's group id is its leader's PID,
+    so engine workers are matched to their server. Empty where the PID is not visible."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return ""
 
 
 class GpuMonitor:

@@ -27,7 +27,7 @@ from .config import ScenarioConfig, dump_config
 from .engines import ENGINES, LaunchPlan, redact, redact_env
 from .errors import ConfigError, GpushareError, RunFailure
 from .loadgen import Endpoint, LoadGenerator, LoadResult
-from .metrics import RunSummary, e2el, queue_time, summarize, tpot, ttft
+from .metrics import RunSummary, e2el, gpu_window, measurement_window, queue_time, summarize, tpot, ttft
 from . import mig
 from .models import ResolvedModel, cache_root, resolve_model
 from .monitor import GpuMonitor
@@ -191,6 +191,18 @@ def summary_document(config: ScenarioConfig, records: list[RequestRecord], resul
     return doc
 
 
+def gpu_summary(path: Path, records: list[RequestRecord], output_tokens: int,
+                fleet: ServerFleet | None) -> dict[str, Any] | None:
+    """GPU statistics over the measurement window (warm-up excluded), from gpu.csv."""
+    window = measurement_window(r for r in records if not r.warmup)
+    if window is None or not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    groups = {h.name: h.pid for h in fleet.handles} if fleet else {}
+    return gpu_window(rows, window[0], window[1], output_tokens, groups)
+
+
 def print_summary(console: Console, doc: dict[str, Any], run_dir: Path) -> None:
     def ms(key: str) -> str:
         v = doc.get(key)
@@ -206,6 +218,10 @@ def print_summary(console: Console, doc: dict[str, Any], run_dir: Path) -> None:
     table.add_row("total token throughput (tok/s)", f"{doc['total_token_throughput']:,.1f}")
     for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E latency")):
         table.add_row(f"{label} mean / p50 / p99 (ms)", f"{ms(f'mean_{name}_ms')} / {ms(f'p50_{name}_ms')} / {ms(f'p99_{name}_ms')}")
+    gpu = doc.get("gpu") or {}
+    if gpu.get("energy_j") is not None:
+        table.add_row("GPU energy (J) / per output token (J)", f"{gpu['energy_j']:,.0f} / {gpu['energy_per_output_token_j']:.3f}")
+        table.add_row("GPU power avg / max (W)", f"{gpu['avg_power_w']:.0f} / {gpu['max_power_w'] or 0:.0f}")
     if "request_goodput" in doc:
         table.add_row("goodput (req/s) / good fraction", f"{doc['request_goodput']:.2f} / {doc['good_request_fraction'] or 0:.2%}")
     if doc["completed"] or doc["failed"]:
@@ -415,6 +431,7 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
         doc["server_counters"] = state.counter_deltas()
         doc["placements"] = {plan.name: p.describe() for plan, p in zip(plans, prepared.placements)}
         doc["mps"] = state.mps
+        doc["gpu"] = gpu_summary(run_dir / "gpu.csv", records, doc["total_output_tokens"], state.fleet)
         if complete and doc["completed"] == 0:
             state.exit_code = 1
             doc["error"] = "no request completed"
