@@ -1,5 +1,6 @@
 """The stream parser counts tokens per network block exactly, however the bytes are split."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,3 +88,13 @@ def test_long_stream_keeps_exact_count_with_small_blocks():
     acc = feed(data, list(range(0, len(data), 97)))
     outcome = acc.finish()
     assert sum(acc.tokens) == n and outcome.usage["completion_tokens"] == n
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+@pytest.mark.parametrize("step", [1, 2, 3, 5])
+def test_tiny_reads_keep_the_count(crlf, step):
+    """Reads shorter than the event separator (one byte at a time, say) must not lose a separator."""
+    data = stream(40, chat=True, crlf=crlf)
+    acc = feed(data, list(range(0, len(data), step)))
+    outcome = acc.finish()
+    assert sum(acc.tokens) == 40 and outcome.done and outcome.usage["completion_tokens"] == 40

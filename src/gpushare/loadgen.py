@@ -11,6 +11,8 @@ small, so that what it reports is the server's behaviour, not the client's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import json
 import time
@@ -31,6 +33,8 @@ STREAM_ERROR = "stream_error"
 ABORTED = "aborted"
 
 _TAIL_BYTES = 8192
+# Substrings of the events that may not be tokens; any other event is one, unparsed.
+_MAYBE_NOT_A_TOKEN = (b"[DONE]", b'"usage"', b'"error"', b'"choices":[]', b'"choices": []')
 _READ_BUFFER = 4 * 1024 * 1024
 
 
@@ -135,7 +139,7 @@ class StreamAccounting:
     [DONE]).
     """
 
-    __slots__ = ("times", "tokens", "_head", "_sep", "_carry", "_tail", "_length", "_blocks", "_started")
+    __slots__ = ("times", "tokens", "_head", "_sep", "_carry", "_length", "_blocks", "_started")
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -143,7 +147,6 @@ class StreamAccounting:
         self._head = b""
         self._sep = b"\n\n"
         self._carry = b""
-        self._tail = b""
         self._length = 0
         self._blocks: list[bytes] = []
         self._started = False
@@ -151,18 +154,18 @@ class StreamAccounting:
     def feed(self, block: bytes, t: float) -> None:
         self._blocks.append(block)
         self._length += len(block)
-        self._tail = block[-_TAIL_BYTES:] if len(block) >= _TAIL_BYTES else (self._tail + block)[-_TAIL_BYTES:]
         if self._started:
             sep = self._sep
             n = block.count(sep)
             if self._carry:
                 n += (self._carry + block[: len(sep) - 1]).count(sep)
-            self._carry = block[-(len(sep) - 1):]
+            # A block shorter than the separator keeps part of the previous carry.
+            self._carry = (self._carry + block)[-(len(sep) - 1):] if len(block) < len(sep) else block[-(len(sep) - 1):]
             if n:
                 self.times.append(t)
                 self.tokens.append(n)
             return
-        self._head += block
+        self._head = self._head + block if self._head else block
         if self._sep not in self._head and b"\r\n\r\n" in self._head:
             self._sep = b"\r\n\r\n"
         sep = self._sep
@@ -174,9 +177,8 @@ class StreamAccounting:
             data = _event_data(self._head[start:end])
             start = end + len(sep)
             if data is not None and classify_event(data).kind == "token":
-                rest = self._head[start:]
                 self.times.append(t)
-                self.tokens.append(1 + rest.count(sep))
+                self.tokens.append(1 + self._head.count(sep, start))
                 self._carry = self._head[-(len(sep) - 1):]
                 self._started = True
                 self._head = b""
@@ -193,18 +195,28 @@ class StreamAccounting:
     def finish(self) -> "StreamOutcome":
         """Parse the stream's trailing events (back to the last token) and take the non-token
         ones back out of the counts."""
-        complete, _, _ = self._tail.rpartition(self._sep)
-        pieces = complete.split(self._sep)
-        if self._length > _TAIL_BYTES:
-            pieces = pieces[1:]  # the first piece may be cut
+        tail, size = [], 0
+        for block in reversed(self._blocks):  # the stream's last _TAIL_BYTES, joined once
+            tail.append(block)
+            size += len(block)
+            if size >= _TAIL_BYTES:
+                break
+        buf, sep = b"".join(reversed(tail))[-_TAIL_BYTES:], self._sep
+        whole = self._length <= _TAIL_BYTES
         usage, errors, done, trailing = None, [], False, 0
-        for piece in reversed(pieces):
-            data = _event_data(piece)
+        end = buf.rfind(sep)
+        while end >= 0:
+            prev = buf.rfind(sep, 0, end)
+            if prev < 0 and not whole:
+                break  # the buffer may start inside this event
+            data = _event_data(buf[prev + len(sep) if prev >= 0 else 0:end])
+            end = prev
             if data is None:
                 continue
+            if not any(mark in data for mark in _MAYBE_NOT_A_TOKEN):
+                break  # an ordinary token event: the walk back is done
             event = classify_event(data)
-            if usage is None:
-                usage = event.usage
+            usage = usage or event.usage
             if event.kind == "token":
                 break
             trailing += 1
@@ -328,6 +340,25 @@ def new_session(api: ApiConfig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=_READ_BUFFER)
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No garbage-collector pauses inside the measured window.
+
+    A full collection over the prepared requests takes tens of milliseconds and stalls
+    every request in flight, which shows up as client-made latency. Objects alive now are
+    frozen out of later collections and collection is paused until the window ends."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
 class LoadGenerator:
     """Drives endpoints with requests from `specs` (indexable), warm-up first, then measured."""
 
@@ -408,9 +439,9 @@ class LoadGenerator:
                 index = next(indices)
                 if (last is not None and index >= last) or (deadline is not None and clock() >= deadline):
                     return
-                await self._track(self._one(session, index, clock(), warmup, None))
+                await self._one(session, index, clock(), warmup, None)
 
-        workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+        workers = [self._track(worker()) for _ in range(concurrency)]
         try:
             await asyncio.gather(*workers, return_exceptions=False)
         except asyncio.CancelledError:
@@ -428,11 +459,11 @@ class LoadGenerator:
             due += next(self._arrivals)
             if deadline is not None and due >= deadline:
                 break
-            delay = due - clock()
-            if delay > 0:
+            # Timers may fire early (uvloop rounds to whole milliseconds): wait until due.
+            while (delay := due - clock()) > 0:
                 await asyncio.sleep(delay)
-                if self._stop.is_set():
-                    break
+            if self._stop.is_set():
+                break
             self._track(self._one(session, index, due, False, gate))
         if self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
@@ -448,16 +479,17 @@ class LoadGenerator:
                 self.prebuild(warm, n)
             if self._before_measure is not None:
                 self._before_measure()
-            cpu0, started = time.process_time(), clock()
-            deadline = None if load.duration_s is None else started + load.duration_s
-            if not self._stop.is_set():
-                if load.open_loop:
-                    await self._open_loop(session, warm, n, deadline)
-                else:
-                    assert load.concurrency is not None
-                    await self._closed_loop(session, warm, n, load.concurrency, deadline, False)
-            if self._in_flight:
-                await asyncio.gather(*list(self._in_flight), return_exceptions=True)
-            ended, cpu = clock(), time.process_time() - cpu0
+            with paused_gc():
+                cpu0, started = time.process_time(), clock()
+                deadline = None if load.duration_s is None else started + load.duration_s
+                if not self._stop.is_set():
+                    if load.open_loop:
+                        await self._open_loop(session, warm, n, deadline)
+                    else:
+                        assert load.concurrency is not None
+                        await self._closed_loop(session, warm, n, load.concurrency, deadline, False)
+                if self._in_flight:
+                    await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+                ended, cpu = clock(), time.process_time() - cpu0
         self.records.sort(key=lambda r: r.index)
         return LoadResult(self.records, started, ended, cpu, self._aborted)

@@ -44,7 +44,8 @@ def tpot(rec: RequestRecord) -> float | None:
 
 
 def queue_time(rec: RequestRecord) -> float:
-    """Scheduled → sent: how late the client was (open loop), ~0 in a closed loop."""
+    """Scheduled → sent: how late the client sent the request (open loop: after its arrival
+    time; closed loop: after a worker became free, i.e. the client's own scheduling delay)."""
     return rec.sent - rec.scheduled
 
 
