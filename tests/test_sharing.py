@@ -207,3 +207,33 @@ def test_mps_run_stops_servers_before_quitting_the_daemon(standin, tmp_path):
     assert "quit clients_alive=0" in lines and lines[-1] == "daemon exit"
     assert not alive(doc["mps"]["control_pid"])
     assert (run_folder(tmp_path / "runs") / "mps-log").is_dir()
+
+
+def test_interrupted_mps_run_stops_servers_then_the_daemon(standin, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    cfg = write_config(
+        tmp_path / "mps.yaml", scenario="mpsint",
+        sharing={"mode": "mps"},
+        servers=[{"name": "s0", "command": [*SSE_SERVER, "--token-delay", "0.2"], "port": free_port(),
+                  "ready_timeout_s": 30}],
+        workload={"kind": "synthetic", "input_tokens": 8, "output_tokens": 20},
+        load={"concurrency": 2, "n_requests": 500, "warmup_requests": 0},
+        out=str(tmp_path / "runs"),
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "run", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/server-0.log")):
+        time.sleep(0.2)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    doc = summary(run_folder(tmp_path / "runs"))
+    assert doc["complete"] is False and doc["error"] == "interrupted by SIGINT"
+    lines = standin.read_text().splitlines()
+    assert "quit clients_alive=0" in lines and lines[-1] == "daemon exit"
+    assert not alive(doc["mps"]["control_pid"]) and not alive(doc["servers"][0]["pid"])

@@ -31,8 +31,8 @@ class Caps:
 def profile_caps(profile: str, gpu_memory_gib: float) -> Caps:
     """`3g.40gb` -> 3/7 of the SMs (43 %) and 40/80 of the GPU's memory.
 
-    A real instance's memory is a number of the GPU's 8 memory slices (a 40gb instance of
-    an H100 reports ~39.3 GiB), so the emulated cap is that share of this GPU's memory."""
+    A real instance holds a number of the GPU's 8 memory slices, so the emulated cap is
+    that share of this GPU's memory."""
     match = _PROFILE.match(profile)
     if match is None or profile not in H100_80GB_PROFILES:
         raise ConfigError(f"mig_profile: unknown profile '{profile}' (allowed: {', '.join(H100_80GB_PROFILES)})")
