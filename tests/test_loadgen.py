@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import itertools
-import socket
 
 import numpy as np
 import pytest
@@ -14,13 +13,8 @@ from gpushare.loadgen import Endpoint, LoadGenerator
 from gpushare.metrics import summarize
 from gpushare.records import RequestSpec
 from gpushare.workload import inter_arrival_gaps
+from helpers import free_port
 from sse_server import Behaviour, SseServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

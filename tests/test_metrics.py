@@ -154,3 +154,9 @@ def test_gpu_window_energy_power_and_peak_memory():
     assert out["peak_server_memory_mib"] == {"a": 606.0 + 0, "b": 198.0, "ext": None}
     assert gpu_window(gpu_rows(), 200.0, 300.0, 1, {}) is None
     assert gpu_window([{**r, "energy_j": ""} for r in gpu_rows()], 100, 110, 10, {})["energy_j"] is None
+
+
+def test_gpu_window_ignores_mig_instance_rows():
+    rows = gpu_rows() + [{"t": str(100.0 + i), "gpu": "0:1", "energy_j": "", "power_w": "", "mem_used_mib": "7"}
+                         for i in range(11)]
+    assert gpu_window(rows, 102.0, 106.0, 600, {})["energy_j"] == pytest.approx(1200.0)

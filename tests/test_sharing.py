@@ -2,6 +2,7 @@
 NVML's API shapes, and MPS control sequencing against a stand-in control program."""
 
 import os
+import time
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -237,3 +238,69 @@ def test_interrupted_mps_run_stops_servers_then_the_daemon(standin, tmp_path):
     lines = standin.read_text().splitlines()
     assert "quit clients_alive=0" in lines and lines[-1] == "daemon exit"
     assert not alive(doc["mps"]["control_pid"]) and not alive(doc["servers"][0]["pid"])
+
+
+class FakeNvmlSampling(FakeNvml):
+    """Adds the sampling calls; MIG instances answer memory only, as NVML's do."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetUUID(self, handle):
+        return "GPU-0" if handle[0] == "gpu" else super().nvmlDeviceGetUUID(handle)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        if handle[0] == "gpu":
+            return SimpleNamespace(total=80 * 2**30, used=50 * 2**30)
+        return SimpleNamespace(total=self.instances[handle[1]][2] * 2**20, used=7 * 2**30)
+
+    def _gpu_only(self, handle, value):
+        if handle[0] != "gpu":
+            raise self.NVMLError("Not Supported")
+        return value
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return self._gpu_only(handle, SimpleNamespace(gpu=97, memory=40))
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return self._gpu_only(handle, 450_000)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return self._gpu_only(handle, 1_000_000)
+
+    def nvmlDeviceGetClockInfo(self, handle, kind):
+        return self._gpu_only(handle, 1980)
+
+    def nvmlDeviceGetTemperature(self, handle, kind):
+        return self._gpu_only(handle, 40)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
+        return self._gpu_only(handle, 0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [SimpleNamespace(pid=os.getpid(), usedGpuMemory=3 * 2**30)] if handle[0] == "gpu" else []
+
+    def nvmlShutdown(self):
+        pass
+
+
+def test_monitor_samples_gpus_and_mig_instances(tmp_path, monkeypatch):
+    import csv
+
+    import gpushare.monitor as monitor
+
+    nvml = FakeNvmlSampling(1, [("MIG-aaa", "3g.40gb", 40192)])
+    monkeypatch.setattr(monitor, "_nvml", lambda: nvml)
+    with monitor.GpuMonitor(tmp_path / "gpu.csv", 0.01, say=lambda m: None) as mon:
+        deadline = time.monotonic() + 5
+        while mon.samples < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    rows = list(csv.DictReader(open(tmp_path / "gpu.csv")))
+    gpu = [r for r in rows if r["gpu"] == "0"]
+    mig = [r for r in rows if r["gpu"] == "0:0"]
+    assert len(gpu) >= 3 and len(mig) == len(gpu)
+    assert gpu[0]["power_w"] == "450.0" and gpu[0]["energy_j"] == "1000.0" and gpu[0]["mem_used_mib"] == "51200"
+    assert gpu[0]["processes"] == f"{os.getpid()}:{os.getpgid(0)}:3072"
+    assert mig[0]["uuid"] == "MIG-aaa" and mig[0]["mem_used_mib"] == "7168" and mig[0]["gpu_util_pct"] == ""

@@ -227,7 +227,9 @@ def gpu_window(rows: Sequence[Mapping[str, Any]], start: float, end: float, outp
     Energy is the difference of NVML's total-energy counter between the first and the last
     sample inside the window, summed over GPUs; utilisation and power are sample means.
     `server_groups` maps a server's name to its process group, for its peak memory."""
-    inside = [r for r in rows if (t := _float(r.get("t"))) is not None and start <= t <= end]
+    # Whole GPUs only; MIG instances (labelled gpu:instance) have no power or utilisation.
+    inside = [r for r in rows if (t := _float(r.get("t"))) is not None and start <= t <= end
+              and ":" not in str(r.get("gpu"))]
     if not inside:
         return None
     energy = 0.0

@@ -50,7 +50,7 @@ def _read(call: Callable[[], Any]) -> Any:
         return None
 
 
-def sample_gpu(nv: Any, index: int, handle: Any, uuid: str, t: float) -> dict[str, Any]:
+def sample_gpu(nv: Any, index: str, handle: Any, uuid: str, t: float) -> dict[str, Any]:
     util = _read(lambda: nv.nvmlDeviceGetUtilizationRates(handle))
     mem = _read(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
     power = _read(lambda: nv.nvmlDeviceGetPowerUsage(handle))
@@ -86,6 +86,23 @@ def _pgid(pid: int) -> int | str:
         return ""
 
 
+def sampled_devices(nv: Any) -> list[tuple[str, Any, str]]:
+    """(label, handle, uuid) for every GPU and, where MIG is on, every MIG instance
+    (labelled `gpu:instance`; NVML gives instances memory but not utilisation)."""
+    out = []
+    for i in range(nv.nvmlDeviceGetCount()):
+        handle = nv.nvmlDeviceGetHandleByIndex(i)
+        out.append((str(i), handle, _read(lambda h=handle: nv.nvmlDeviceGetUUID(h)) or ""))
+        mode = _read(lambda h=handle: nv.nvmlDeviceGetMigMode(h))
+        if not mode or mode[0] != nv.NVML_DEVICE_MIG_ENABLE:
+            continue
+        for j in range(_read(lambda h=handle: nv.nvmlDeviceGetMaxMigDeviceCount(h)) or 0):
+            mig = _read(lambda h=handle, j=j: nv.nvmlDeviceGetMigDeviceHandleByIndex(h, j))
+            if mig is not None:
+                out.append((f"{i}:{j}", mig, _read(lambda m=mig: nv.nvmlDeviceGetUUID(m)) or ""))
+    return out
+
+
 class GpuMonitor:
     """Background sampler; use as a context manager around the whole run."""
 
@@ -110,16 +127,12 @@ class GpuMonitor:
             self.say("GPU monitor: NVML is not available here; gpu.csv will hold only its header")
             return self
         self.available = True
-        count = nv.nvmlDeviceGetCount()
-        devices = []
-        for i in range(count):
-            handle = nv.nvmlDeviceGetHandleByIndex(i)
-            devices.append((i, handle, _read(lambda h=handle: nv.nvmlDeviceGetUUID(h)) or ""))
+        devices = sampled_devices(nv)
         self._thread = threading.Thread(target=self._loop, args=(nv, devices), name="gpu-monitor", daemon=True)
         self._thread.start()
         return self
 
-    def _loop(self, nv: Any, devices: list[tuple[int, Any, str]]) -> None:
+    def _loop(self, nv: Any, devices: list[tuple[str, Any, str]]) -> None:
         try:
             while not self._stop.is_set():
                 t = self.clock()
