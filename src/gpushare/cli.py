@@ -90,6 +90,19 @@ def run(
 
 
 @app.command()
+def analyze(
+    runs: List[Path] = typer.Option(..., "--runs", help="Run folders, or folders holding them (searched recursively)."),
+    out: Path = typer.Option(Path("runs/plots"), "--out", help="Where the tables and figures go."),
+) -> None:
+    """Tidy table (runs.csv), summary tables (CSV, Markdown, LaTeX) and figures from run folders."""
+    from .analysis import analyze as analyze_runs
+
+    written = analyze_runs(runs, out)
+    err_console.print(f"Wrote {len(written)} files to {out}", soft_wrap=True, highlight=False)
+    print((out / "summary.md").read_text(), end="")
+
+
+@app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON.")) -> None:
     """Print what this machine offers (GPU/NVML, MPS, MIG, engines, the embedded model); changes nothing."""
     facts: dict[str, Any] = {

@@ -1,0 +1,271 @@
+"""Run folders in; one tidy table, summary tables (CSV, Markdown, LaTeX) and figures out.
+
+Every figure gives each scenario the same colour, labels its axes with units, and shows
+the spread of repeated runs (error bars: one standard deviation), not only their mean.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .errors import ConfigError  # noqa: E402
+
+# Per run: what the tables and figures use (summary.json keys, or the gpu block's).
+RUN_FIELDS = [
+    "scenario", "sharing_mode", "load_mode", "max_concurrency", "request_rate", "complete", "completed", "failed",
+    "duration", "request_throughput", "output_throughput", "total_token_throughput",
+    "p50_latency_s", "p95_latency_s", "p99_latency_s", "p99_ttft_ms", "p99_tpot_ms", "mean_tpot_ms", "p99_itl_ms",
+]
+GPU_FIELDS = ["energy_per_output_token_j", "avg_power_w", "mean_gpu_util_pct", "max_mem_used_mib"]
+
+# The summary table: our column name -> (tidy column, how many decimals).
+TABLE_COLUMNS = {
+    "Scenario": ("scenario", None),
+    "Concurrency": ("load", None),
+    "Throughput tokens/s": ("output_throughput", 0),
+    "P99 latency s": ("p99_latency_s", 2),
+    "P99 TTFT ms": ("p99_ttft_ms", 0),
+    "P99 TPOT ms": ("p99_tpot_ms", 1),
+    "Energy J/token": ("energy_per_output_token_j", 3),
+    "Errors": ("failed", None),
+    "Runs": ("runs", None),
+}
+
+
+def run_folders(paths: Iterable[Path]) -> list[Path]:
+    """Every folder holding a summary.json, under or at the given paths."""
+    found: set[Path] = set()
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"--runs: {path} does not exist")
+        found.update(p.parent for p in ([path / "summary.json"] if (path / "summary.json").exists()
+                                        else path.rglob("summary.json")))
+    if not found:
+        raise ConfigError(f"--runs: no run folders (with summary.json) under {', '.join(map(str, paths))}")
+    return sorted(found)
+
+
+def load_runs(paths: Iterable[Path], include_incomplete: bool = False) -> pd.DataFrame:
+    """One row per run. Incomplete runs are left out unless asked for (never silently: see `complete`)."""
+    rows = []
+    for folder in run_folders(paths):
+        doc = json.loads((folder / "summary.json").read_text())
+        row = {key: doc.get(key) for key in RUN_FIELDS}
+        row.update({key: (doc.get("gpu") or {}).get(key) for key in GPU_FIELDS})
+        row["run"] = str(folder)
+        row["servers"] = len(doc.get("per_endpoint") or {})
+        row["load"] = doc["request_rate"] if doc.get("load_mode") == "open_loop" else doc.get("max_concurrency")
+        rows.append(row)
+    runs = pd.DataFrame(rows)
+    if not include_incomplete:
+        runs = runs[runs["complete"].astype(bool)]
+    return runs.sort_values(["scenario", "load", "run"]).reset_index(drop=True)
+
+
+def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation per (scenario, load), with the number of runs."""
+    numeric = [c for c in runs.columns if c not in ("scenario", "load", "run", "sharing_mode", "load_mode", "complete")
+               and pd.api.types.is_numeric_dtype(runs[c])]
+    grouped = runs.groupby(["scenario", "load"], sort=True)
+    mean = grouped[numeric].mean()
+    std = grouped[numeric].std(ddof=1).add_suffix("_std")
+    out = pd.concat([mean, std], axis=1)
+    out["failed"] = grouped["failed"].sum()
+    out["runs"] = grouped.size()
+    return out.reset_index()
+
+
+def table(summary: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame()
+    for title, (column, digits) in TABLE_COLUMNS.items():
+        values = summary[column]
+        if digits is not None:
+            values = values.map(lambda v, d=digits: "" if pd.isna(v) else f"{v:,.{d}f}")
+        out[title] = values
+    return out
+
+
+def write_tables(summary: pd.DataFrame, out: Path) -> list[Path]:
+    shown = table(summary)
+    paths = [out / "summary.csv", out / "summary.md", out / "summary.tex"]
+    summary.to_csv(paths[0], index=False)
+    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
+    paths[1].write_text(header + body)
+    latex = shown.copy()
+    latex.columns = [c.replace("/", "/\\allowbreak ") for c in latex.columns]
+    paths[2].write_text(latex.to_latex(index=False, escape=True, column_format="l" + "r" * (len(shown.columns) - 1)))
+    return paths
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def colours(scenarios: Iterable[str]) -> dict[str, tuple]:
+    names = sorted(set(scenarios))
+    palette = plt.get_cmap("tab10")
+    return {name: palette(i % 10) for i, name in enumerate(names)}
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.tight_layout()
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def _legend(ax: plt.Axes) -> None:
+    """Outside the plot, to the right, so that it never covers data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+
+
+def _spread(std: pd.Series) -> pd.Series | None:
+    """Error bars from repeated runs; none where every point is a single run."""
+    return None if std.isna().all() else std.fillna(0)
+
+
+def _load_axis_label(runs: pd.DataFrame) -> str:
+    return "request rate (req/s)" if (runs["load_mode"] == "open_loop").all() else "concurrency (requests in flight)"
+
+
+def plot_versus_load(summary: pd.DataFrame, runs: pd.DataFrame, column: str, ylabel: str, name: str,
+                     out: Path, colour: dict[str, tuple]) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for scenario, part in summary.groupby("scenario"):
+        ax.errorbar(part["load"], part[column], yerr=_spread(part[f"{column}_std"]), marker="o", capsize=3,
+                    label=scenario, color=colour[scenario])
+    ax.set_xlabel(_load_axis_label(runs))
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _save(fig, out, name)
+
+
+def plot_tradeoff(summary: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for scenario, part in summary.groupby("scenario"):
+        ax.errorbar(part["p99_latency_s"], part["output_throughput"], xerr=_spread(part["p99_latency_s_std"]),
+                    yerr=_spread(part["output_throughput_std"]), marker="o", capsize=3, label=scenario,
+                    color=colour[scenario])
+        for _, row in part.iterrows():
+            ax.annotate(f"{row['load']:g}", (row["p99_latency_s"], row["output_throughput"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("P99 end-to-end latency (s)")
+    ax.set_ylabel("output throughput (tokens/s)")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _save(fig, out, "throughput_vs_p99_latency")
+
+
+def request_table(runs: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    for _, run in runs.iterrows():
+        requests = pd.read_csv(Path(run["run"]) / "requests.csv")
+        requests = requests[(requests["warmup"] == 0) & (requests["status"] == "ok")]
+        frames.append(requests.assign(scenario=run["scenario"], load=run["load"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def plot_cdfs(requests: pd.DataFrame, runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    paths = []
+    loads = sorted(requests["load"].unique())
+    for column, label, name in (("ttft_s", "time to first token (s)", "ttft_cdf"),
+                                ("e2el_s", "end-to-end latency (s)", "e2e_latency_cdf")):
+        fig, axes = plt.subplots(1, len(loads), figsize=(4 * len(loads) + 2, 3.5), squeeze=False, sharey=True)
+        for ax, load in zip(axes[0], loads):
+            for scenario, part in requests[requests["load"] == load].groupby("scenario"):
+                values = np.sort(part[column].dropna().to_numpy())
+                ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=scenario,
+                        color=colour[scenario])
+            ax.set_title(f"{_load_axis_label(runs).split(' (')[0]} {load:g}", fontsize="small")
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("fraction of requests")
+        _legend(axes[0][-1])
+        paths += _save(fig, out, name)
+    return paths
+
+
+def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    """GPU utilisation, memory and power against time since each run's first measured request."""
+    panels = (("gpu_util_pct", "GPU utilisation (%)"), ("mem_used_mib", "memory used (GiB)"), ("power_w", "power (W)"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 7), sharex=True)
+    drawn = 0
+    for _, run in runs.iterrows():
+        folder = Path(run["run"])
+        gpu = pd.read_csv(folder / "gpu.csv")
+        gpu = gpu[~gpu["gpu"].astype(str).str.contains(":")]
+        if gpu.empty:
+            continue
+        requests = pd.read_csv(folder / "requests.csv")
+        measured = requests[requests["warmup"] == 0]
+        start = measured["sent"].min()
+        gpu = gpu[(gpu["t"] >= start) & (gpu["t"] <= measured["end"].max())]
+        for ax, (column, label) in zip(axes, panels):
+            values = gpu[column] / 1024 if column == "mem_used_mib" else gpu[column]
+            ax.plot(gpu["t"] - start, values, color=colour[run["scenario"]], alpha=0.8, linewidth=1,
+                    label=f"{run['scenario']} @ {run['load']:g}")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return []
+    axes[-1].set_xlabel("time since the first measured request (s)")
+    _legend(axes[0])
+    return _save(fig, out, "gpu_timeline")
+
+
+def plot_per_server(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    """Each server's output throughput and P99 latency, for scenarios with several servers."""
+    rows = []
+    for _, run in runs[runs["servers"] > 1].iterrows():
+        doc = json.loads((Path(run["run"]) / "summary.json").read_text())
+        for server, block in doc["per_endpoint"].items():
+            rows.append({"label": f"{run['scenario']} @ {run['load']:g}: {server}", "scenario": run["scenario"],
+                         "output_throughput": block["output_throughput"], "p99_latency_s": block["p99_latency_s"]})
+    if not rows:
+        return []
+    bars = pd.DataFrame(rows).groupby(["label", "scenario"], sort=False).agg(["mean", "std"]).reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.2 * len(bars)), 4.5))
+    for ax, (column, label) in zip(axes, (("output_throughput", "output throughput (tokens/s)"),
+                                          ("p99_latency_s", "P99 end-to-end latency (s)"))):
+        ax.bar(range(len(bars)), bars[(column, "mean")], yerr=_spread(bars[(column, "std")]), capsize=3,
+               color=[colour[s] for s in bars["scenario"]])
+        ax.set_xticks(range(len(bars)), bars["label"], fontsize="x-small", rotation=40, ha="right")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, out, "per_server")
+
+
+def analyze(paths: Iterable[Path], out: Path) -> list[Path]:
+    """Write the tidy table, the summary tables and every figure; return what was written."""
+    runs = load_runs(paths)
+    if runs.empty:
+        raise ConfigError("--runs: no complete runs to analyse")
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "runs.csv", index=False)
+    summary = summarize_runs(runs)
+    colour = colours(runs["scenario"])
+    written = [out / "runs.csv", *write_tables(summary, out)]
+    written += plot_versus_load(summary, runs, "output_throughput", "output throughput (tokens/s)",
+                                "throughput_tokens_per_s", out, colour)
+    written += plot_versus_load(summary, runs, "p99_latency_s", "P99 end-to-end latency (s)", "p99_latency_s",
+                                out, colour)
+    written += plot_tradeoff(summary, out, colour)
+    written += plot_cdfs(request_table(runs), runs, out, colour)
+    written += plot_gpu_timelines(runs, out, colour)
+    written += plot_per_server(runs, out, colour)
+    return written

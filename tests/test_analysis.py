@@ -1,0 +1,75 @@
+"""Analysis of real run folders (the committed H100 runs): tables agree with the summaries,
+repeats show their spread, every figure is written, and bad input is one line."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gpushare import cli
+from gpushare.analysis import analyze, load_runs, summarize_runs
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"
+FIGURES = ["throughput_tokens_per_s", "p99_latency_s", "throughput_vs_p99_latency", "ttft_cdf", "e2e_latency_cdf",
+           "gpu_timeline", "per_server"]
+
+
+def test_tables_and_figures_from_the_h100_runs(tmp_path):
+    written = analyze([RESULTS], tmp_path)
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            path = tmp_path / f"{name}.{ext}"
+            assert path in written and path.stat().st_size > 1000
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 6 and (summary["runs"] == 1).all()
+    for folder in RESULTS.glob("*/summary.json"):
+        doc = json.loads(folder.read_text())
+        row = summary[summary["scenario"] == doc["scenario"]].iloc[0]
+        assert row["output_throughput"] == pytest.approx(doc["output_throughput"])
+        assert row["p99_latency_s"] == pytest.approx(doc["p99_latency_s"])
+        assert row["energy_per_output_token_j"] == pytest.approx(doc["gpu"]["energy_per_output_token_j"])
+    md = (tmp_path / "summary.md").read_text()
+    assert "| Scenario | Concurrency | Throughput tokens/s | P99 latency s |" in md
+    assert "| h100-baseline | 8 | 1,081 | 0.98 |" in md
+    tex = (tmp_path / "summary.tex").read_text()
+    assert "\\begin{tabular}" in tex and "h100-timeslice & 8 & 547 & 1.94" in tex
+
+
+def test_repeated_runs_are_averaged_with_their_spread(tmp_path):
+    source = next(RESULTS.glob("*_h100-baseline_c8"))
+    for i, factor in enumerate((1.0, 0.9)):
+        copy = tmp_path / "runs" / f"repeat-{i}"
+        shutil.copytree(source, copy)
+        doc = json.loads((copy / "summary.json").read_text())
+        doc["output_throughput"] *= factor
+        (copy / "summary.json").write_text(json.dumps(doc))
+    runs = load_runs([tmp_path / "runs"])
+    summary = summarize_runs(runs)
+    assert len(summary) == 1 and summary["runs"][0] == 2
+    base = json.loads((source / "summary.json").read_text())["output_throughput"]
+    assert summary["output_throughput"][0] == pytest.approx(0.95 * base)
+    assert summary["output_throughput_std"][0] == pytest.approx(pd.Series([base, 0.9 * base]).std())
+
+
+def test_incomplete_runs_are_left_out_and_bad_paths_are_one_line(tmp_path, capsys):
+    source = next(RESULTS.glob("*_h100-mps_c8"))
+    shutil.copytree(source, tmp_path / "runs" / "cut")
+    doc = json.loads((tmp_path / "runs" / "cut" / "summary.json").read_text())
+    (tmp_path / "runs" / "cut" / "summary.json").write_text(json.dumps({**doc, "complete": False}))
+    assert len(load_runs([tmp_path / "runs"], include_incomplete=True)) == 1
+    assert cli.main(["analyze", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --runs: no complete runs to analyse"
+    assert cli.main(["analyze", "--runs", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --runs: {tmp_path / 'nothing'} does not exist"
+
+
+def test_the_script_wrapper_keeps_its_flags(tmp_path):
+    script = RESULTS.parent.parent / "scripts" / "analyze_results.py"
+    proc = subprocess.run([sys.executable, str(script), "--runs", str(RESULTS), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| h100-mps | 8 | 1,033 |" in proc.stdout and (tmp_path / "p99_latency_s.png").exists()
