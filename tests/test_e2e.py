@@ -107,3 +107,23 @@ def test_server_killed_mid_run_on_real_vllm(tmp_path):
     assert doc["complete"] is False and doc["completed"] > 0
     assert doc["completed"] + doc["failed"] == doc["num_prompts"] < 400
     assert not any(alive(p) for p in members)
+
+
+def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
+    cfg = scenario(
+        tmp_path, "m",
+        workload={"kind": "synthetic", "input_tokens": 16, "output_tokens": 8},
+        load={"concurrency": 1, "n_requests": 6, "warmup_requests": 1},
+    )
+    out = tmp_path / "matrix"
+    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", str(cfg),
+                           "--concurrency", "1", "3", "--out", str(out)], capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = json.loads((out / "matrix.json").read_text())
+    assert index["counts"]["complete"] == 2
+    docs = [summary(out / "m" / cell) for cell in ("c1_rep1", "c3_rep1")]
+    assert docs[0]["servers"][0]["pid"] == docs[1]["servers"][0]["pid"]
+    for doc in docs:
+        assert doc["completed"] == 6 and doc["server_counters"]["cpu-0"]["generation_tokens"] == 48
+    pid = docs[0]["servers"][0]["pid"]
+    assert not alive(pid) and group_members(pid) == []

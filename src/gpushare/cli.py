@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -87,6 +88,63 @@ def run(
     if outcome.exit_code:
         err_console.print(f"error: {outcome.summary['error']}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
+
+
+MATRIX_USAGE = """usage: gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
+                       [--repeats K] [--n-requests N] [--model M] [--out DIR]"""
+
+
+def matrix_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpushare matrix", usage=MATRIX_USAGE, add_help=False, exit_on_error=False)
+    parser.add_argument("--configs", nargs="+", type=Path, required=True)
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[])
+    parser.add_argument("--request-rate", nargs="+", type=float, default=[])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--n-requests", type=int, default=None)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/matrix"))
+    return parser
+
+
+def parse_matrix_args(args: list[str]) -> argparse.Namespace:
+    try:
+        ns, unknown = matrix_parser().parse_known_args(args)
+    except argparse.ArgumentError as err:
+        raise ConfigError(f"{err.argument_name or 'matrix'}: {err.message}") from None
+    if unknown:
+        raise ConfigError(f"matrix: unknown arguments {' '.join(unknown)}")
+    if not ns.concurrency and not ns.request_rate:
+        raise ConfigError("matrix: give --concurrency and/or --request-rate levels")
+    for flag, values in (("--concurrency", ns.concurrency), ("--request-rate", ns.request_rate),
+                         ("--repeats", [ns.repeats]), ("--n-requests", [ns.n_requests or 1])):
+        if any(v <= 0 for v in values):
+            raise ConfigError(f"{flag}: must be greater than 0")
+    return ns
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def matrix(ctx: typer.Context) -> None:
+    """Every scenario at every load level (and repeat): servers start once per scenario and
+    serve all its cells; each cell is its own run folder, indexed in matrix.json.
+
+    gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
+    [--repeats K] [--n-requests N] [--model M] [--out DIR]
+
+    A rerun with the same --out skips complete cells and redoes incomplete ones.
+    """
+    from .matrix import load_scenarios, run_matrix
+
+    ns = parse_matrix_args(list(ctx.args))
+    configs = load_scenarios(ns.configs, ns.model)
+    index, code = run_matrix(configs, ns.concurrency, ns.request_rate, ns.repeats, ns.out, ns.n_requests, err_console)
+    counts = index["counts"]
+    fraction = index["measured_fraction"]
+    err_console.print(
+        f"matrix: {counts['complete']} complete, {counts['skipped']} skipped, {counts['failed']} failed, "
+        f"{counts['not_run']} not run; {index['wall_s']:.0f} s, "
+        f"{'-' if fraction is None else f'{fraction:.0%}'} inside measurement windows; index {ns.out / 'matrix.json'}",
+        markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -326,18 +326,17 @@ def _event_loop_runner() -> Any:
 
 @dataclass
 class _State:
-    fleet: ServerFleet | None = None
+    servers: "ScenarioServers | None" = None
     generator: LoadGenerator | None = None
     result: LoadResult | None = None
     error: str | None = None
     exit_code: int = 0
-    mps: dict[str, Any] | None = None
     counters_before: dict[str, dict[str, float] | None] | None = None
     counters_after: dict[str, dict[str, float] | None] | None = None
 
     def measure_start(self) -> None:
-        assert self.fleet is not None
-        self.counters_before = self.fleet.counters()
+        assert self.servers is not None and self.servers.fleet is not None
+        self.counters_before = self.servers.fleet.counters()
 
     def counter_deltas(self) -> dict[str, dict[str, float] | None]:
         """What each server counted itself during the measured window (None: no counters)."""
@@ -349,14 +348,59 @@ class _State:
         return out
 
 
-def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunOutcome:
+class ScenarioServers:
+    """A scenario's servers (and their MPS daemon), started once and stopped together; one
+    run, or every cell of a matrix, measures with them. The MPS daemon is entered first so
+    that it is quit only after every client server has stopped."""
+
+    def __init__(self, config: ScenarioConfig, prepared: Prepared, log_dir: Path, console: Console):
+        self.config = config
+        self.plans = prepared.plans
+        self.log_dir = log_dir
+        self.console = console
+        self.fleet: ServerFleet | None = None
+        self.mps: dict[str, Any] | None = None
+        self._stack = ExitStack()
+
+    def _say(self, message: str) -> None:
+        self.console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+    def __enter__(self) -> "ScenarioServers":
+        try:
+            if self.config.sharing.uses_mps:
+                daemon = self._stack.enter_context(
+                    MpsDaemon(self.log_dir, self.config.sharing.mps_pipe_directory, say=self._say))
+                self.mps = {"pipe_directory": str(daemon.pipe_directory),
+                            "started_by_gpushare": daemon.process is not None,
+                            "control_pid": daemon.process.pid if daemon.process else None}
+                self.plans = [replace(p, env={**p.env, **daemon.client_env}) if p.argv is not None else p
+                              for p in self.plans]
+            self.fleet = self._stack.enter_context(ServerFleet(self.plans, self.log_dir))
+            with self.console.status("starting servers") as status:
+                self.fleet.start(
+                    on_ready=lambda h: self._say(f"server {h.name} ready at {h.plan.base_url} in {h.startup_s:.1f} s"),
+                    progress=lambda h, s: status.update(f"starting server {h.name}: waiting {s:.0f} s"),
+                )
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+def run_scenario(config: ScenarioConfig, console: Console | None = None, servers: ScenarioServers | None = None,
+                 run_dir: Path | None = None, prepared: Prepared | None = None) -> RunOutcome:
+    """One measurement. Alone it starts and stops its own servers; a matrix passes servers
+    that are already running (with what its preflight resolved) and a folder for the cell."""
     console = console or Console(stderr=True)
 
     def say(message: str) -> None:
         console.print(message, soft_wrap=True, highlight=False, markup=False)
 
-    prepared = preflight(config, say)
-    models, plans = prepared.models, prepared.plans
+    prepared = prepared or preflight(config, say)
+    models, plans = prepared.models, (servers.plans if servers else prepared.plans)
     tokenizer = load_tokenizer(config.tokenizer or models[0].path)
     prompt_rng, arrival_rng = random_streams(config.seed)
     source = RequestSource(config.workload, config.api, tokenizer, prompt_rng)
@@ -367,7 +411,9 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
         for i, plan in enumerate(plans)
     ]
 
-    run_dir = make_run_dir(config.out, config)
+    if run_dir is None:
+        run_dir = make_run_dir(config.out, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     env = environment.collect()
     env["servers"] = [
@@ -383,20 +429,17 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
     try:
         with ExitStack() as stack:
             stack.enter_context(GpuMonitor(run_dir / "gpu.csv", config.monitor_interval_s, say=say))
-            if config.sharing.uses_mps:
-                # Entered before the servers, so it is quit only after every client has stopped.
-                daemon = stack.enter_context(MpsDaemon(run_dir, config.sharing.mps_pipe_directory, say=say))
-                state.mps = {"pipe_directory": str(daemon.pipe_directory), "started_by_gpushare": daemon.process is not None,
-                             "control_pid": daemon.process.pid if daemon.process else None}
-                plans = [replace(p, env={**p.env, **daemon.client_env}) if p.argv is not None else p for p in plans]
-            state.fleet = stack.enter_context(ServerFleet(plans, run_dir))
-            with console.status("starting servers") as status:
-                state.fleet.start(
-                    on_ready=lambda h: say(f"server {h.name} ready at {h.plan.base_url} in {h.startup_s:.1f} s"),
-                    progress=lambda h, s: status.update(f"starting server {h.name}: waiting {s:.0f} s"),
-                )
+            if servers is None:
+                servers = ScenarioServers(config, prepared, run_dir, console)
+                state.servers = servers
+                stack.enter_context(servers)
+            state.servers = servers
+            fleet = servers.fleet
+            assert fleet is not None
             progress = stack.enter_context(LiveProgress(console, load.n_requests))
-            watch = ServerWatch(state.fleet)
+            watch = ServerWatch(fleet)
+            if watch.check():  # a matrix cell whose server died in an earlier cell
+                raise RunFailure(watch.death() or "a server is not running")
 
             def on_record(rec: RequestRecord) -> None:
                 progress(rec)
@@ -410,7 +453,7 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
                 before_measure=state.measure_start,
             )
             state.result = _event_loop_runner()(drive(state.generator, watch))
-            state.counters_after = state.fleet.counters()
+            state.counters_after = fleet.counters()
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, _raise_interrupted)
             if state.result.aborted:
@@ -427,11 +470,12 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None) -> RunO
         write_requests(run_dir / "requests.csv", records)
         write_chunks(run_dir / "chunks.csv", records)
         complete = state.error is None
-        doc = summary_document(config, records, state.result, state.fleet, complete, state.error)
+        fleet = state.servers.fleet if state.servers else None
+        doc = summary_document(config, records, state.result, fleet, complete, state.error)
         doc["server_counters"] = state.counter_deltas()
         doc["placements"] = {plan.name: p.describe() for plan, p in zip(plans, prepared.placements)}
-        doc["mps"] = state.mps
-        doc["gpu"] = gpu_summary(run_dir / "gpu.csv", records, doc["total_output_tokens"], state.fleet)
+        doc["mps"] = state.servers.mps if state.servers else None
+        doc["gpu"] = gpu_summary(run_dir / "gpu.csv", records, doc["total_output_tokens"], fleet)
         if complete and doc["completed"] == 0:
             state.exit_code = 1
             doc["error"] = "no request completed"

@@ -1,0 +1,175 @@
+"""Experiment matrices: every scenario at every load level (and repeat), each cell its own run
+folder, with a scenario's servers started once and reused by all its cells.
+
+A vLLM start costs more than most cells, so restarting servers per cell would spend most of
+the matrix outside measurement windows. The matrix is resumable: a cell whose folder holds a
+complete run is skipped, an incomplete one is redone; a failed cell is recorded and the
+matrix goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .config import ScenarioConfig, apply_overrides, parse_config, read_config_file
+from .errors import ConfigError, GpushareError
+from .runner import INTERRUPTED_EXIT, ScenarioServers, preflight, run_scenario
+
+DRAIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    scenario: str
+    load_kind: str  # "concurrency" or "request_rate"
+    load: float
+    repeat: int
+
+    @property
+    def name(self) -> str:
+        tag = f"c{self.load:g}" if self.load_kind == "concurrency" else f"r{self.load:g}"
+        return f"{tag}_rep{self.repeat}"
+
+
+def cells_for(scenario: str, concurrency: list[int], rates: list[float], repeats: int) -> list[Cell]:
+    levels = [("concurrency", float(c)) for c in concurrency] + [("request_rate", float(r)) for r in rates]
+    return [Cell(scenario, kind, value, rep) for kind, value in levels for rep in range(1, repeats + 1)]
+
+
+def cell_config(config: ScenarioConfig, cell: Cell, n_requests: int | None, out: Path) -> ScenarioConfig:
+    raw = config.model_dump(mode="json")
+    load = dict(raw["load"])
+    if cell.load_kind == "concurrency":
+        load.update(concurrency=int(cell.load), request_rate=None)
+    else:
+        load.update(request_rate=cell.load, concurrency=None)
+    if n_requests is not None:
+        load.update(n_requests=n_requests, duration_s=None)
+    return parse_config({**raw, "load": load, "out": str(out), "seed": config.seed + cell.repeat - 1})
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / "summary.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class CellResult:
+    scenario: str
+    cell: str
+    load_kind: str
+    load: float
+    repeat: int
+    run_dir: str
+    status: str  # complete, skipped (complete before), failed, not_run
+    error: str | None = None
+    wall_s: float = 0.0
+    measured_s: float = 0.0
+
+
+def load_scenarios(paths: list[Path], model: str | None) -> list[ScenarioConfig]:
+    configs = [parse_config(apply_overrides(read_config_file(p), {"model": model})) for p in paths]
+    names = [c.scenario for c in configs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--configs: two configs share a scenario name ({', '.join(names)})")
+    return configs
+
+
+def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
+               out: Path, n_requests: int | None = None, console: Console | None = None) -> tuple[dict[str, Any], int]:
+    """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
+    console = console or Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = [(config, cells_for(config.scenario, concurrency, rates, repeats)) for config in configs]
+    total = sum(len(cells) for _, cells in plan)
+    results: list[CellResult] = []
+    began = time.monotonic()
+    done_cells, cells_run, cell_time, exit_code, stop = 0, 0, 0.0, 0, False
+
+    def record(result: CellResult) -> None:
+        results.append(result)
+        write_index(out, results, began, total)
+
+    for config, cells in plan:
+        scenario_dir = out / config.scenario
+        todo = []
+        for cell in cells:
+            folder = scenario_dir / cell.name
+            if is_complete(folder):
+                record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder), "skipped"))
+                done_cells += 1
+            else:
+                todo.append(cell)
+        if not todo:
+            continue
+        if stop:
+            for cell in todo:
+                record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
+                                  str(scenario_dir / cell.name), "not_run", "the matrix was interrupted"))
+            continue
+        scenario_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            prepared = preflight(config, lambda m: console.print(m, soft_wrap=True, markup=False))
+            with ScenarioServers(config, prepared, scenario_dir, console) as servers:
+                for cell in todo:
+                    folder = scenario_dir / cell.name
+                    if stop:
+                        record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
+                                          str(folder), "not_run", "the matrix was interrupted"))
+                        continue
+                    eta = "" if not cells_run else f", ETA {(total - done_cells) * cell_time / cells_run:.0f} s"
+                    console.print(f"[{done_cells + 1}/{total}] {cell.scenario} {cell.load_kind} {cell.load:g} "
+                                  f"repeat {cell.repeat}{eta}", markup=False, highlight=False)
+                    shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
+                    t0 = time.monotonic()
+                    outcome = run_scenario(cell_config(config, cell, n_requests, folder), console, servers, folder,
+                                           prepared)
+                    wall = time.monotonic() - t0
+                    cell_time += wall
+                    cells_run += 1
+                    done_cells += 1
+                    complete = outcome.summary["complete"] and outcome.exit_code == 0
+                    record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder),
+                                      "complete" if complete else "failed", outcome.summary.get("error"), wall,
+                                      outcome.summary["duration"] if complete else 0.0))
+                    if outcome.exit_code == INTERRUPTED_EXIT:
+                        stop, exit_code = True, INTERRUPTED_EXIT
+                    elif not complete:
+                        exit_code = exit_code or 1
+                    time.sleep(DRAIN_S)
+        except GpushareError as err:
+            exit_code = exit_code or 1
+            console.print(f"scenario {config.scenario} failed: {err}", markup=False, soft_wrap=True)
+            recorded = {r.cell for r in results if r.scenario == config.scenario}
+            for cell in todo:
+                if cell.name not in recorded:
+                    record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
+                                      str(scenario_dir / cell.name), "failed", str(err)))
+        except KeyboardInterrupt:
+            stop, exit_code = True, INTERRUPTED_EXIT
+    index = write_index(out, results, began, total)
+    return index, exit_code
+
+
+def write_index(out: Path, results: list[CellResult], began: float, total: int) -> dict[str, Any]:
+    wall = time.monotonic() - began
+    measured = sum(r.measured_s for r in results)
+    index = {
+        "cells": [asdict(r) for r in results],
+        "planned_cells": total,
+        "wall_s": wall,
+        "measured_s": measured,
+        "measured_fraction": measured / wall if wall > 0 else None,
+        "counts": {s: sum(r.status == s for r in results) for s in ("complete", "skipped", "failed", "not_run")},
+    }
+    (out / "matrix.json").write_text(json.dumps(index, indent=2))
+    return index

@@ -1,0 +1,64 @@
+"""The matrix: servers start once per scenario and serve every cell; reruns resume; a failed
+scenario is recorded and the matrix goes on. Process handling uses the local SSE test server;
+test_e2e.py runs a matrix on real vLLM."""
+
+import json
+import sys
+
+from helpers import SSE_SERVER, alive, cli, free_port, summary, write_config
+
+
+def scenario(tmp_path, name, servers, mode="baseline"):
+    return write_config(
+        tmp_path / f"{name}.yaml", scenario=name, sharing={"mode": mode}, servers=servers,
+        workload={"kind": "synthetic", "input_tokens": 8, "output_tokens": 4},
+        load={"concurrency": 1, "n_requests": 4, "warmup_requests": 1},
+    )
+
+
+def fake(name, port):
+    return {"name": name, "command": SSE_SERVER, "port": port, "ready_timeout_s": 30}
+
+
+def test_matrix_reuses_servers_resumes_and_survives_a_failed_scenario(tmp_path):
+    a = scenario(tmp_path, "solo", [fake("s", free_port())])
+    b = scenario(tmp_path, "pair", [fake("p0", free_port()), fake("p1", free_port())], mode="timeslice")
+    broken = scenario(tmp_path, "broken", [{"name": "x", "port": free_port(), "ready_timeout_s": 5,
+                                            "command": [sys.executable, "-c", "raise SystemExit(4)"]}])
+    out = tmp_path / "matrix"
+    args = ["matrix", "--configs", str(a), str(broken), str(b), "--concurrency", "1", "2", "--n-requests", "6",
+            "--out", str(out)]
+    proc = cli(*args)
+    assert proc.returncode == 1, proc.stderr  # the broken scenario failed; the others ran
+    index = json.loads((out / "matrix.json").read_text())
+    assert index["counts"] == {"complete": 4, "skipped": 0, "failed": 2, "not_run": 0}
+    assert 0 < index["measured_fraction"] < 1
+    failed = [c for c in index["cells"] if c["status"] == "failed"]
+    assert {c["scenario"] for c in failed} == {"broken"} and "exited with code 4" in failed[0]["error"]
+
+    # One start per scenario: every cell of a scenario saw the same server processes.
+    for name, servers in (("solo", 1), ("pair", 2)):
+        cells = [summary(out / name / cell) for cell in ("c1_rep1", "c2_rep1")]
+        assert all(doc["complete"] and doc["completed"] == 6 for doc in cells)
+        assert [s["pid"] for s in cells[0]["servers"]] == [s["pid"] for s in cells[1]["servers"]]
+        assert len(cells[0]["servers"]) == servers and cells[1]["max_concurrency"] == 2
+        assert len(list((out / name).glob("server-*.log"))) == servers
+        assert not any(alive(s["pid"]) for s in cells[0]["servers"])
+
+    # Resume: complete cells are skipped (no server started), an incomplete one is redone.
+    (out / "pair" / "c2_rep1" / "summary.json").unlink()
+    log = (out / "solo" / "server-0.log").read_text()
+    proc = cli(*args)
+    index = json.loads((out / "matrix.json").read_text())
+    assert index["counts"] == {"complete": 1, "skipped": 3, "failed": 2, "not_run": 0}
+    assert [c["cell"] for c in index["cells"] if c["status"] == "complete"] == ["c2_rep1"]
+    assert (out / "solo" / "server-0.log").read_text() == log
+    assert summary(out / "pair" / "c2_rep1")["complete"]
+
+
+def test_matrix_flags_are_checked(tmp_path):
+    cfg = scenario(tmp_path, "x", [fake("s", free_port())])
+    proc = cli("matrix", "--configs", str(cfg), "--repeats", "0", "--concurrency", "1")
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --repeats: must be greater than 0"
+    proc = cli("matrix", "--configs", str(cfg), str(cfg), "--concurrency", "1")
+    assert proc.returncode == 2 and "two configs share a scenario name" in proc.stderr
