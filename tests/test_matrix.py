@@ -62,3 +62,16 @@ def test_matrix_flags_are_checked(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --repeats: must be greater than 0"
     proc = cli("matrix", "--configs", str(cfg), str(cfg), "--concurrency", "1")
     assert proc.returncode == 2 and "two configs share a scenario name" in proc.stderr
+
+
+def test_cells_grow_with_concurrency(tmp_path):
+    from gpushare.config import parse_config
+    from gpushare.matrix import Cell, cell_config
+
+    base = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 3})
+    c24 = cell_config(base, Cell("s", "concurrency", 24, 2), 200, tmp_path, per_concurrency=25)
+    assert c24.load.concurrency == 24 and c24.load.n_requests == 600 and c24.seed == 4
+    c4 = cell_config(base, Cell("s", "concurrency", 4, 1), 200, tmp_path, per_concurrency=25)
+    assert c4.load.n_requests == 200
+    rate = cell_config(base, Cell("s", "request_rate", 2.5, 1), None, tmp_path)
+    assert rate.load.open_loop and rate.load.concurrency is None and rate.load.n_requests == 200

@@ -43,13 +43,18 @@ def cells_for(scenario: str, concurrency: list[int], rates: list[float], repeats
     return [Cell(scenario, kind, value, rep) for kind, value in levels for rep in range(1, repeats + 1)]
 
 
-def cell_config(config: ScenarioConfig, cell: Cell, n_requests: int | None, out: Path) -> ScenarioConfig:
+def cell_config(config: ScenarioConfig, cell: Cell, n_requests: int | None, out: Path,
+                per_concurrency: int | None = None) -> ScenarioConfig:
+    """The scenario at the cell's load; `per_concurrency` sizes closed-loop cells as
+    K × concurrency requests (more at higher concurrency), never fewer than `n_requests`."""
     raw = config.model_dump(mode="json")
     load = dict(raw["load"])
     if cell.load_kind == "concurrency":
         load.update(concurrency=int(cell.load), request_rate=None)
     else:
         load.update(request_rate=cell.load, concurrency=None)
+    if per_concurrency is not None and cell.load_kind == "concurrency":
+        n_requests = max(n_requests or 0, per_concurrency * int(cell.load))
     if n_requests is not None:
         load.update(n_requests=n_requests, duration_s=None)
     return parse_config({**raw, "load": load, "out": str(out), "seed": config.seed + cell.repeat - 1})
@@ -85,7 +90,8 @@ def load_scenarios(paths: list[Path], model: str | None) -> list[ScenarioConfig]
 
 
 def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
-               out: Path, n_requests: int | None = None, console: Console | None = None) -> tuple[dict[str, Any], int]:
+               out: Path, n_requests: int | None = None, console: Console | None = None,
+               per_concurrency: int | None = None) -> tuple[dict[str, Any], int]:
     """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
     console = console or Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,8 +137,8 @@ def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                                   f"repeat {cell.repeat}{eta}", markup=False, highlight=False)
                     shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
                     t0 = time.monotonic()
-                    outcome = run_scenario(cell_config(config, cell, n_requests, folder), console, servers, folder,
-                                           prepared)
+                    outcome = run_scenario(cell_config(config, cell, n_requests, folder, per_concurrency), console,
+                                           servers, folder, prepared)
                     wall = time.monotonic() - t0
                     cell_time += wall
                     cells_run += 1
