@@ -75,3 +75,26 @@ def test_cells_grow_with_concurrency(tmp_path):
     assert c4.load.n_requests == 200
     rate = cell_config(base, Cell("s", "request_rate", 2.5, 1), None, tmp_path)
     assert rate.load.open_loop and rate.load.concurrency is None and rate.load.n_requests == 200
+
+
+def test_sigterm_stops_the_matrix_and_its_servers(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    cfg = scenario(tmp_path, "long", [fake("s", free_port())])
+    out = tmp_path / "matrix"
+    proc = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", str(cfg),
+                             "--concurrency", "1", "2", "3", "--n-requests", "40", "--out", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "long" / "c2_rep1").exists():
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    index = json.loads((out / "matrix.json").read_text())
+    counts = index["counts"]
+    assert counts["complete"] >= 1 and counts["not_run"] + counts["failed"] >= 1 and sum(counts.values()) == 3
+    pid = summary(out / "long" / "c1_rep1")["servers"][0]["pid"]
+    assert not alive(pid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,11 +90,24 @@ def load_scenarios(paths: list[Path], model: str | None) -> list[ScenarioConfig]
     return configs
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM between cells: stop like Ctrl-C, servers included
+
+
 def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
                out: Path, n_requests: int | None = None, console: Console | None = None,
                per_concurrency: int | None = None) -> tuple[dict[str, Any], int]:
     """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
-    console = console or Console(stderr=True)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run_cells(configs, concurrency, rates, repeats, out, n_requests, console or Console(stderr=True),
+                          per_concurrency)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int, out: Path,
+               n_requests: int | None, console: Console, per_concurrency: int | None) -> tuple[dict[str, Any], int]:
     out.mkdir(parents=True, exist_ok=True)
     plan = [(config, cells_for(config.scenario, concurrency, rates, repeats)) for config in configs]
     total = sum(len(cells) for _, cells in plan)
@@ -104,6 +118,14 @@ def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
     def record(result: CellResult) -> None:
         results.append(result)
         write_index(out, results, began, total)
+
+    def record_rest(cells: list[Cell], status: str, error: str) -> None:
+        """Cells of a scenario that got no result of their own."""
+        done = {(r.scenario, r.cell) for r in results}
+        for cell in cells:
+            if (cell.scenario, cell.name) not in done:
+                record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
+                                  str(out / cell.scenario / cell.name), status, error))
 
     for config, cells in plan:
         scenario_dir = out / config.scenario
@@ -118,20 +140,17 @@ def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         if not todo:
             continue
         if stop:
-            for cell in todo:
-                record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
-                                  str(scenario_dir / cell.name), "not_run", "the matrix was interrupted"))
+            record_rest(todo, "not_run", "the matrix was interrupted")
             continue
         scenario_dir.mkdir(parents=True, exist_ok=True)
         try:
             prepared = preflight(config, lambda m: console.print(m, soft_wrap=True, markup=False))
             with ScenarioServers(config, prepared, scenario_dir, console) as servers:
                 for cell in todo:
-                    folder = scenario_dir / cell.name
                     if stop:
-                        record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
-                                          str(folder), "not_run", "the matrix was interrupted"))
-                        continue
+                        record_rest(todo, "not_run", "the matrix was interrupted")
+                        break
+                    folder = scenario_dir / cell.name
                     eta = "" if not cells_run else f", ETA {(total - done_cells) * cell_time / cells_run:.0f} s"
                     console.print(f"[{done_cells + 1}/{total}] {cell.scenario} {cell.load_kind} {cell.load:g} "
                                   f"repeat {cell.repeat}{eta}", markup=False, highlight=False)
@@ -155,13 +174,10 @@ def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         except GpushareError as err:
             exit_code = exit_code or 1
             console.print(f"scenario {config.scenario} failed: {err}", markup=False, soft_wrap=True)
-            recorded = {r.cell for r in results if r.scenario == config.scenario}
-            for cell in todo:
-                if cell.name not in recorded:
-                    record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
-                                      str(scenario_dir / cell.name), "failed", str(err)))
+            record_rest(todo, "failed", str(err))
         except KeyboardInterrupt:
             stop, exit_code = True, INTERRUPTED_EXIT
+            record_rest(todo, "not_run", "the matrix was interrupted")
     index = write_index(out, results, began, total)
     return index, exit_code
 

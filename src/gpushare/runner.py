@@ -22,16 +22,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import environment
+from . import environment, mig, mps
 from .config import ScenarioConfig, dump_config
 from .engines import ENGINES, LaunchPlan, redact, redact_env
 from .errors import ConfigError, GpushareError, RunFailure
 from .loadgen import Endpoint, LoadGenerator, LoadResult
 from .metrics import RunSummary, e2el, gpu_window, measurement_window, queue_time, summarize, tpot, ttft
-from . import mig
 from .models import ResolvedModel, cache_root, resolve_model
 from .monitor import GpuMonitor
-from . import mps
 from .mps import MpsDaemon
 from .records import RequestRecord
 from .servers import ServerFleet, ensure_port_free
