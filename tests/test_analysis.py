@@ -14,19 +14,20 @@ from gpushare import cli
 from gpushare.analysis import analyze, load_runs, summarize_runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"
+PROOF_RUNS = sorted(RESULTS.glob("2026*"))  # the six single runs, one per sharing mode
 FIGURES = ["throughput_tokens_per_s", "p99_latency_s", "throughput_vs_p99_latency", "ttft_cdf", "e2e_latency_cdf",
            "gpu_timeline", "per_server"]
 
 
 def test_tables_and_figures_from_the_h100_runs(tmp_path):
-    written = analyze([RESULTS], tmp_path)
+    written = analyze(PROOF_RUNS, tmp_path)
     for name in FIGURES:
         for ext in ("png", "pdf"):
             path = tmp_path / f"{name}.{ext}"
             assert path in written and path.stat().st_size > 1000
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert len(summary) == 6 and (summary["runs"] == 1).all()
-    for folder in RESULTS.glob("*/summary.json"):
+    for folder in RESULTS.glob("2026*/summary.json"):
         doc = json.loads(folder.read_text())
         row = summary[summary["scenario"] == doc["scenario"]].iloc[0]
         assert row["output_throughput"] == pytest.approx(doc["output_throughput"])
@@ -69,7 +70,7 @@ def test_incomplete_runs_are_left_out_and_bad_paths_are_one_line(tmp_path, capsy
 
 def test_the_script_wrapper_keeps_its_flags(tmp_path):
     script = RESULTS.parent.parent / "scripts" / "analyze_results.py"
-    proc = subprocess.run([sys.executable, str(script), "--runs", str(RESULTS), "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(script), "--runs", *map(str, PROOF_RUNS), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "| h100-mps | 8 | 1,033 |" in proc.stdout and (tmp_path / "p99_latency_s.png").exists()
