@@ -181,6 +181,9 @@ def test_an_mps_daemon_we_did_not_start_is_neither_used_nor_stopped(standin, tmp
     other = MpsDaemon(tmp_path / "other", say=lambda m: None)
     (tmp_path / "other").mkdir()
     with other:
+        from gpushare import environment
+
+        assert other.process.pid in environment.mps()["control_daemons"]  # what doctor shows
         with pytest.raises(ConfigError, match=r"already running \(pid \d+\); gpushare neither uses nor stops it"):
             MpsDaemon(tmp_path, say=lambda m: None).__enter__()
         with MpsDaemon(tmp_path, existing_pipe_directory=other.pipe_directory, say=lambda m: None) as borrowed:

@@ -193,7 +193,8 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts a
     else:
         table.add_row("GPU / NVML", f"not available ({gpu.get('reason')})")
     mps = facts["mps"]
-    table.add_row("MPS control", f"{mps['control_binary'] or 'not found'}; daemon {'running' if mps['daemon_running'] else 'not running'}")
+    daemons = ", ".join(map(str, mps["control_daemons"])) or "none"
+    table.add_row("MPS control", f"{mps['control_binary'] or 'not found'}; control daemons running: {daemons}")
     vllm = facts["engines"]["vllm"]
     table.add_row("engine vllm", "not installed" if vllm is None else f"{vllm['distribution']} {vllm['version']}")
     for name, m in facts["embedded_models"].items():

