@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <PyTorch's CPU wheel index>"
 TORCH_PIP_ARGS ?=
 
 .PHONY: setup quickstart test bench clean-venv
