@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <PyTorch's CPU wheel index>"
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup quickstart test bench clean-venv
+.PHONY: setup quickstart test tex bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,12 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# TeX for `gpushare report` (IEEEtran) and pdftotext for its test; Debian packages, needs root.
+tex:
+	command -v latexmk >/dev/null && kpsewhich IEEEtran.cls >/dev/null && command -v pdftotext >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk poppler-utils; }
 
 bench: setup
 	$(BIN)/python benchmarks/loadgen_capacity.py

@@ -102,9 +102,7 @@ def write_tables(summary: pd.DataFrame, out: Path) -> list[Path]:
     header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
     paths[1].write_text(header + body)
-    latex = shown.copy()
-    latex.columns = [c.replace("/", "/\\allowbreak ") for c in latex.columns]
-    paths[2].write_text(latex.to_latex(index=False, escape=True, column_format="l" + "r" * (len(shown.columns) - 1)))
+    paths[2].write_text(shown.to_latex(index=False, escape=True, column_format="l" + "r" * (len(shown.columns) - 1)))
     return paths
 
 

