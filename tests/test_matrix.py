@@ -98,3 +98,15 @@ def test_sigterm_stops_the_matrix_and_its_servers(tmp_path):
     assert counts["complete"] >= 1 and counts["not_run"] + counts["failed"] >= 1 and sum(counts.values()) == 3
     pid = summary(out / "long" / "c1_rep1")["servers"][0]["pid"]
     assert not alive(pid)
+
+
+def test_cells_bounded_by_time(tmp_path):
+    from gpushare.config import parse_config
+    from gpushare.matrix import Cell, cell_config
+
+    base = parse_config({"load": {"concurrency": 8, "n_requests": 200}})
+    timed = cell_config(base, Cell("s", "concurrency", 16, 1), None, tmp_path, duration_s=150)
+    assert timed.load.duration_s == 150 and timed.load.n_requests is None and timed.load.concurrency == 16
+    cfg = scenario(tmp_path, "t", [fake("s", free_port())])
+    proc = cli("matrix", "--configs", str(cfg), "--concurrency", "1", "--duration", "5", "--n-requests", "3")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --duration: give either --duration or")

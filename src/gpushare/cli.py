@@ -91,7 +91,7 @@ def run(
 
 
 MATRIX_USAGE = """usage: gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
-                       [--repeats K] [--n-requests N] [--requests-per-concurrency K] [--model M] [--out DIR]"""
+                       [--repeats K] [--n-requests N | --requests-per-concurrency K | --duration S] [--model M] [--out DIR]"""
 
 
 def matrix_parser() -> argparse.ArgumentParser:
@@ -102,6 +102,7 @@ def matrix_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--n-requests", type=int, default=None)
     parser.add_argument("--requests-per-concurrency", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/matrix"))
     return parser
@@ -118,7 +119,8 @@ def parse_matrix_args(args: list[str]) -> argparse.Namespace:
         raise ConfigError("matrix: give --concurrency and/or --request-rate levels")
     for flag, values in (("--concurrency", ns.concurrency), ("--request-rate", ns.request_rate),
                          ("--repeats", [ns.repeats]), ("--n-requests", [ns.n_requests or 1]),
-                         ("--requests-per-concurrency", [ns.requests_per_concurrency or 1])):
+                         ("--requests-per-concurrency", [ns.requests_per_concurrency or 1]),
+                         ("--duration", [ns.duration or 1])):
         if any(v <= 0 for v in values):
             raise ConfigError(f"{flag}: must be greater than 0")
     return ns
@@ -130,17 +132,19 @@ def matrix(ctx: typer.Context) -> None:
     serve all its cells; each cell is its own run folder, indexed in matrix.json.
 
     gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
-    [--repeats K] [--n-requests N] [--requests-per-concurrency K] [--model M] [--out DIR]
+    [--repeats K] [--n-requests N | --requests-per-concurrency K | --duration S] [--model M] [--out DIR]
 
     --requests-per-concurrency K sizes each closed-loop cell as K x concurrency requests
-    (at least --n-requests). A rerun with the same --out skips complete cells and redoes incomplete ones.
+    (at least --n-requests); --duration S bounds every cell by time instead. A rerun with the same --out skips complete cells and redoes incomplete ones.
     """
     from .matrix import load_scenarios, run_matrix
 
     ns = parse_matrix_args(list(ctx.args))
     configs = load_scenarios(ns.configs, ns.model)
+    if ns.duration is not None and (ns.n_requests is not None or ns.requests_per_concurrency is not None):
+        raise ConfigError("--duration: give either --duration or a request count (--n-requests, --requests-per-concurrency)")
     index, code = run_matrix(configs, ns.concurrency, ns.request_rate, ns.repeats, ns.out, ns.n_requests, err_console,
-                             ns.requests_per_concurrency)
+                             ns.requests_per_concurrency, ns.duration)
     counts = index["counts"]
     fraction = index["measured_fraction"]
     err_console.print(

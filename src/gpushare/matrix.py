@@ -45,9 +45,10 @@ def cells_for(scenario: str, concurrency: list[int], rates: list[float], repeats
 
 
 def cell_config(config: ScenarioConfig, cell: Cell, n_requests: int | None, out: Path,
-                per_concurrency: int | None = None) -> ScenarioConfig:
+                per_concurrency: int | None = None, duration_s: float | None = None) -> ScenarioConfig:
     """The scenario at the cell's load; `per_concurrency` sizes closed-loop cells as
-    K × concurrency requests (more at higher concurrency), never fewer than `n_requests`."""
+    K × concurrency requests (more at higher concurrency), never fewer than `n_requests`;
+    `duration_s` bounds each cell by time instead (long cells keep start-ups a small share)."""
     raw = config.model_dump(mode="json")
     load = dict(raw["load"])
     if cell.load_kind == "concurrency":
@@ -58,6 +59,8 @@ def cell_config(config: ScenarioConfig, cell: Cell, n_requests: int | None, out:
         n_requests = max(n_requests or 0, per_concurrency * int(cell.load))
     if n_requests is not None:
         load.update(n_requests=n_requests, duration_s=None)
+    if duration_s is not None:
+        load.update(duration_s=duration_s, n_requests=None)
     return parse_config({**raw, "load": load, "out": str(out), "seed": config.seed + cell.repeat - 1})
 
 
@@ -96,18 +99,19 @@ def _terminate(signum: int, frame: object) -> None:
 
 def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
                out: Path, n_requests: int | None = None, console: Console | None = None,
-               per_concurrency: int | None = None) -> tuple[dict[str, Any], int]:
+               per_concurrency: int | None = None, duration_s: float | None = None) -> tuple[dict[str, Any], int]:
     """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run_cells(configs, concurrency, rates, repeats, out, n_requests, console or Console(stderr=True),
-                          per_concurrency)
+                          per_concurrency, duration_s)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int, out: Path,
-               n_requests: int | None, console: Console, per_concurrency: int | None) -> tuple[dict[str, Any], int]:
+               n_requests: int | None, console: Console, per_concurrency: int | None,
+               duration_s: float | None) -> tuple[dict[str, Any], int]:
     out.mkdir(parents=True, exist_ok=True)
     plan = [(config, cells_for(config.scenario, concurrency, rates, repeats)) for config in configs]
     total = sum(len(cells) for _, cells in plan)
@@ -156,8 +160,8 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                                   f"repeat {cell.repeat}{eta}", markup=False, highlight=False)
                     shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
                     t0 = time.monotonic()
-                    outcome = run_scenario(cell_config(config, cell, n_requests, folder, per_concurrency), console,
-                                           servers, folder, prepared)
+                    cell_cfg = cell_config(config, cell, n_requests, folder, per_concurrency, duration_s)
+                    outcome = run_scenario(cell_cfg, console, servers, folder, prepared)
                     wall = time.monotonic() - t0
                     cell_time += wall
                     cells_run += 1

@@ -6,6 +6,7 @@ the same requests in the same order whatever the timing of the run.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
@@ -34,7 +35,9 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+@functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str) -> Tokenizer:
+    """Loaded once per process: a matrix's cells share their scenario's tokenizer."""
     try:
         from transformers import AutoTokenizer
     except ImportError as err:  # pragma: no cover - transformers is a dependency
