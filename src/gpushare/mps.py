@@ -39,10 +39,11 @@ def running_control_daemons() -> list[int]:
     return pids
 
 
-def _answers(pipe_directory: Path) -> bool:
+def send(pipe_directory: Path, command: str, timeout: float = 10.0) -> bool:
+    """Send one command to the control daemon at `pipe_directory`; True if it answered with success."""
     env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(pipe_directory)}
     try:
-        out = subprocess.run([CONTROL], input="get_server_list\n", capture_output=True, text=True, env=env, timeout=10)
+        out = subprocess.run([CONTROL], input=command + "\n", capture_output=True, text=True, env=env, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.returncode == 0
@@ -53,7 +54,7 @@ def preflight(existing_pipe_directory: Path | None) -> None:
     if shutil.which(CONTROL) is None:
         raise ConfigError(f"sharing.mode: MPS needs {CONTROL} on PATH; it was not found")
     if existing_pipe_directory is not None:
-        if not _answers(existing_pipe_directory):
+        if not send(existing_pipe_directory, "get_server_list"):
             raise ConfigError(f"sharing.mps_pipe_directory: no MPS daemon answers at {existing_pipe_directory}")
         return
     others = running_control_daemons()
@@ -82,15 +83,6 @@ class MpsDaemon:
         assert self.pipe_directory is not None
         return {"CUDA_MPS_PIPE_DIRECTORY": str(self.pipe_directory)}
 
-    def _control(self, command: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **self.client_env, "CUDA_MPS_LOG_DIRECTORY": str(self.log_directory)}
-        return subprocess.run([CONTROL], input=command + "\n", capture_output=True, text=True, env=env,
-                              timeout=timeout)
-
-    def answers(self) -> bool:
-        assert self.pipe_directory is not None
-        return _answers(self.pipe_directory)
-
     def __enter__(self) -> "MpsDaemon":
         preflight(self.existing)
         if self.existing is not None:
@@ -109,7 +101,7 @@ class MpsDaemon:
             except OSError as err:
                 raise RunFailure(f"MPS: cannot start {CONTROL}: {err.strerror}") from None
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self.answers():
+        while not send(self.pipe_directory, "get_server_list"):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_tail()
                 self.__exit__(None, None, None)
@@ -131,10 +123,7 @@ class MpsDaemon:
         if self.process is None:
             return
         if self.process.poll() is None:
-            try:
-                self._control("quit", timeout=QUIT_TIMEOUT_S)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
+            send(self.pipe_directory, "quit", timeout=QUIT_TIMEOUT_S)
             try:
                 self.process.wait(timeout=QUIT_TIMEOUT_S)
             except subprocess.TimeoutExpired:

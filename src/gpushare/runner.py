@@ -427,11 +427,10 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None, servers
     try:
         with ExitStack() as stack:
             stack.enter_context(GpuMonitor(run_dir / "gpu.csv", config.monitor_interval_s, say=say))
-            if servers is None:
-                servers = ScenarioServers(config, prepared, run_dir, console)
-                state.servers = servers
+            started_here = servers is None
+            servers = state.servers = servers or ScenarioServers(config, prepared, run_dir, console)
+            if started_here:  # a matrix's servers stay up after the cell
                 stack.enter_context(servers)
-            state.servers = servers
             fleet = servers.fleet
             assert fleet is not None
             progress = stack.enter_context(LiveProgress(console, load.n_requests))
