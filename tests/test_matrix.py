@@ -5,6 +5,8 @@ test_e2e.py runs a matrix on real vLLM."""
 import json
 import sys
 
+import pytest
+
 from helpers import SSE_SERVER, alive, cli, free_port, summary, write_config
 
 
@@ -33,6 +35,9 @@ def test_matrix_reuses_servers_resumes_and_survives_a_failed_scenario(tmp_path):
     index = json.loads((out / "matrix.json").read_text())
     assert index["counts"] == {"complete": 4, "skipped": 0, "failed": 2, "not_run": 0}
     assert 0 < index["measured_fraction"] < 1
+    first = index["invocations"][0]
+    assert len(index["invocations"]) == 1 and first["cells_run"] == 4 and first["server_start_s"] > 0
+    assert first["measured_s"] == index["measured_s"] < first["wall_s"] == index["wall_s"]
     failed = [c for c in index["cells"] if c["status"] == "failed"]
     assert {c["scenario"] for c in failed} == {"broken"} and "exited with code 4" in failed[0]["error"]
 
@@ -46,12 +51,19 @@ def test_matrix_reuses_servers_resumes_and_survives_a_failed_scenario(tmp_path):
         assert not any(alive(s["pid"]) for s in cells[0]["servers"])
 
     # Resume: complete cells are skipped (no server started), an incomplete one is redone.
+    before = {(c["scenario"], c["cell"]): c["measured_s"] for c in index["cells"]}
     (out / "pair" / "c2_rep1" / "summary.json").unlink()
     log = (out / "solo" / "server-0.log").read_text()
     proc = cli(*args)
     index = json.loads((out / "matrix.json").read_text())
     assert index["counts"] == {"complete": 1, "skipped": 3, "failed": 2, "not_run": 0}
     assert [c["cell"] for c in index["cells"] if c["status"] == "complete"] == ["c2_rep1"]
+    # The resumed matrix counts both invocations: skipped cells keep the time they were measured in.
+    runs = index["invocations"]
+    assert len(runs) == 2 and runs[0] == first and runs[1]["cells_run"] == 1
+    assert index["wall_s"] == pytest.approx(runs[0]["wall_s"] + runs[1]["wall_s"])
+    redone = next(c for c in index["cells"] if c["status"] == "complete")
+    assert index["measured_s"] == pytest.approx(first["measured_s"] - before["pair", "c2_rep1"] + redone["measured_s"])
     assert (out / "solo" / "server-0.log").read_text() == log
     assert summary(out / "pair" / "c2_rep1")["complete"]
 

@@ -145,11 +145,11 @@ def matrix(ctx: typer.Context) -> None:
         raise ConfigError("--duration: give either --duration or a request count (--n-requests, --requests-per-concurrency)")
     index, code = run_matrix(configs, ns.concurrency, ns.request_rate, ns.repeats, ns.out, ns.n_requests, err_console,
                              ns.requests_per_concurrency, ns.duration)
-    counts = index["counts"]
-    fraction = index["measured_fraction"]
+    counts, fraction, runs = index["counts"], index["measured_fraction"], index["invocations"]
     err_console.print(
         f"matrix: {counts['complete']} complete, {counts['skipped']} skipped, {counts['failed']} failed, "
-        f"{counts['not_run']} not run; {index['wall_s']:.0f} s, "
+        f"{counts['not_run']} not run; {index['wall_s']:.0f} s over {len(runs)} invocation(s) "
+        f"(this one {runs[-1]['wall_s']:.0f} s, of which server start-up {runs[-1]['server_start_s']:.0f} s), "
         f"{'-' if fraction is None else f'{fraction:.0%}'} inside measurement windows; index {ns.out / 'matrix.json'}",
         markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)

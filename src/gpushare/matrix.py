@@ -13,7 +13,8 @@ import json
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,32 @@ class CellResult:
     measured_s: float = 0.0
 
 
+@dataclass
+class Invocation:
+    """Where one invocation's wall time went. A matrix resumed over several invocations keeps
+    every invocation's record, so its measured fraction counts all the time it took."""
+
+    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    wall_s: float = 0.0
+    measured_s: float = 0.0
+    server_start_s: float = 0.0
+    server_stop_s: float = 0.0
+    cells_run: int = 0
+
+
+def previous_index(out: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, Any]]]:
+    """An earlier invocation's cells (by scenario and cell) and invocation records."""
+    try:
+        old = json.loads((out / "matrix.json").read_text())
+    except (OSError, ValueError):
+        return {}, []
+    cells = {(c["scenario"], c["cell"]): c for c in old.get("cells", [])}
+    history = old.get("invocations")
+    if history is None:  # an index written before invocations were recorded: its own wall time only
+        history = [{"started": None, "wall_s": old.get("wall_s", 0.0), "measured_s": None}]
+    return cells, history
+
+
 def load_scenarios(paths: list[Path], model: str | None) -> list[ScenarioConfig]:
     configs = [parse_config(apply_overrides(read_config_file(p), {"model": model})) for p in paths]
     names = [c.scenario for c in configs]
@@ -116,12 +143,14 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
     plan = [(config, cells_for(config.scenario, concurrency, rates, repeats)) for config in configs]
     total = sum(len(cells) for _, cells in plan)
     results: list[CellResult] = []
+    earlier, history = previous_index(out)
+    now = Invocation()
     began = time.monotonic()
     done_cells, cells_run, cell_time, exit_code, stop = 0, 0, 0.0, 0, False
 
     def record(result: CellResult) -> None:
         results.append(result)
-        write_index(out, results, began, total)
+        write_index(out, results, history, now, began, total)
 
     def record_rest(cells: list[Cell], status: str, error: str) -> None:
         """Cells of a scenario that got no result of their own."""
@@ -137,7 +166,9 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         for cell in cells:
             folder = scenario_dir / cell.name
             if is_complete(folder):
-                record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder), "skipped"))
+                before = earlier.get((cell.scenario, cell.name), {})
+                record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder), "skipped",
+                                  wall_s=before.get("wall_s", 0.0), measured_s=before.get("measured_s", 0.0)))
                 done_cells += 1
             else:
                 todo.append(cell)
@@ -149,8 +180,10 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         scenario_dir.mkdir(parents=True, exist_ok=True)
         try:
             prepared = preflight(config, lambda m: console.print(m, soft_wrap=True, markup=False))
+            t_start = time.monotonic()
             with ScenarioServers(config, prepared, scenario_dir, console) as servers:
-                for cell in todo:
+                now.server_start_s += time.monotonic() - t_start
+                for position, cell in enumerate(todo):
                     if stop:
                         record_rest(todo, "not_run", "the matrix was interrupted")
                         break
@@ -166,6 +199,7 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                     cell_time += wall
                     cells_run += 1
                     done_cells += 1
+                    now.cells_run += 1
                     complete = outcome.summary["complete"] and outcome.exit_code == 0
                     record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder),
                                       "complete" if complete else "failed", outcome.summary.get("error"), wall,
@@ -174,7 +208,10 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                         stop, exit_code = True, INTERRUPTED_EXIT
                     elif not complete:
                         exit_code = exit_code or 1
-                    time.sleep(DRAIN_S)
+                    if position + 1 < len(todo):
+                        time.sleep(DRAIN_S)  # let the servers finish the cell's last requests
+                t_stop = time.monotonic()
+            now.server_stop_s += time.monotonic() - t_stop
         except GpushareError as err:
             exit_code = exit_code or 1
             console.print(f"scenario {config.scenario} failed: {err}", markup=False, soft_wrap=True)
@@ -182,12 +219,18 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         except KeyboardInterrupt:
             stop, exit_code = True, INTERRUPTED_EXIT
             record_rest(todo, "not_run", "the matrix was interrupted")
-    index = write_index(out, results, began, total)
+    index = write_index(out, results, history, now, began, total)
     return index, exit_code
 
 
-def write_index(out: Path, results: list[CellResult], began: float, total: int) -> dict[str, Any]:
-    wall = time.monotonic() - began
+def write_index(out: Path, results: list[CellResult], history: list[dict[str, Any]], now: Invocation,
+                began: float, total: int) -> dict[str, Any]:
+    """matrix.json: every cell, and the matrix's wall time over all its invocations with the
+    share inside measurement windows (cells measured in earlier invocations count there)."""
+    now.wall_s = time.monotonic() - began
+    now.measured_s = sum(r.measured_s for r in results if r.status == "complete")
+    invocations = [*history, asdict(now)]
+    wall = sum(i["wall_s"] for i in invocations)
     measured = sum(r.measured_s for r in results)
     index = {
         "cells": [asdict(r) for r in results],
@@ -195,6 +238,7 @@ def write_index(out: Path, results: list[CellResult], began: float, total: int) 
         "wall_s": wall,
         "measured_s": measured,
         "measured_fraction": measured / wall if wall > 0 else None,
+        "invocations": invocations,
         "counts": {s: sum(r.status == s for r in results) for s in ("complete", "skipped", "failed", "not_run")},
     }
     (out / "matrix.json").write_text(json.dumps(index, indent=2))
