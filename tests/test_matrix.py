@@ -67,6 +67,14 @@ def test_matrix_reuses_servers_resumes_and_survives_a_failed_scenario(tmp_path):
     assert (out / "solo" / "server-0.log").read_text() == log
     assert summary(out / "pair" / "c2_rep1")["complete"]
 
+    # A later invocation with fewer configs keeps the other scenarios' cells in the index.
+    proc = cli("matrix", "--configs", str(a), "--concurrency", "1", "--n-requests", "6", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    later = json.loads((out / "matrix.json").read_text())
+    assert later["counts"] == {"complete": 0, "skipped": 4, "failed": 2, "not_run": 0}
+    assert later["planned_cells"] == 6 and len(later["invocations"]) == 3
+    assert later["measured_s"] == pytest.approx(index["measured_s"])
+
 
 def test_matrix_flags_are_checked(tmp_path):
     cfg = scenario(tmp_path, "x", [fake("s", free_port())])

@@ -13,7 +13,7 @@ import json
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,17 @@ def previous_index(out: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], li
     return cells, history
 
 
+def kept_cell(out: Path, earlier: dict[str, Any]) -> CellResult:
+    """An earlier invocation's cell, as it stands on disk now."""
+    cell = CellResult(**{f.name: earlier[f.name] for f in fields(CellResult) if f.name in earlier})
+    cell.run_dir = str(out / cell.scenario / cell.cell)
+    if is_complete(Path(cell.run_dir)):
+        cell.status = "skipped"
+    elif cell.status in ("complete", "skipped"):
+        cell.status, cell.measured_s = "not_run", 0.0  # its folder is gone or incomplete now
+    return cell
+
+
 def load_scenarios(paths: list[Path], model: str | None) -> list[ScenarioConfig]:
     configs = [parse_config(apply_overrides(read_config_file(p), {"model": model})) for p in paths]
     names = [c.scenario for c in configs]
@@ -142,15 +153,18 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
     out.mkdir(parents=True, exist_ok=True)
     plan = [(config, cells_for(config.scenario, concurrency, rates, repeats)) for config in configs]
     total = sum(len(cells) for _, cells in plan)
-    results: list[CellResult] = []
     earlier, history = previous_index(out)
+    planned = {(cell.scenario, cell.name) for _, cells in plan for cell in cells}
+    # Cells of earlier invocations that this one does not plan (other configs or levels) stay indexed.
+    results = [kept_cell(out, c) for key, c in earlier.items() if key not in planned]
+    indexed = total + len(results)
     now = Invocation()
     began = time.monotonic()
     done_cells, cells_run, cell_time, exit_code, stop = 0, 0, 0.0, 0, False
 
     def record(result: CellResult) -> None:
         results.append(result)
-        write_index(out, results, history, now, began, total)
+        write_index(out, results, history, now, began, indexed)
 
     def record_rest(cells: list[Cell], status: str, error: str) -> None:
         """Cells of a scenario that got no result of their own."""
@@ -219,7 +233,7 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         except KeyboardInterrupt:
             stop, exit_code = True, INTERRUPTED_EXIT
             record_rest(todo, "not_run", "the matrix was interrupted")
-    index = write_index(out, results, history, now, began, total)
+    index = write_index(out, results, history, now, began, indexed)
     return index, exit_code
 
 
