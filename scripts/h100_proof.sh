@@ -5,10 +5,8 @@
 set -u
 out=$1; shift
 mkdir -p "$out"
-export PYTHONPATH=/tmp/vb/site:$PWD/src HF_HUB_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
-(while true; do date -u +%T; nvidia-smi; sleep 10; done) >> "$out/nvidia-smi.log" 2>&1 &
-snapshots=$!
-trap 'kill $snapshots 2>/dev/null' EXIT
+source "$(dirname "$0")/h100_env.sh"
+snapshots "$out/nvidia-smi.log" 10
 for cfg in "$@"; do
   echo "=== $cfg $(date -u +%T)"
   python3 -m gpushare.cli run --config "$cfg" --out "$out"
@@ -26,6 +24,5 @@ print(f"  energy {g.get('energy_j')} J  J/tok {g.get('energy_per_output_token_j'
 print("  servers", [(s["name"], s["startup_s"], s["kv_cache_tokens"]) for s in d.get("servers", [])])
 print("  placements", d.get("placements"), "mps", d.get("mps"))
 PY
-  left=$(ps -eo pid,args | grep -E 'vllm|VLLM|nvidia-cuda-mps' | grep -v grep)
-  echo "left behind: ${left:-nothing}"
+  left_behind
 done
