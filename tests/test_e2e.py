@@ -112,7 +112,7 @@ def test_server_killed_mid_run_on_real_vllm(tmp_path):
 def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
     cfg = scenario(
         tmp_path, "m",
-        workload={"kind": "synthetic", "input_tokens": 16, "output_tokens": 8},
+        workload={"kind": "synthetic", "input_tokens": 300, "output_tokens": 8},
         load={"concurrency": 1, "n_requests": 6, "warmup_requests": 1},
     )
     out = tmp_path / "matrix"
@@ -124,6 +124,10 @@ def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
     docs = [summary(out / "m" / cell) for cell in ("c1_rep1", "c3_rep1")]
     assert docs[0]["servers"][0]["pid"] == docs[1]["servers"][0]["pid"]
     for doc in docs:
-        assert doc["completed"] == 6 and doc["server_counters"]["cpu-0"]["generation_tokens"] == 48
+        counted = doc["server_counters"]["cpu-0"]
+        assert doc["completed"] == 6 and counted["generation_tokens"] == 48
+        # Prompts long enough for vLLM's prefix cache, none found there: each cell sends its own.
+        assert counted["prefix_cache_queries"] == doc["total_input_tokens"] > 6 * 256
+        assert counted["prefix_cache_hits"] == 0
     pid = docs[0]["servers"][0]["pid"]
     assert not alive(pid) and group_members(pid) == []

@@ -3,15 +3,16 @@
 import asyncio
 import contextlib
 import itertools
+import math
 
 import numpy as np
 import pytest
 from aiohttp import web
 
 from gpushare.config import ApiConfig, LoadConfig
-from gpushare.loadgen import Endpoint, LoadGenerator
+from gpushare.loadgen import MAX_PREPARED, Endpoint, LoadGenerator, requests_for_duration
 from gpushare.metrics import summarize
-from gpushare.records import RequestSpec
+from gpushare.records import RequestRecord, RequestSpec
 from gpushare.workload import inter_arrival_gaps
 from helpers import free_port
 from sse_server import Behaviour, SseServer
@@ -141,10 +142,28 @@ def test_open_loop_follows_the_arrival_schedule():
 
 
 def test_duration_bound_run_stops_sending_in_time():
-    load = LoadConfig(concurrency=2, duration_s=0.5, warmup_requests=0)
+    load = LoadConfig(concurrency=2, duration_s=0.5, warmup_requests=2)
     result, _ = run_load([Behaviour(first_token_delay=0.05)], load=load, n_specs=1000)
-    assert 10 <= len(result.records) <= 40
-    assert max(r.sent for r in result.records) - result.started <= 0.5
+    measured = [r for r in result.records if not r.warmup]
+    assert 10 <= len(measured) <= 40
+    assert max(r.sent for r in measured) - result.started <= 0.5
+    assert result.built_in_window == 0  # every request of the window was built before it
+
+
+def test_requests_for_duration_over_estimates_what_a_window_sends():
+    def warm(*latencies):
+        return [RequestRecord(index=i, endpoint="s", warmup=True, scheduled=0.0, sent=1.0, end=1.0 + e, status="ok")
+                for i, e in enumerate(latencies)]
+
+    closed = LoadConfig(concurrency=4, duration_s=10, warmup_requests=2)
+    assert requests_for_duration(closed, warm(0.8, 0.5)) == math.ceil(1.2 * 10 * 4 / 0.5) + 16
+    assert requests_for_duration(closed, []) == 16  # no warm-up latency to go by: 4 x concurrency
+    assert requests_for_duration(closed, warm(1e-6)) == MAX_PREPARED
+    failed = warm(0.001)[0]
+    failed.status = "http_error"
+    assert requests_for_duration(closed, [failed, *warm(0.5)]) == 112  # failures say nothing of latency
+    opened = LoadConfig(request_rate=10, duration_s=60)
+    assert requests_for_duration(opened, []) == 736
 
 
 def test_abort_cancels_in_flight_requests_and_records_them():

@@ -90,7 +90,7 @@ def test_cells_grow_with_concurrency(tmp_path):
 
     base = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 3})
     c24 = cell_config(base, Cell("s", "concurrency", 24, 2), 200, tmp_path, per_concurrency=25)
-    assert c24.load.concurrency == 24 and c24.load.n_requests == 600 and c24.seed == 4
+    assert c24.load.concurrency == 24 and c24.load.n_requests == 600
     c4 = cell_config(base, Cell("s", "concurrency", 4, 1), 200, tmp_path, per_concurrency=25)
     assert c4.load.n_requests == 200
     rate = cell_config(base, Cell("s", "request_rate", 2.5, 1), None, tmp_path)
@@ -130,3 +130,19 @@ def test_cells_bounded_by_time(tmp_path):
     cfg = scenario(tmp_path, "t", [fake("s", free_port())])
     proc = cli("matrix", "--configs", str(cfg), "--concurrency", "1", "--duration", "5", "--n-requests", "3")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --duration: give either --duration or")
+
+
+def test_every_cell_has_its_own_prompts(tmp_path):
+    """Cells share a server, so no cell may repeat another's prompts (its prefix cache would
+    answer them); the same cell always gets the same seed."""
+    from gpushare.config import parse_config
+    from gpushare.matrix import cell_config, cells_for
+
+    base = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 3})
+    cells = cells_for("s", [8, 16, 24], [0.5, 8.0], repeats=3)
+    seeds = [cell_config(base, cell, None, tmp_path).seed for cell in cells]
+    assert len(set(seeds)) == len(cells) == 15
+    assert seeds == [cell_config(base, cell, None, tmp_path).seed for cell in cells]
+    other = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 4})
+    assert not set(seeds) & {cell_config(other, cell, None, tmp_path).seed for cell in cells}
+

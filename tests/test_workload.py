@@ -52,6 +52,9 @@ def test_synthetic_prompts_have_the_requested_lengths_and_repeat_with_the_seed(t
 
     first, again, other = build(3), build(3), build(4)
     assert first == again and first != other
+    batched = RequestSource(workload, ApiConfig(), tokenizer, random_streams(3)[0])
+    batched.prepare(20)  # one batch of tokenizer calls: the same prompts as one at a time
+    assert [batched[i] for i in range(20)] == first
     for spec in first:
         assert 20 <= spec.input_tokens <= 60 and spec.max_tokens == 32
         assert abs(len(tokenizer.encode(spec.prompt, add_special_tokens=False)) - spec.input_tokens) <= 2

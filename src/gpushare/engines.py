@@ -66,6 +66,8 @@ class VllmEngine:
         "prompt_tokens": "vllm:prompt_tokens_total",
         "generation_tokens": "vllm:generation_tokens_total",
         "requests_finished": "vllm:request_success_total",
+        "prefix_cache_queries": "vllm:prefix_cache_queries_total",
+        "prefix_cache_hits": "vllm:prefix_cache_hits_total",
     }
 
     def default_command(self) -> list[str]:

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -325,6 +326,31 @@ class Router:
         return self._endpoints[spec.index % len(self._endpoints)]
 
 
+MAX_PREPARED = 20_000  # requests built ahead of a window bounded by time; later ones are built in it
+
+
+def requests_for_duration(load: LoadConfig, warmup: Sequence[RequestRecord]) -> int:
+    """How many requests a window bounded by time will likely send, over-estimated, so that
+    their prompts and bodies are built before it: client work inside the window delays
+    requests and breaks up the server's batches.
+
+    Open loop: the mean count plus a margin. Closed loop: every slot sending back to back at
+    the fastest warm-up latency (warm-up runs at no more than the window's concurrency, so
+    its latencies are no longer than the window's)."""
+    assert load.duration_s is not None
+    if load.open_loop:
+        assert load.request_rate is not None
+        expected = load.request_rate * load.duration_s
+    else:
+        assert load.concurrency is not None
+        fastest = min((r.end - r.sent for r in warmup if r.ok and r.end is not None and r.sent is not None),
+                      default=0.0)
+        if fastest <= 0:
+            return min(MAX_PREPARED, 4 * load.concurrency)
+        expected = load.duration_s * load.concurrency / fastest
+    return min(MAX_PREPARED, math.ceil(1.2 * expected) + 16)
+
+
 @dataclass
 class LoadResult:
     records: list[RequestRecord]
@@ -332,6 +358,8 @@ class LoadResult:
     ended: float
     client_cpu_s: float
     aborted: str = ""
+    built_in_window: int = 0
+    """Measured requests whose prompt and body were built inside the window (0: none)."""
 
 
 def new_session(api: ApiConfig) -> aiohttp.ClientSession:
@@ -398,9 +426,16 @@ class LoadGenerator:
             task.cancel()
 
     def prebuild(self, first: int, count: int) -> None:
-        """Serialise request bodies ahead of the timed window."""
+        """Build the prompts and serialise the bodies of requests first .. first + count - 1
+        ahead of the timed window."""
+        prepare = getattr(self._specs, "prepare", None)
+        if prepare is not None:
+            prepare(first + count)
         for i in range(first, first + count):
-            spec = self._specs[i]
+            try:
+                spec = self._specs[i]
+            except IndexError:  # a finite list of specs
+                break
             endpoint = self._route(spec)
             self._bodies[(i, endpoint.name)] = request_body(self._api, endpoint.model, spec)
 
@@ -475,8 +510,8 @@ class LoadGenerator:
             if warm:
                 await self._closed_loop(session, 0, warm, min(warm, load.concurrency or warm), None, True)
             n = load.n_requests
-            if n is not None:
-                self.prebuild(warm, n)
+            prepared = n if n is not None else requests_for_duration(load, self.records)
+            self.prebuild(warm, prepared)
             if self._before_measure is not None:
                 self._before_measure()
             with paused_gc():
@@ -492,4 +527,5 @@ class LoadGenerator:
                     await asyncio.gather(*list(self._in_flight), return_exceptions=True)
                 ended, cpu = clock(), time.process_time() - cpu0
         self.records.sort(key=lambda r: r.index)
-        return LoadResult(self.records, started, ended, cpu, self._aborted)
+        late = sum(r.index >= warm + prepared for r in self.records)
+        return LoadResult(self.records, started, ended, cpu, self._aborted, late)

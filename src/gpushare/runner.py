@@ -176,6 +176,7 @@ def summary_document(config: ScenarioConfig, records: list[RequestRecord], resul
         n = max(1, len(measured))
         doc["client_cpu_s"] = result.client_cpu_s
         doc["client_cpu_ms_per_request"] = 1000.0 * result.client_cpu_s / n
+        doc["requests_built_in_window"] = result.built_in_window
     if fleet is not None:
         doc["servers"] = [
             {"name": h.name, "base_url": h.plan.base_url, "pid": h.pid, "startup_s": h.startup_s,
@@ -342,7 +343,7 @@ class _State:
         out: dict[str, dict[str, float] | None] = {}
         for name, end in after.items():
             start = before.get(name)
-            out[name] = None if end is None or start is None else {k: end[k] - start[k] for k in end}
+            out[name] = None if end is None or start is None else {k: end[k] - start[k] for k in end if k in start}
         return out
 
 

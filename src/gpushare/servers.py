@@ -52,14 +52,15 @@ def scrape_counters(plan: LaunchPlan, timeout: float = 5.0) -> dict[str, float] 
     except (urllib.error.URLError, OSError, ValueError):
         return None
     wanted = {metric: ours for ours, metric in plan.counters.items()}
-    totals = {ours: 0.0 for ours in plan.counters}
+    totals: dict[str, float] = {}  # only the counters this server exposes
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in wanted:
             try:
-                totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
+                value = float(line.rsplit(" ", 1)[1])
             except (IndexError, ValueError):
                 continue
+            totals[wanted[name]] = totals.get(wanted[name], 0.0) + value
     return totals
 
 

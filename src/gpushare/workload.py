@@ -34,6 +34,10 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def batch_decode(self, sequences: Sequence[Sequence[int]]) -> list[str]: ...
+
+    def __call__(self, text: list[str], add_special_tokens: bool = ...) -> Any: ...
+
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str) -> Tokenizer:
@@ -57,21 +61,27 @@ def random_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]
 # --- synthetic prompts -------------------------------------------------------------------
 
 
-def synthetic_prompt(tokenizer: Tokenizer, rng: np.random.Generator, n_tokens: int) -> tuple[str, int]:
-    """Text of about `n_tokens` random tokens, and its length by `tokenizer`.
-
-    Decoding random ids and encoding the text again does not always round-trip, so the
-    ids are re-encoded and cut to length once; the server's usage says the exact count.
-    """
+def random_token_ids(tokenizer: Tokenizer, rng: np.random.Generator, n_tokens: int) -> list[int]:
+    """n_tokens random ids from the tokenizer's vocabulary, special tokens left out."""
     special = set(tokenizer.all_special_ids)
     ids: list[int] = []
     while len(ids) < n_tokens:
         draw = rng.integers(0, tokenizer.vocab_size, size=n_tokens - len(ids) + 8)
         ids.extend(int(i) for i in draw if int(i) not in special)
-    text = tokenizer.decode(ids[:n_tokens])
-    again = tokenizer.encode(text, add_special_tokens=False)[:n_tokens]
-    text = tokenizer.decode(again)
-    return text, len(again)
+    return ids[:n_tokens]
+
+
+def prompt_texts(tokenizer: Tokenizer, id_lists: Sequence[list[int]]) -> list[tuple[str, int]]:
+    """Each id list as text, and that text's length by `tokenizer`.
+
+    Decoding random ids and encoding the text again does not always round-trip, so the
+    ids are re-encoded and cut to length once; the server's usage says the exact count.
+    The tokenizer's batch calls spread a batch over every core.
+    """
+    texts = tokenizer.batch_decode(id_lists)
+    again = [ids[:len(wanted)] for ids, wanted in
+             zip(tokenizer(texts, add_special_tokens=False)["input_ids"], id_lists)]
+    return list(zip(tokenizer.batch_decode(again), (len(ids) for ids in again)))
 
 
 # --- datasets ----------------------------------------------------------------------------
@@ -146,6 +156,9 @@ def dataset_rows(
 # --- the request source ------------------------------------------------------------------
 
 
+BATCH = 256  # prompts tokenized per batch call
+
+
 class RequestSource:
     """Request specs by index, generated in order on first use and then kept.
 
@@ -163,30 +176,37 @@ class RequestSource:
         if self._synthetic and tokenizer is None:
             raise ConfigError("workload: synthetic prompts need a tokenizer")
 
-    def _make(self, index: int) -> RequestSpec:
-        if self._synthetic is not None:
+    def _rows_for(self, first: int, count: int) -> list[tuple[str, int, str | None, int | None]]:
+        """(text, max_tokens, tenant, input tokens) of requests first .. first + count - 1."""
+        if self._synthetic is None:
+            assert self._rows is not None
+            return [(*self._rows[i % len(self._rows)], None) for i in range(first, first + count)]
+        assert self._tokenizer is not None
+        draws = []
+        for _ in range(count):  # the random draws stay in request order, whatever the batch
             target = int(self._synthetic.input_tokens.sample(self._rng, 1)[0])
             max_tokens = int(self._synthetic.output_tokens.sample(self._rng, 1)[0])
-            text, n_in = synthetic_prompt(self._tokenizer, self._rng, target)  # type: ignore[arg-type]
-            tenant = None
-        else:
-            assert self._rows is not None
-            text, max_tokens, tenant = self._rows[index % len(self._rows)]
-            n_in = None
-        prompt: str | list[dict[str, Any]] = text
-        if self._api.endpoint == "chat":
-            prompt = [{"role": "user", "content": text}]
-        return RequestSpec(index=index, prompt=prompt, max_tokens=max_tokens, input_tokens=n_in, tenant=tenant)
+            draws.append((random_token_ids(self._tokenizer, self._rng, target), max_tokens))
+        texts = prompt_texts(self._tokenizer, [ids for ids, _ in draws])
+        return [(text, max_tokens, None, n_in) for (text, n_in), (_, max_tokens) in zip(texts, draws)]
+
+    def _build(self, stop: int) -> None:
+        while len(self._specs) < stop:
+            first = len(self._specs)
+            for i, (text, max_tokens, tenant, n_in) in enumerate(self._rows_for(first, min(BATCH, stop - first))):
+                prompt: str | list[dict[str, Any]] = text
+                if self._api.endpoint == "chat":
+                    prompt = [{"role": "user", "content": text}]
+                self._specs.append(RequestSpec(index=first + i, prompt=prompt, max_tokens=max_tokens,
+                                               input_tokens=n_in, tenant=tenant))
 
     def __getitem__(self, index: int) -> RequestSpec:
-        while len(self._specs) <= index:
-            self._specs.append(self._make(len(self._specs)))
+        self._build(index + 1)
         return self._specs[index]
 
     def prepare(self, n: int) -> None:
-        """Build the first n specs now, so the timed part of the run does not."""
-        if n > 0:
-            self[n - 1]
+        """Build the first n specs now, in batches, so the timed part of the run does not."""
+        self._build(n)
 
 
 def inter_arrival_gaps(rng: np.random.Generator, rate: float, burstiness: float) -> Iterator[float]:
