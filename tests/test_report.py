@@ -43,3 +43,10 @@ def test_a_tex_failure_is_one_line(tmp_path):
     bad.write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}")
     with pytest.raises(RunFailure, match="report: latexmk failed on bad.tex: ! Undefined control sequence"):
         build_pdf(bad)
+
+
+def test_relative_changes_read_as_percentages():
+    from gpushare.report import percent
+
+    assert percent(-0.49) == "-49\\%" and percent(0.125) == "+12\\%"
+    assert percent(-0.003) == "-0.3\\%"  # a small gap is not printed as -0 %

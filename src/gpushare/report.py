@@ -45,6 +45,12 @@ def _first_run_facts(runs: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+
+def percent(change: float) -> str:
+    """A relative change for the text: whole percent, one decimal under 1 % (never "-0%")."""
+    digits = 1 if abs(change) < 0.01 else 0
+    return f"{100 * change:+.{digits}f}\\%"
+
 def observations(summary: pd.DataFrame) -> list[str]:
     """Sentences that state, per load level, which scenario did best and by how much."""
     out = []
@@ -54,7 +60,7 @@ def observations(summary: pd.DataFrame) -> list[str]:
                 f"({best['output_throughput']:,.0f} tokens/s)")
         others = part[part["scenario"] != best["scenario"]]
         if not others.empty:
-            ratios = ", ".join(f"{tex(r['scenario'])} {100 * (r['output_throughput'] / best['output_throughput'] - 1):+.0f}\\%"
+            ratios = ", ".join(f"{tex(r['scenario'])} {percent(r['output_throughput'] / best['output_throughput'] - 1)}"
                                for _, r in others.iterrows())
             line += f"; relative to it: {ratios}"
         lowest = part.loc[part["p99_latency_s"].idxmin()]
