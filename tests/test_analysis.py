@@ -74,3 +74,22 @@ def test_the_script_wrapper_keeps_its_flags(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "| h100-mps | 8 | 1,033 |" in proc.stdout and (tmp_path / "p99_latency_s.png").exists()
+
+
+def test_prefix_cache_hits_are_counted_where_servers_report_them(tmp_path):
+    from gpushare.report import observations
+
+    assert load_runs(PROOF_RUNS)["prefix_cache_hit_tokens"].isna().all()  # counters not recorded then
+    matrix = load_runs([RESULTS / "matrix"])
+    assert len(matrix) == 9 and (matrix["prefix_cache_hit_tokens"] == 0).all()
+    assert "No prompt token was answered from a server's prefix cache." in observations(summarize_runs(matrix))
+
+    cell = tmp_path / "runs" / "c8"
+    shutil.copytree(RESULTS / "matrix" / "h100-migemu-3g4g" / "c8_rep1", cell)
+    doc = json.loads((cell / "summary.json").read_text())
+    doc["server_counters"]["gpu-3g"]["prefix_cache_hits"] = 512.0
+    (cell / "summary.json").write_text(json.dumps(doc))
+    summary = summarize_runs(load_runs([cell]))
+    assert summary["prefix_cache_hit_tokens"][0] == 512
+    assert "answered 512 prompt tokens from their prefix caches" in " ".join(observations(summary))
+

@@ -55,6 +55,14 @@ def run_folders(paths: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
+def prefix_cache_hits(doc: dict) -> float | None:
+    """Prompt tokens the servers answered from their prefix cache during the window; None
+    where no server counted them. Non-zero means some prompts skipped their prefill."""
+    counted = [c["prefix_cache_hits"] for c in (doc.get("server_counters") or {}).values()
+               if c and "prefix_cache_hits" in c]
+    return sum(counted) if counted else None
+
+
 def load_runs(paths: Iterable[Path], include_incomplete: bool = False) -> pd.DataFrame:
     """One row per run. Incomplete runs are left out unless asked for (never silently: see `complete`)."""
     rows = []
@@ -62,6 +70,7 @@ def load_runs(paths: Iterable[Path], include_incomplete: bool = False) -> pd.Dat
         doc = json.loads((folder / "summary.json").read_text())
         row = {key: doc.get(key) for key in RUN_FIELDS}
         row.update({key: (doc.get("gpu") or {}).get(key) for key in GPU_FIELDS})
+        row["prefix_cache_hit_tokens"] = prefix_cache_hits(doc)
         row["run"] = str(folder)
         row["servers"] = len(doc.get("per_endpoint") or {})
         row["load"] = doc["request_rate"] if doc.get("load_mode") == "open_loop" else doc.get("max_concurrency")
@@ -81,6 +90,7 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     std = grouped[numeric].std(ddof=1).add_suffix("_std")
     out = pd.concat([mean, std], axis=1)
     out["failed"] = grouped["failed"].sum()
+    out["prefix_cache_hit_tokens"] = grouped["prefix_cache_hit_tokens"].sum(min_count=1)
     out["runs"] = grouped.size()
     return out.reset_index()
 

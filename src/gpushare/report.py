@@ -73,6 +73,11 @@ def observations(summary: pd.DataFrame) -> list[str]:
         out.append(line + ".")
     failed = int(summary["failed"].sum())
     out.append(f"Across all runs, {failed} request(s) failed." if failed else "No request failed in any run.")
+    hits = summary["prefix_cache_hit_tokens"]
+    if hits.notna().any():
+        total = int(hits.sum())
+        out.append(f"The servers answered {total:,} prompt tokens from their prefix caches, skipping their prefill."
+                   if total else "No prompt token was answered from a server's prefix cache.")
     return out
 
 
