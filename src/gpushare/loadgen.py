@@ -508,6 +508,7 @@ class LoadGenerator:
         warm = load.warmup_requests
         async with new_session(self._api) as session:
             if warm:
+                self.prebuild(0, warm)
                 await self._closed_loop(session, 0, warm, min(warm, load.concurrency or warm), None, True)
             n = load.n_requests
             prepared = n if n is not None else requests_for_duration(load, self.records)

@@ -404,7 +404,6 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None, servers
     prompt_rng, arrival_rng = random_streams(config.seed)
     source = RequestSource(config.workload, config.api, tokenizer, prompt_rng)
     load = config.load
-    source.prepare(load.warmup_requests + (load.n_requests or 0))
     endpoints = [
         Endpoint(plan.name, plan.base_url, models[i].served_name, config.servers[i].tenant)
         for i, plan in enumerate(plans)
