@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ from rich.console import Console
 from .config import ScenarioConfig, apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
 from .runner import INTERRUPTED_EXIT, ScenarioServers, preflight, run_scenario
+from .workload import load_tokenizer
 
 DRAIN_S = 2.0
 
@@ -142,6 +144,13 @@ def load_scenarios(paths: list[Path], model: str | None) -> list[ScenarioConfig]
     return configs
 
 
+def _preload_tokenizer(path: str) -> None:
+    try:
+        load_tokenizer(path)
+    except GpushareError:
+        pass  # the first cell loads it again and reports the error there
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM between cells: stop like Ctrl-C, servers included
 
@@ -205,9 +214,14 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         scenario_dir.mkdir(parents=True, exist_ok=True)
         try:
             prepared = preflight(config, lambda m: console.print(m, soft_wrap=True, markup=False))
+            # The tokenizer loads (seconds, the first time in a process) while the servers start.
+            tokenizer = threading.Thread(target=_preload_tokenizer, daemon=True,
+                                         args=(config.tokenizer or prepared.models[0].path,))
+            tokenizer.start()
             t_start = time.monotonic()
             with ScenarioServers(config, prepared, scenario_dir, console) as servers:
                 now.server_start_s += time.monotonic() - t_start
+                tokenizer.join()
                 for position, cell in enumerate(todo):
                     if stop:
                         record_rest(todo, "not_run", "the matrix was interrupted")
