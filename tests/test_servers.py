@@ -1,6 +1,8 @@
 """Server process handling with real child processes: readiness, logs, and group teardown."""
 
+import http.server
 import sys
+import threading
 import time
 
 import pytest
@@ -99,3 +101,40 @@ def test_vllm_plan_binds_loopback_and_caps_memory(tmp_path):
 def test_redact_hides_keys():
     assert redact(["serve", "--api-key", "s3cret", "--hf-token=abc", "--port", "1"]) == [
         "serve", "--api-key", "***", "--hf-token=***", "--port", "1"]
+
+
+class _Metrics(http.server.BaseHTTPRequestHandler):
+    """A /metrics page whose running-request gauge falls by one at each read."""
+
+    held = [0]
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        running = max(0, self.held[0])
+        self.held[0] -= 1
+        body = (f'vllm:num_requests_running{{model_name="m"}} {running}.0\n'
+                f'vllm:num_requests_waiting{{model_name="m"}} 0.0\n').encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_wait_idle_returns_once_the_servers_gauges_reach_zero(tmp_path):
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _Metrics)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        _Metrics.held[0] = 3
+        gauged = LaunchPlan("a", url, None, queue_gauges=list(VllmEngine.queue_gauges))
+        ServerFleet([gauged], tmp_path).wait_idle(limit_s=30, poll_s=0.01)
+        assert _Metrics.held[0] == -1  # read at 3, 2, 1 and 0 requests held, then no more
+
+        # A server without the gauges gets the whole limit.
+        t0 = time.monotonic()
+        ServerFleet([gauged, LaunchPlan("b", url, None)], tmp_path).wait_idle(limit_s=0.3, poll_s=0.01)
+        assert time.monotonic() - t0 >= 0.3
+    finally:
+        httpd.shutdown()

@@ -32,6 +32,8 @@ class LaunchPlan:
     ready_timeout_s: float = 900.0
     counters: dict[str, str] = field(default_factory=dict)
     """Our name -> the server's Prometheus counter at /metrics, to cross-check token counts."""
+    queue_gauges: list[str] = field(default_factory=list)
+    """The server's gauges of requests it holds (running, waiting): all 0 means it is idle."""
     kv_cache_pattern: str | None = None
     """A regex whose first group is the KV-cache size in tokens, found in the server's log."""
 
@@ -69,6 +71,7 @@ class VllmEngine:
         "prefix_cache_queries": "vllm:prefix_cache_queries_total",
         "prefix_cache_hits": "vllm:prefix_cache_hits_total",
     }
+    queue_gauges = ["vllm:num_requests_running", "vllm:num_requests_waiting"]
 
     def default_command(self) -> list[str]:
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
@@ -94,7 +97,7 @@ class VllmEngine:
         }
         host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
         return LaunchPlan(name, f"http://{host}:{server.port}", argv, env, ready_timeout_s=server.ready_timeout_s,
-                          counters=dict(self.counters), kv_cache_pattern=r"[GC]PU KV cache size: ([\d,]+) tokens")
+                          counters=dict(self.counters), queue_gauges=list(self.queue_gauges), kv_cache_pattern=r"[GC]PU KV cache size: ([\d,]+) tokens")
 
 
 class ExternalEngine:

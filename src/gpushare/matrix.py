@@ -27,7 +27,7 @@ from .errors import ConfigError, GpushareError
 from .runner import INTERRUPTED_EXIT, ScenarioServers, preflight, run_scenario
 from .workload import load_tokenizer
 
-DRAIN_S = 2.0
+DRAIN_S = 2.0  # at most, between cells: until every server says it holds no request
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,7 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
             with ScenarioServers(config, prepared, scenario_dir, console) as servers:
                 now.server_start_s += time.monotonic() - t_start
                 tokenizer.join()
+                assert servers.fleet is not None
                 for position, cell in enumerate(todo):
                     if stop:
                         record_rest(todo, "not_run", "the matrix was interrupted")
@@ -248,7 +249,7 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                     elif not complete:
                         exit_code = exit_code or 1
                     if position + 1 < len(todo):
-                        time.sleep(DRAIN_S)  # let the servers finish the cell's last requests
+                        servers.fleet.wait_idle(DRAIN_S)  # the cell's last requests leave the servers
                 t_stop = time.monotonic()
             now.server_stop_s += time.monotonic() - t_stop
         except GpushareError as err:

@@ -42,26 +42,39 @@ def answers(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def scrape_counters(plan: LaunchPlan, timeout: float = 5.0) -> dict[str, float] | None:
-    """The server's own counters (summed over labels), or None if it has none or does not answer."""
-    if not plan.counters:
-        return None
+def scrape_metrics(base_url: str, names: dict[str, str], timeout: float = 5.0) -> dict[str, float] | None:
+    """Prometheus metrics at base_url/metrics, summed over labels, under our names (server's
+    name -> ours); only those the server exposes. None if it does not answer."""
     try:
-        with urllib.request.urlopen(plan.base_url + "/metrics", timeout=timeout) as resp:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=timeout) as resp:
             text = resp.read().decode(errors="replace")
     except (urllib.error.URLError, OSError, ValueError):
         return None
-    wanted = {metric: ours for ours, metric in plan.counters.items()}
-    totals: dict[str, float] = {}  # only the counters this server exposes
+    totals: dict[str, float] = {}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in wanted:
+        if name in names:
             try:
                 value = float(line.rsplit(" ", 1)[1])
             except (IndexError, ValueError):
                 continue
-            totals[wanted[name]] = totals.get(wanted[name], 0.0) + value
+            totals[names[name]] = totals.get(names[name], 0.0) + value
     return totals
+
+
+def scrape_counters(plan: LaunchPlan, timeout: float = 5.0) -> dict[str, float] | None:
+    """The server's own counters (summed over labels), or None if it has none or does not answer."""
+    if not plan.counters:
+        return None
+    return scrape_metrics(plan.base_url, {metric: ours for ours, metric in plan.counters.items()}, timeout)
+
+
+def requests_held(plan: LaunchPlan) -> float | None:
+    """How many requests the server is running or queueing, by its own gauges; None if unknown."""
+    if not plan.queue_gauges:
+        return None
+    found = scrape_metrics(plan.base_url, {g: g for g in plan.queue_gauges}, timeout=2.0)
+    return sum(found.values()) if found and len(found) == len(plan.queue_gauges) else None
 
 
 class ServerHandle:
@@ -209,6 +222,15 @@ class ServerFleet:
 
     def counters(self) -> dict[str, dict[str, float] | None]:
         return {h.name: scrape_counters(h.plan) for h in self.handles}
+
+    def wait_idle(self, limit_s: float, poll_s: float = 0.1) -> None:
+        """Until every server says it holds no request, or limit_s for one that cannot say."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            held = [requests_held(h.plan) for h in self.handles]
+            if all(n == 0 for n in held):
+                return
+            time.sleep(poll_s if all(n is not None for n in held) else max(0.0, deadline - time.monotonic()))
 
     def first_dead(self) -> ServerHandle | None:
         return next((h for h in self.handles if h.exit_code() is not None), None)
