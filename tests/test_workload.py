@@ -14,7 +14,7 @@ from gpushare.config import (
 from gpushare.errors import ConfigError
 from gpushare.models import embedded_folder, resolve_model
 from gpushare.monitor import GPU_COLUMNS, GpuMonitor
-from gpushare.workload import RequestSource, load_label, load_tokenizer, random_streams
+from gpushare.workload import RequestSource, batch_codec, load_label, load_tokenizer, random_streams, random_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,15 @@ def test_synthetic_prompts_have_the_requested_lengths_and_repeat_with_the_seed(t
         assert abs(len(tokenizer.encode(spec.prompt, add_special_tokens=False)) - spec.input_tokens) <= 2
     chat = RequestSource(workload, ApiConfig(endpoint="chat"), tokenizer, random_streams(3)[0])[0]
     assert chat.prompt == [{"role": "user", "content": first[0].prompt}]
+
+
+def test_batch_codec_agrees_with_the_tokenizers_python_calls(tokenizer):
+    rng = np.random.default_rng(5)
+    ids = [random_token_ids(tokenizer, rng, n) for n in (1, 17, 300)]
+    decode, encode = batch_codec(tokenizer)
+    texts = decode(ids)
+    assert texts == tokenizer.batch_decode(ids)
+    assert encode(texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def test_dataset_rows_sharegpt_and_prompt_rows(tmp_path, tokenizer):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -71,6 +71,19 @@ def random_token_ids(tokenizer: Tokenizer, rng: np.random.Generator, n_tokens: i
     return ids[:n_tokens]
 
 
+def batch_codec(tokenizer: Tokenizer) -> tuple[Callable[[Sequence[Sequence[int]]], list[str]],
+                                                Callable[[list[str]], list[list[int]]]]:
+    """(decode, encode) over lists, without special tokens. A fast tokenizer's own Rust calls
+    are used when it has them: the Python wrappers check every id in Python, which made
+    them most of the cost of building prompts on a many-core host."""
+    fast = getattr(tokenizer, "backend_tokenizer", None)
+    if fast is None:
+        return tokenizer.batch_decode, lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encode_batch = getattr(fast, "encode_batch_fast", fast.encode_batch)  # _fast: no offsets
+    return (lambda ids: fast.decode_batch(ids, skip_special_tokens=False),
+            lambda texts: [e.ids for e in encode_batch(texts, add_special_tokens=False)])
+
+
 def prompt_texts(tokenizer: Tokenizer, id_lists: Sequence[list[int]]) -> list[tuple[str, int]]:
     """Each id list as text, and that text's length by `tokenizer`.
 
@@ -78,10 +91,9 @@ def prompt_texts(tokenizer: Tokenizer, id_lists: Sequence[list[int]]) -> list[tu
     ids are re-encoded and cut to length once; the server's usage says the exact count.
     The tokenizer's batch calls spread a batch over every core.
     """
-    texts = tokenizer.batch_decode(id_lists)
-    again = [ids[:len(wanted)] for ids, wanted in
-             zip(tokenizer(texts, add_special_tokens=False)["input_ids"], id_lists)]
-    return list(zip(tokenizer.batch_decode(again), (len(ids) for ids in again)))
+    decode, encode = batch_codec(tokenizer)
+    again = [ids[:len(wanted)] for ids, wanted in zip(encode(decode(id_lists)), id_lists)]
+    return list(zip(decode(again), (len(ids) for ids in again)))
 
 
 # --- datasets ----------------------------------------------------------------------------
