@@ -97,7 +97,8 @@ class VllmEngine:
         }
         host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
         return LaunchPlan(name, f"http://{host}:{server.port}", argv, env, ready_timeout_s=server.ready_timeout_s,
-                          counters=dict(self.counters), queue_gauges=list(self.queue_gauges), kv_cache_pattern=r"[GC]PU KV cache size: ([\d,]+) tokens")
+                          counters=dict(self.counters), queue_gauges=list(self.queue_gauges),
+                          kv_cache_pattern=r"[GC]PU KV cache size: ([\d,]+) tokens")
 
 
 class ExternalEngine:
