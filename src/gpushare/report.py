@@ -45,11 +45,11 @@ def _first_run_facts(runs: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-
 def percent(change: float) -> str:
     """A relative change for the text: whole percent, one decimal under 1 % (never "-0%")."""
     digits = 1 if abs(change) < 0.01 else 0
     return f"{100 * change:+.{digits}f}\\%"
+
 
 def observations(summary: pd.DataFrame) -> list[str]:
     """Sentences that state, per load level, which scenario did best and by how much."""
