@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from gpushare import cli
-from gpushare.analysis import analyze, load_runs, summarize_runs
+from gpushare.analysis import analyze, read_runs, summarize_runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"
 PROOF_RUNS = sorted(RESULTS.glob("2026*"))  # the six single runs, one per sharing mode
@@ -20,7 +20,7 @@ FIGURES = ["throughput_tokens_per_s", "p99_latency_s", "throughput_vs_p99_latenc
 
 
 def test_tables_and_figures_from_the_h100_runs(tmp_path):
-    written = analyze(PROOF_RUNS, tmp_path)
+    written = analyze(read_runs(PROOF_RUNS), tmp_path)
     for name in FIGURES:
         for ext in ("png", "pdf"):
             path = tmp_path / f"{name}.{ext}"
@@ -48,7 +48,7 @@ def test_repeated_runs_are_averaged_with_their_spread(tmp_path):
         doc = json.loads((copy / "summary.json").read_text())
         doc["output_throughput"] *= factor
         (copy / "summary.json").write_text(json.dumps(doc))
-    runs = load_runs([tmp_path / "runs"])
+    runs = read_runs([tmp_path / "runs"]).runs
     summary = summarize_runs(runs)
     assert len(summary) == 1 and summary["runs"][0] == 2
     base = json.loads((source / "summary.json").read_text())["output_throughput"]
@@ -58,12 +58,18 @@ def test_repeated_runs_are_averaged_with_their_spread(tmp_path):
 
 def test_incomplete_runs_are_left_out_and_bad_paths_are_one_line(tmp_path, capsys):
     source = next(RESULTS.glob("*_h100-mps_c8"))
-    shutil.copytree(source, tmp_path / "runs" / "cut")
-    doc = json.loads((tmp_path / "runs" / "cut" / "summary.json").read_text())
-    (tmp_path / "runs" / "cut" / "summary.json").write_text(json.dumps({**doc, "complete": False}))
-    assert len(load_runs([tmp_path / "runs"], include_incomplete=True)) == 1
+    cut = tmp_path / "runs" / "cut"
+    shutil.copytree(source, cut)
+    doc = json.loads((cut / "summary.json").read_text())
+    (cut / "summary.json").write_text(json.dumps({**doc, "complete": False}))
+    found = read_runs([tmp_path / "runs"])
+    assert found.runs.empty and found.left_out == [(cut, "marked incomplete")]
     assert cli.main(["analyze", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.strip() == "error: --runs: no complete runs to analyse"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"note: left out {cut}: marked incomplete",
+        "error: --runs: no complete runs to analyse (1 run folder(s) left out)",
+    ]
+    assert not (tmp_path / "out").exists()
     assert cli.main(["analyze", "--runs", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"error: --runs: {tmp_path / 'nothing'} does not exist"
 
@@ -79,8 +85,8 @@ def test_the_script_wrapper_keeps_its_flags(tmp_path):
 def test_prefix_cache_hits_are_counted_where_servers_report_them(tmp_path):
     from gpushare.report import observations
 
-    assert load_runs(PROOF_RUNS)["prefix_cache_hit_tokens"].isna().all()  # counters not recorded then
-    matrix = load_runs([RESULTS / "matrix"])
+    assert read_runs(PROOF_RUNS).runs["prefix_cache_hit_tokens"].isna().all()  # counters not recorded then
+    matrix = read_runs([RESULTS / "matrix"]).runs
     assert len(matrix) == 9 and (matrix["prefix_cache_hit_tokens"] == 0).all()
     assert "No prompt token was answered from a server's prefix cache." in observations(summarize_runs(matrix))
 
@@ -89,7 +95,7 @@ def test_prefix_cache_hits_are_counted_where_servers_report_them(tmp_path):
     doc = json.loads((cell / "summary.json").read_text())
     doc["server_counters"]["gpu-3g"]["prefix_cache_hits"] = 512.0
     (cell / "summary.json").write_text(json.dumps(doc))
-    summary = summarize_runs(load_runs([cell]))
+    summary = summarize_runs(read_runs([cell]).runs)
     assert summary["prefix_cache_hit_tokens"][0] == 512
     assert "answered 512 prompt tokens from their prefix caches" in " ".join(observations(summary))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpushare import cli
+from gpushare.analysis import read_runs
 from gpushare.errors import RunFailure
 from gpushare.report import build_pdf, tex_available, write_report
 
@@ -16,7 +17,7 @@ PROOF_RUNS = sorted(RESULTS.glob("2026*"))
 
 
 def test_report_text_comes_from_the_runs(tmp_path):
-    tex = write_report(PROOF_RUNS, tmp_path).read_text()
+    tex = write_report(read_runs(PROOF_RUNS), tmp_path).read_text()
     assert "\\documentclass[conference]{IEEEtran}" in tex and "\\input{figures/summary.tex}" in tex
     assert "NVIDIA H100 80GB HBM3" in tex and "vLLM 0.26.0" in tex and "dummy loader" in tex
     assert "h100-baseline had the highest output throughput (1,081 tokens/s)" in tex

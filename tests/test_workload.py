@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpushare import cli
 from gpushare.config import (
     ApiConfig, DatasetWorkload, LoadConfig, ScenarioConfig, SyntheticWorkload, apply_overrides, parse_config, read_config_file,
 )
@@ -15,6 +16,7 @@ from gpushare.errors import ConfigError
 from gpushare.models import embedded_folder, resolve_model
 from gpushare.monitor import GPU_COLUMNS, GpuMonitor
 from gpushare.workload import RequestSource, batch_codec, load_label, load_tokenizer, random_streams, random_token_ids
+from helpers import error_line
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,42 @@ def test_dataset_rows_sharegpt_and_prompt_rows(tmp_path, tokenizer):
         RequestSource(DatasetWorkload(kind="dataset", path=bad, output_tokens=3), ApiConfig(), tokenizer,
                       np.random.default_rng(0))
 
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', "line 2 is not UTF-8 text (byte b'\\xe9' at offset 31)"),
+    (b"", "is empty"),
+    (b"\n \n", "is empty"),
+    (b'{"prompt": "a"}\n["a list"]\n', 'line 2 is not a JSON object (got ["a list"])'),
+    (b'[{"prompt": "a"}, 7]', "item 2 is not a JSON object (got 7)"),
+])
+def test_a_bad_dataset_is_one_line_naming_the_file_and_where(tmp_path, content, expected):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        RequestSource(DatasetWorkload(kind="dataset", path=path, output_tokens=3), ApiConfig(), None,
+                      np.random.default_rng(0))
+    assert str(err.value) == f"workload.path: {path} {expected}" and err.value.exit_code == 2
+
+
+def test_a_non_utf8_dataset_stops_the_run_with_one_line(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b'{"prompt": "ok"}\n{"prompt": "\xff\xfe"}\n')
+    config = tmp_path / "scenario.yaml"
+    config.write_text(f"workload:\n  kind: dataset\n  path: {data}\n  output_tokens: 4\n")
+    assert cli.main(["run", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        f"error: workload.path: {data} line 2 is not UTF-8 text (byte b'\\xff' at offset 29)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_json_lines_split_only_at_newlines(tmp_path):
+    """A prompt may hold U+2028 unescaped (json.dumps(ensure_ascii=False)); it is not a line break."""
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"prompt": "one\u2028two", "max_tokens": 2}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    source = RequestSource(DatasetWorkload(kind="dataset", path=path), ApiConfig(), None, np.random.default_rng(0))
+    assert source[0].prompt == "one\u2028two"
 
 def test_load_defaults_and_labels():
     assert LoadConfig().concurrency == 8 and LoadConfig().n_requests == 100

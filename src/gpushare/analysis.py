@@ -6,7 +6,8 @@ the spread of repeated runs (error bars: one standard deviation), not only their
 
 from __future__ import annotations
 
-import json
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -18,11 +19,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .errors import ConfigError  # noqa: E402
+from .results import SUMMARY, SummaryUnreadable, read_summary, read_verdict  # noqa: E402
 
-# Per run: what the tables and figures use (summary.json keys, or the gpu block's).
-RUN_FIELDS = [
-    "scenario", "sharing_mode", "load_mode", "max_concurrency", "request_rate", "complete", "completed", "failed",
-    "duration", "request_throughput", "output_throughput", "total_token_throughput",
+# Per run: what identifies it, what it measured (summary.json keys), and the gpu block's keys.
+RUN_FIELDS = ["scenario", "sharing_mode", "load_mode", "max_concurrency", "request_rate", "complete"]
+METRIC_FIELDS = [
+    "completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
     "p50_latency_s", "p95_latency_s", "p99_latency_s", "p99_ttft_ms", "p99_tpot_ms", "mean_tpot_ms", "p99_itl_ms",
 ]
 GPU_FIELDS = ["energy_per_output_token_j", "avg_power_w", "mean_gpu_util_pct", "max_mem_used_mib"]
@@ -36,49 +38,101 @@ TABLE_COLUMNS = {
     "P99 TTFT ms": ("p99_ttft_ms", 0),
     "P99 TPOT ms": ("p99_tpot_ms", 1),
     "Energy J/token": ("energy_per_output_token_j", 3),
-    "Errors": ("failed", None),
+    "Errors": ("failed", 0),
     "Runs": ("runs", None),
 }
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A summary.json, or what a run killed before it wrote one leaves: its config and requests."""
+    return (folder / SUMMARY).exists() or ((folder / "config.yaml").exists() and (folder / "requests.csv").exists())
+
+
 def run_folders(paths: Iterable[Path]) -> list[Path]:
-    """Every folder holding a summary.json, under or at the given paths."""
+    """Every run folder, finished or not, under or at the given paths."""
     found: set[Path] = set()
-    for path in paths:
-        path = Path(path)
+    for path in map(Path, paths):
         if not path.exists():
             raise ConfigError(f"--runs: {path} does not exist")
-        found.update(p.parent for p in ([path / "summary.json"] if (path / "summary.json").exists()
-                                        else path.rglob("summary.json")))
+        if is_run_folder(path):
+            found.add(path)
+        else:
+            found.update(filter(is_run_folder, {p.parent for name in (SUMMARY, "requests.csv")
+                                                for p in path.rglob(name)}))
     if not found:
-        raise ConfigError(f"--runs: no run folders (with summary.json) under {', '.join(map(str, paths))}")
+        raise ConfigError(f"--runs: no run folders (with summary.json, or config.yaml and requests.csv) under "
+                          f"{', '.join(map(str, paths))}")
     return sorted(found)
+
+
+def _mapping(doc: dict, key: str) -> dict:
+    """doc[key] where it is an object; {} where it is null, absent or something else."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def prefix_cache_hits(doc: dict) -> float | None:
     """Prompt tokens the servers answered from their prefix cache during the window; None
     where no server counted them. Non-zero means some prompts skipped their prefill."""
-    counted = [c["prefix_cache_hits"] for c in (doc.get("server_counters") or {}).values()
-               if c and "prefix_cache_hits" in c]
+    counted = [c["prefix_cache_hits"] for c in _mapping(doc, "server_counters").values()
+               if isinstance(c, dict) and "prefix_cache_hits" in c]
     return sum(counted) if counted else None
 
 
-def load_runs(paths: Iterable[Path], include_incomplete: bool = False) -> pd.DataFrame:
-    """One row per run. Incomplete runs are left out unless asked for (never silently: see `complete`)."""
-    rows = []
+def run_row(folder: Path, doc: dict) -> dict:
+    """One complete run's row. A metric its summary lacks (every request failed, no GPU) is
+    left empty; a summary that does not say which scenario and load it measured is unreadable."""
+    row = {key: doc.get(key) for key in RUN_FIELDS + METRIC_FIELDS}
+    row.update({key: _mapping(doc, "gpu").get(key) for key in GPU_FIELDS})
+    row["prefix_cache_hit_tokens"] = prefix_cache_hits(doc)
+    row["run"] = str(folder)
+    row["servers"] = len(_mapping(doc, "per_endpoint"))
+    load_key = "request_rate" if doc.get("load_mode") == "open_loop" else "max_concurrency"
+    row["load"] = doc.get(load_key)
+    lacking = [key for key in ("scenario", "sharing_mode", "load_mode") if not isinstance(row[key], str)]
+    if isinstance(row["load"], bool) or not isinstance(row["load"], (int, float)):
+        lacking.append(load_key)
+    if lacking:
+        raise SummaryUnreadable(f"{folder / SUMMARY}: lacks {', '.join(lacking)}")
+    return row
+
+
+@dataclass(frozen=True)
+class RunSet:
+    """The complete runs found, one row each, and every other run folder with why it was left out."""
+
+    runs: pd.DataFrame
+    left_out: list[tuple[Path, str]]
+
+    def notes(self) -> list[str]:
+        """One line per folder left out, for the user: never leave a run out silently."""
+        return [f"note: left out {folder}: {reason}" for folder, reason in self.left_out]
+
+    def complete_runs(self) -> pd.DataFrame:
+        if self.runs.empty:
+            raise ConfigError(f"--runs: no complete runs to analyse ({len(self.left_out)} run folder(s) left out)")
+        return self.runs
+
+
+def read_runs(paths: Iterable[Path]) -> RunSet:
+    """Every run folder under the paths: complete ones become rows, the rest are left out with
+    their verdict's reason (not finished, failed, summary.json unreadable)."""
+    rows: list[dict] = []
+    left_out: list[tuple[Path, str]] = []
     for folder in run_folders(paths):
-        doc = json.loads((folder / "summary.json").read_text())
-        row = {key: doc.get(key) for key in RUN_FIELDS}
-        row.update({key: (doc.get("gpu") or {}).get(key) for key in GPU_FIELDS})
-        row["prefix_cache_hit_tokens"] = prefix_cache_hits(doc)
-        row["run"] = str(folder)
-        row["servers"] = len(doc.get("per_endpoint") or {})
-        row["load"] = doc["request_rate"] if doc.get("load_mode") == "open_loop" else doc.get("max_concurrency")
-        rows.append(row)
-    runs = pd.DataFrame(rows)
-    if not include_incomplete:
-        runs = runs[runs["complete"].astype(bool)]
-    return runs.sort_values(["scenario", "load", "run"]).reset_index(drop=True)
+        verdict = read_verdict(folder)
+        if not verdict.complete:
+            left_out.append((folder, verdict.reason))
+            continue
+        try:
+            rows.append(run_row(folder, read_summary(folder)))
+        except SummaryUnreadable as err:
+            left_out.append((folder, str(err)))
+    numeric = METRIC_FIELDS + GPU_FIELDS + ["prefix_cache_hit_tokens"]
+    runs = pd.DataFrame(rows, columns=[*RUN_FIELDS, *METRIC_FIELDS, *GPU_FIELDS, "prefix_cache_hit_tokens",
+                                       "run", "servers", "load"])
+    runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")
+    return RunSet(runs.sort_values(["scenario", "load", "run"]).reset_index(drop=True), left_out)
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -187,7 +241,10 @@ def request_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_cdfs(requests: pd.DataFrame, runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
-    paths = []
+    """One panel per load; none where no request completed."""
+    paths: list[Path] = []
+    if requests.empty:
+        return paths
     loads = sorted(requests["load"].unique())
     for column, label, name in (("ttft_s", "time to first token (s)", "ttft_cdf"),
                                 ("e2el_s", "end-to-end latency (s)", "e2e_latency_cdf")):
@@ -236,17 +293,22 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) 
     return _save(fig, out, "gpu_timeline")
 
 
+PER_SERVER_FIELDS = ["output_throughput", "p99_latency_s"]
+
+
 def plot_per_server(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
     """Each server's output throughput and P99 latency, for scenarios with several servers."""
     rows = []
     for _, run in runs[runs["servers"] > 1].iterrows():
-        doc = json.loads((Path(run["run"]) / "summary.json").read_text())
-        for server, block in doc["per_endpoint"].items():
+        for server, block in _mapping(read_summary(Path(run["run"])), "per_endpoint").items():
+            block = block if isinstance(block, dict) else {}
             rows.append({"label": f"{run['scenario']} @ {run['load']:g}: {server}", "scenario": run["scenario"],
-                         "output_throughput": block["output_throughput"], "p99_latency_s": block["p99_latency_s"]})
+                         **{key: block.get(key) for key in PER_SERVER_FIELDS}})
     if not rows:
         return []
-    bars = pd.DataFrame(rows).groupby(["label", "scenario"], sort=False).agg(["mean", "std"]).reset_index()
+    bars = pd.DataFrame(rows)
+    bars[PER_SERVER_FIELDS] = bars[PER_SERVER_FIELDS].apply(pd.to_numeric, errors="coerce")
+    bars = bars.groupby(["label", "scenario"], sort=False).agg(["mean", "std"]).reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.2 * len(bars)), 4.5))
     for ax, (column, label) in zip(axes, (("output_throughput", "output throughput (tokens/s)"),
                                           ("p99_latency_s", "P99 end-to-end latency (s)"))):
@@ -258,12 +320,23 @@ def plot_per_server(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> 
     return _save(fig, out, "per_server")
 
 
-def analyze(paths: Iterable[Path], out: Path) -> list[Path]:
-    """Write the tidy table, the summary tables and every figure; return what was written."""
-    runs = load_runs(paths)
-    if runs.empty:
-        raise ConfigError("--runs: no complete runs to analyse")
-    out.mkdir(parents=True, exist_ok=True)
+def writable_folder(out: Path) -> None:
+    """Create `out` and write a file in it now, so an unusable --out is one line before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError:
+        raise ConfigError(f"--out: cannot write to {out}: it exists and is not a folder") from None
+    except OSError as err:
+        raise ConfigError(f"--out: cannot write to {out}: {err.strerror or err}") from None
+
+
+def analyze(found: RunSet, out: Path) -> list[Path]:
+    """Write the tidy table, the summary tables and every figure from the complete runs; return
+    what was written. With no complete run, nothing is written."""
+    runs = found.complete_runs()
+    writable_folder(out)
     runs.to_csv(out / "runs.csv", index=False)
     summary = summarize_runs(runs)
     colour = colours(runs["scenario"])

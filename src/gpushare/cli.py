@@ -165,9 +165,12 @@ def analyze(
     out: Path = typer.Option(Path("runs/plots"), "--out", help="Where the tables and figures go."),
 ) -> None:
     """Tidy table (runs.csv), summary tables (CSV, Markdown, LaTeX) and figures from run folders."""
-    from .analysis import analyze as analyze_runs
+    from .analysis import analyze as analyze_runs, read_runs
 
-    written = analyze_runs([*runs, *(more or [])], out)
+    found = read_runs([*runs, *(more or [])])
+    for line in found.notes():
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    written = analyze_runs(found, out)
     err_console.print(f"Wrote {len(written)} files to {out}", soft_wrap=True, highlight=False)
     print((out / "summary.md").read_text(), end="")
 
@@ -179,9 +182,13 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", help="Where report.tex, its figures and the PDF go."),
 ) -> None:
     """An IEEE-style paper (IEEEtran) from the runs: tables, figures and observations from the data; PDF if TeX is installed."""
+    from .analysis import read_runs
     from .report import TEX_PACKAGES, build_pdf, tex_available, write_report
 
-    tex_path = write_report([*runs, *(more or [])], out)
+    found = read_runs([*runs, *(more or [])])
+    for line in found.notes():
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    tex_path = write_report(found, out)
     if not tex_available():
         err_console.print(f"Wrote {tex_path}. TeX is not installed, so no PDF: apt-get install {TEX_PACKAGES}",
                           markup=False, soft_wrap=True)

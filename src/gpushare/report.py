@@ -10,11 +10,11 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
-from .analysis import analyze, load_runs, summarize_runs
+from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .errors import RunFailure
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
@@ -51,24 +51,38 @@ def percent(change: float) -> str:
     return f"{100 * change:+.{digits}f}\\%"
 
 
+def _extreme(part: pd.DataFrame, column: str, highest: bool) -> pd.Series | None:
+    """The row with the highest (or lowest) value of `column`; None where no run measured it
+    (every request failed, or a CPU run has no GPU energy)."""
+    values = part[column].dropna()
+    if values.empty:
+        return None
+    return part.loc[values.idxmax() if highest else values.idxmin()]
+
+
 def observations(summary: pd.DataFrame) -> list[str]:
     """Sentences that state, per load level, which scenario did best and by how much."""
     out = []
     for load, part in summary.groupby("load"):
-        best = part.loc[part["output_throughput"].idxmax()]
-        line = (f"At load {load:g}, {tex(best['scenario'])} had the highest output throughput "
-                f"({best['output_throughput']:,.0f} tokens/s)")
-        others = part[part["scenario"] != best["scenario"]]
-        if not others.empty:
-            ratios = ", ".join(f"{tex(r['scenario'])} {percent(r['output_throughput'] / best['output_throughput'] - 1)}"
-                               for _, r in others.iterrows())
-            line += f"; relative to it: {ratios}"
-        lowest = part.loc[part["p99_latency_s"].idxmin()]
-        line += (f". The lowest P99 end-to-end latency was {lowest['p99_latency_s']:.2f} s "
-                 f"({tex(lowest['scenario'])})")
-        if part["energy_per_output_token_j"].notna().any():
-            frugal = part.loc[part["energy_per_output_token_j"].idxmin()]
-            line += (f", and the least GPU energy per output token {frugal['energy_per_output_token_j']:.3f} J "
+        best = _extreme(part, "output_throughput", highest=True)
+        if best is None:
+            line = f"At load {load:g}, no run measured an output throughput"
+        else:
+            line = (f"At load {load:g}, {tex(best['scenario'])} had the highest output throughput "
+                    f"({best['output_throughput']:,.0f} tokens/s)")
+            others = part[(part["scenario"] != best["scenario"]) & part["output_throughput"].notna()]
+            if not others.empty and best["output_throughput"] > 0:
+                ratios = ", ".join(
+                    f"{tex(r['scenario'])} {percent(r['output_throughput'] / best['output_throughput'] - 1)}"
+                    for _, r in others.iterrows())
+                line += f"; relative to it: {ratios}"
+        lowest = _extreme(part, "p99_latency_s", highest=False)
+        if lowest is not None:
+            line += (f". The lowest P99 end-to-end latency was {lowest['p99_latency_s']:.2f} s "
+                     f"({tex(lowest['scenario'])})")
+        frugal = _extreme(part, "energy_per_output_token_j", highest=False)
+        if frugal is not None:
+            line += (f". The least GPU energy per output token was {frugal['energy_per_output_token_j']:.3f} J "
                      f"({tex(frugal['scenario'])})")
         out.append(line + ".")
     failed = int(summary["failed"].sum())
@@ -92,11 +106,12 @@ FIGURES = [
 ]
 
 
-def write_report(paths: Iterable[Path], out: Path) -> Path:
-    paths = list(paths)
+def write_report(found: RunSet, out: Path) -> Path:
+    """report.tex and its figures from the complete runs; with none, nothing is written."""
+    runs = found.complete_runs()
+    writable_folder(out)
     figures_dir = out / "figures"
-    analyze(paths, figures_dir)
-    runs = load_runs(paths)
+    analyze(found, figures_dir)
     summary = summarize_runs(runs)
     facts = _first_run_facts(runs)
     scenarios = ", ".join(tex(s) for s in sorted(runs["scenario"].unique()))
@@ -160,7 +175,6 @@ runs, so power and energy separate the modes better than utilisation. {weights} 
 version, model shape and workload only.
 \end{{document}}
 """
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "report.tex"
     path.write_text(body)
     return path

@@ -98,27 +98,41 @@ def prompt_texts(tokenizer: Tokenizer, id_lists: Sequence[list[int]]) -> list[tu
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON array or a JSON Lines file; a flaw is one line saying where."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"workload.path: cannot read {path}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        at_line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"workload.path: {path} line {at_line} is not UTF-8 text "
+                          f"(byte {data[err.start:err.start + 1]!r} at offset {err.start})") from None
+    if not text.strip():
+        raise ConfigError(f"workload.path: {path} is empty")
+    numbered: list[tuple[int, Any]] = []
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"workload.path: {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        numbered, where = list(enumerate(rows, start=1)), "item"
     else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        where = "line"
+        # split, not splitlines: JSON text may hold U+2028 and other characters splitlines breaks at
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                numbered.append((number, json.loads(line)))
             except json.JSONDecodeError:
                 raise ConfigError(f"workload.path: {path} line {number} is not valid JSON") from None
-    if not rows or not all(isinstance(r, dict) for r in rows):
-        raise ConfigError(f"workload.path: {path} holds no rows of JSON objects")
-    return rows
+    for number, row in numbered:
+        if not isinstance(row, dict):
+            raise ConfigError(f"workload.path: {path} {where} {number} is not a JSON object "
+                              f"(got {json.dumps(row)[:40]})")
+    return [row for _, row in numbered]
 
 
 def _sharegpt_pair(row: dict[str, Any]) -> tuple[str, str | None] | None:
