@@ -197,8 +197,30 @@ def report(
 
 
 @app.command()
-def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON.")) -> None:
-    """Print what this machine offers (GPU/NVML, MPS, MIG, engines, the embedded model); changes nothing."""
+def doctor(
+    as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
+    clean: bool = typer.Option(False, "--clean", help="Stop what earlier gpushare runs left running, instead."),
+) -> None:
+    """Print what this machine offers (GPU/NVML, MPS, MIG, engines, the embedded model) and the
+    servers and MPS daemons killed gpushare runs left running; changes nothing unless --clean."""
+    from dataclasses import asdict
+
+    from . import leftovers
+    from .errors import RunFailure
+    from .servers import STOP_GRACE_S
+
+    found = leftovers.find()
+    if clean:
+        for left in leftovers.clean(found, STOP_GRACE_S):
+            print(f"stopped {left.kind} {left.name}: process group {left.pgid} "
+                  f"(pids {', '.join(map(str, left.members))}), run folder {left.folder}")
+        remaining = leftovers.find()
+        if remaining:
+            raise RunFailure("could not stop " + ", ".join(f"process group {left.pgid} ({left.kind} {left.name})"
+                                                          for left in remaining))
+        if not found:
+            print("nothing to clean: no server or MPS daemon left behind by an earlier gpushare run")
+        return
     facts: dict[str, Any] = {
         "gpushare": __version__,
         "python": sys.version.split()[0],
@@ -208,6 +230,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts a
         "embedded_models": {
             name: {"prepared": is_prepared(name), "folder": str(embedded_folder(name))} for name in EMBEDDED
         },
+        "leftovers": [asdict(left) for left in found],
     }
     if as_json:
         print(json.dumps(facts, indent=2))
@@ -231,6 +254,12 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts a
     table.add_row("engine vllm", "not installed" if vllm is None else f"{vllm['distribution']} {vllm['version']}")
     for name, m in facts["embedded_models"].items():
         table.add_row(f"model {name}", ("prepared in " if m["prepared"] else "not prepared yet; folder ") + m["folder"])
+    for left in found:
+        table.add_row(f"left behind: {left.kind} {left.name}",
+                      f"process group {left.pgid}, pids {', '.join(map(str, left.members))}, "
+                      f"run folder {left.folder}, started {left.started}")
+    table.add_row("left behind", f"{len(found)} process group(s); stop them with: gpushare doctor --clean"
+                  if found else "nothing")
     Console().print(table)
 
 

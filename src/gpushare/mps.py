@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import leftovers
 from .errors import ConfigError, RunFailure
 
 CONTROL = "nvidia-cuda-mps-control"
@@ -100,6 +101,12 @@ class MpsDaemon:
                                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
             except OSError as err:
                 raise RunFailure(f"MPS: cannot start {CONTROL}: {err.strerror}") from None
+        try:
+            leftovers.record("mps", self.process.pid, "mps-control", [CONTROL, "-f"], self.run_dir,
+                             pipe_directory=self.pipe_directory)
+        except RunFailure:
+            self.__exit__(None, None, None)  # __enter__ failed: nothing else will quit it
+            raise
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not send(self.pipe_directory, "get_server_list"):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -132,4 +139,5 @@ class MpsDaemon:
                 self.process.wait()
         if self.pipe_directory is not None and self.existing is None:
             shutil.rmtree(self.pipe_directory, ignore_errors=True)
+        leftovers.forget(self.process.pid)
         self.process = None

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from . import leftovers
 from .engines import LaunchPlan, server_environment
 from .errors import ConfigError, RunFailure
 
@@ -31,7 +33,11 @@ def ensure_port_free(host: str, port: int, key: str) -> None:
         try:
             sock.bind((host, port))
         except OSError:
-            raise ConfigError(f"{key}: port {port} on {host} is already in use") from None
+            left = leftovers.holding(host, port)
+            by = "" if left is None else (
+                f" by a server an earlier gpushare run left behind (pid {left.pgid}, run folder {left.folder});"
+                " stop it with: gpushare doctor --clean")
+            raise ConfigError(f"{key}: port {port} on {host} is already in use{by}") from None
 
 
 def answers(url: str, timeout: float = 2.0) -> bool:
@@ -110,6 +116,13 @@ class ServerHandle:
                 )
             except OSError as err:
                 raise RunFailure(f"server {self.name}: cannot start {self.plan.argv[0]}: {err.strerror}") from None
+        url = urllib.parse.urlsplit(self.plan.base_url)
+        leftovers.record("server", self.process.pid, self.name, self.plan.argv, self.log_path.parent,
+                         host=url.hostname, port=url.port)
+
+    def group(self) -> list[int]:
+        """Live processes of the server's process group (none for an external server)."""
+        return group_members(self.process.pid) if self.process is not None else []
 
     def exit_code(self) -> int | None:
         """The launched process's exit code, or None while it runs (or for external servers)."""
@@ -176,8 +189,11 @@ class ServerHandle:
             deadline = time.monotonic() + 10
             while group_members(pgid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        if self.process.poll() is None:
-            self.process.wait()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        leftovers.forget(pgid)  # kept while any member lives: `gpushare doctor` lists it
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
