@@ -13,8 +13,10 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -123,12 +125,17 @@ def main() -> None:
     parser.add_argument("--child-ignoring-sigterm", action="store_true",
                         help="also start a worker that ignores SIGTERM, like a wedged engine process")
     parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds before it listens, like a loading engine")
+    parser.add_argument("--ignore-sigterm", action="store_true", help="the server itself ignores SIGTERM")
     args, _ = parser.parse_known_args()
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.child_ignoring_sigterm:
         child = subprocess.Popen([sys.executable, "-c",
                                   "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
         print(f"child pid {child.pid}", flush=True)
     print(f"server pid {os.getpid()}", flush=True)
+    time.sleep(args.startup_delay)
     web.run_app(SseServer(Behaviour(token_delay=args.token_delay)).app, host=args.host, port=args.port, print=None)
 
 

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import time
 
 import numpy as np
 import pytest
@@ -19,19 +20,18 @@ from sse_server import Behaviour, SseServer
 
 
 @contextlib.asynccontextmanager
-async def serving(*behaviours: Behaviour):
-    servers, runners, endpoints = [], [], []
-    for i, behaviour in enumerate(behaviours):
-        server = SseServer(behaviour)
+async def serving(*servers):
+    """Serve each test server (anything with an aiohttp `app`) on a free port; yield their endpoints."""
+    runners, endpoints = [], []
+    for i, server in enumerate(servers):
         runner = web.AppRunner(server.app)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        servers.append(server)
         runners.append(runner)
         endpoints.append(Endpoint(f"s{i}", f"http://127.0.0.1:{port}", "test", tenant=f"t{i}"))
     try:
-        yield servers, endpoints
+        yield endpoints
     finally:
         for runner in runners:
             await runner.cleanup()
@@ -44,7 +44,8 @@ def specs(n: int, max_tokens: int = 8, tenants=None) -> list[RequestSpec]:
 
 def run_load(behaviours, api=None, load=None, n_specs=50, max_tokens=8, arrivals=None, tenants=None):
     async def go():
-        async with serving(*behaviours) as (servers, endpoints):
+        servers = [SseServer(b) for b in behaviours]
+        async with serving(*servers) as endpoints:
             gen = LoadGenerator(endpoints, api or ApiConfig(), load or LoadConfig(concurrency=4, n_requests=10),
                                 specs(n_specs, max_tokens, tenants), arrivals=arrivals)
             return await gen.run(), servers
@@ -106,7 +107,7 @@ def test_failures_are_recorded_by_kind_never_dropped():
 
 def test_missing_usage_falls_back_to_the_token_counter():
     async def go():
-        async with serving(Behaviour(usage=False)) as (_, endpoints):
+        async with serving(SseServer(Behaviour(usage=False))) as endpoints:
             gen = LoadGenerator(endpoints, ApiConfig(), LoadConfig(concurrency=1, n_requests=2, warmup_requests=0),
                                 specs(2, 5), count_tokens=lambda text: len(text.split()))
             return await gen.run()
@@ -138,7 +139,7 @@ def test_open_loop_follows_the_arrival_schedule():
     assert np.allclose(scheduled - scheduled[0], expected - expected[0], atol=1e-6)
     # Open loop does not wait for answers: requests overlap although each takes 0.2 s.
     assert max(r.sent for r in recs) - min(r.sent for r in recs) < 0.2 * 40
-    assert max(r.sent - r.scheduled for r in recs) < 0.05
+    assert 0 <= min(r.sent - r.scheduled for r in recs) and max(r.sent - r.scheduled for r in recs) < 0.05
 
 
 def test_duration_bound_run_stops_sending_in_time():
@@ -168,7 +169,7 @@ def test_requests_for_duration_over_estimates_what_a_window_sends():
 
 def test_abort_cancels_in_flight_requests_and_records_them():
     async def go():
-        async with serving(Behaviour(first_token_delay=5)) as (_, endpoints):
+        async with serving(SseServer(Behaviour(first_token_delay=5))) as endpoints:
             gen = LoadGenerator(endpoints, ApiConfig(), LoadConfig(concurrency=3, n_requests=10, warmup_requests=0),
                                 specs(10))
             task = asyncio.ensure_future(gen.run())
@@ -186,3 +187,22 @@ def test_same_seed_same_arrivals():
     b = list(itertools.islice(inter_arrival_gaps(np.random.default_rng(7), 10, 0.5), 100))
     assert a == b
     assert np.mean(a) == pytest.approx(0.1, rel=0.35)
+
+
+def test_abort_ends_an_open_loop_waiting_for_a_far_arrival():
+    """Ctrl-C must not wait for the next arrival, however low the rate."""
+    async def go():
+        async with serving(SseServer()) as endpoints:
+            load = LoadConfig(request_rate=1e-9, n_requests=10, warmup_requests=0)
+            gen = LoadGenerator(endpoints, ApiConfig(), load, specs(10),
+                                arrivals=inter_arrival_gaps(np.random.default_rng(0), 1e-9, 1.0))
+            task = asyncio.ensure_future(gen.run())
+            await asyncio.sleep(0.3)
+            t0 = time.perf_counter()
+            gen.abort("interrupted")
+            result = await asyncio.wait_for(task, 1.0)
+            return result, time.perf_counter() - t0
+    result, took = asyncio.run(go())
+    assert took < 0.5
+    assert result.aborted == "interrupted"
+    assert result.records == []  # the first arrival was decades away

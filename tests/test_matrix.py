@@ -79,7 +79,13 @@ def test_matrix_reuses_servers_resumes_and_survives_a_failed_scenario(tmp_path):
 def test_matrix_flags_are_checked(tmp_path):
     cfg = scenario(tmp_path, "x", [fake("s", free_port())])
     proc = cli("matrix", "--configs", str(cfg), "--repeats", "0", "--concurrency", "1")
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: --repeats: must be greater than 0"
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --repeats: must be a finite number greater than 0"
+    for flag in ("--duration", "--request-rate"):
+        proc = cli("matrix", "--configs", str(cfg), flag, "inf", "--concurrency", "1")
+        assert proc.returncode == 2 and proc.stderr.strip() == f"error: {flag}: must be a finite number greater than 0"
+    (tmp_path / "a-file").write_text("")
+    proc = cli("matrix", "--configs", str(cfg), "--concurrency", "1", "--out", str(tmp_path / "a-file"))
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: --out: cannot write to {tmp_path / 'a-file'}")
     proc = cli("matrix", "--configs", str(cfg), str(cfg), "--concurrency", "1")
     assert proc.returncode == 2 and "two configs share a scenario name" in proc.stderr
 

@@ -12,18 +12,26 @@ def token_text(i: int, n: int, empty: frozenset) -> str:
     return "" if i in empty else f" t{i}"
 
 
-def stream(n_tokens: int, chat: bool, usage: bool = True, empty=frozenset(), crlf: bool = False) -> bytes:
-    """vLLM-shaped stream; tokens whose index is in `empty` carry no text (EOS, partial characters)."""
-    out = b""
+def stream(n_tokens: int, chat: bool, usage: bool = True, empty=frozenset(), crlf: bool = False,
+           no_space: bool = False, inserted: dict[int, bytes] | None = None) -> bytes:
+    """vLLM-shaped stream; tokens whose index is in `empty` carry no text (EOS, partial characters).
+    `inserted` maps positions in the list of events to events put there (comments, garbage);
+    `no_space` writes `data:{...}` as some servers do."""
+    events = []
     if chat:
-        out += sse(_chat_event({"role": "assistant", "content": ""}))
+        events.append(sse(_chat_event({"role": "assistant", "content": ""})))
     for i in range(n_tokens):
         finish = "length" if i == n_tokens - 1 else None
         text = token_text(i, n_tokens, empty)
-        out += sse(_chat_event({"content": text}, finish) if chat else _completion_event(text, finish))
+        events.append(sse(_chat_event({"content": text}, finish) if chat else _completion_event(text, finish)))
     if usage:
-        out += sse({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": n_tokens, "total_tokens": 7 + n_tokens}})
-    out += sse("[DONE]")
+        events.append(sse({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": n_tokens,
+                                                    "total_tokens": 7 + n_tokens}}))
+    events.append(sse("[DONE]"))
+    for position, event in sorted((inserted or {}).items(), reverse=True):
+        events.insert(position, event)
+    out = b"".join(events)
+    out = out.replace(b"data: ", b"data:") if no_space else out
     return out.replace(b"\n", b"\r\n") if crlf else out
 
 
@@ -98,3 +106,52 @@ def test_tiny_reads_keep_the_count(crlf, step):
     acc = feed(data, list(range(0, len(data), step)))
     outcome = acc.finish()
     assert sum(acc.tokens) == 40 and outcome.done and outcome.usage["completion_tokens"] == 40
+
+
+COMMENT = b": keep-alive\n\n"
+GARBAGE = [b"data: this is not JSON\n\n", b"<html>502 Bad Gateway</html>\n\n", b"data: [1, 2]\n\n",
+           b'data: "text"\n\n', b"data:\n\n"]
+
+
+@given(
+    n=st.integers(min_value=1, max_value=40),
+    chat=st.booleans(),
+    crlf=st.booleans(),
+    no_space=st.booleans(),
+    comments=st.frozensets(st.integers(min_value=0, max_value=44), max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=10000), max_size=30),
+)
+@settings(max_examples=300)
+def test_well_formed_variants_pass_the_check(n, chat, crlf, no_space, comments, cuts):
+    """`data:` without a space, CRLF and comment lines anywhere are all well formed; comments are no tokens."""
+    data = stream(n, chat, crlf=crlf, no_space=no_space, inserted=dict.fromkeys(comments, COMMENT))
+    acc = feed(data, cuts)
+    outcome = acc.finish()
+    assert outcome.done and outcome.error == ""
+    assert sum(acc.tokens) == n and outcome.usage["completion_tokens"] == n
+
+
+@given(
+    n=st.integers(min_value=0, max_value=40),
+    chat=st.booleans(),
+    crlf=st.booleans(),
+    no_space=st.booleans(),
+    garbage=st.sampled_from(GARBAGE),
+    position=st.integers(min_value=0, max_value=44),
+    cuts=st.lists(st.integers(min_value=0, max_value=10000), max_size=30),
+)
+@settings(max_examples=300)
+def test_a_malformed_event_anywhere_is_reported_with_its_bytes(n, chat, crlf, no_space, garbage, position, cuts):
+    """At the start, in the middle, in the tail, alone, however the blocks split: only the
+    first and last events are parsed, the others are checked by their first bytes."""
+    data = stream(n, chat, crlf=crlf, no_space=no_space, inserted={position: garbage})
+    outcome = feed(data, cuts).finish()
+    event = (garbage.replace(b"data: ", b"data:") if no_space else garbage)[:-2]
+    assert outcome.error.split("; ")[0] == f"malformed event: {event!r}"
+
+
+def test_a_stream_of_garbage_and_done_has_no_tokens():
+    acc = feed(GARBAGE[0] * 3 + sse("[DONE]"), [7, 30])
+    outcome = acc.finish()
+    assert acc.tokens == [] and outcome.done
+    assert outcome.error == "malformed event: b'data: this is not JSON'"

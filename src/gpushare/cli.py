@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -16,6 +17,7 @@ from rich.table import Table
 from . import __version__, environment
 from .config import apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
+from .interrupts import Interrupted, Interrupts
 from .models import EMBEDDED, embedded_folder, is_prepared, prepare_embedded
 
 app = typer.Typer(
@@ -42,9 +44,10 @@ def parse_slos(items: list[str]) -> dict[str, float] | None:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if not eq or name not in SLO_NAMES or seconds <= 0:
+        if not eq or name not in SLO_NAMES or not (0 < seconds < math.inf):
             raise ConfigError(
-                f"--slo: expected NAME=SECONDS with NAME one of {', '.join(SLO_NAMES)} and SECONDS > 0 (got {item!r})"
+                f"--slo: expected NAME=SECONDS with NAME one of {', '.join(SLO_NAMES)} and SECONDS a finite number > 0 "
+                f"(got {item!r})"
             )
         out[name] = seconds
     return out
@@ -52,6 +55,7 @@ def parse_slos(items: list[str]) -> dict[str, float] | None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Path = typer.Option(..., "--config", "-c", help="Scenario YAML (see configs/)."),
     concurrency: Optional[int] = typer.Option(None, help="Closed loop: requests in flight. With --request-rate: a cap."),
     n_requests: Optional[int] = typer.Option(None, "--n-requests", help="Measured requests (warm-up excluded)."),
@@ -84,10 +88,20 @@ def run(
     flags = {key: "--" + key.split(".")[-1].removesuffix("_s").replace("_", "-")
              for key, value in overrides.items() if value is not None}
     parsed = parse_config(raw, flags)
-    outcome = run_scenario(parsed, err_console)
+    interrupts = command_interrupts(ctx)
+    outcome = run_scenario(parsed, err_console, interrupts=interrupts)
+    note_late_signal(interrupts, outcome.exit_code)
     if outcome.exit_code:
         err_console.print(f"error: {outcome.summary['error']}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
+
+
+def note_late_signal(interrupts: Interrupts, exit_code: int) -> None:
+    """A signal that came while a finished measurement was being cleaned up only hurried the
+    clean-up; say so, since the exit code does not."""
+    if interrupts.first and exit_code != 130:
+        err_console.print(f"note: {interrupts.first} during clean-up: servers were stopped at once; "
+                          "the measurement had already ended", markup=False, highlight=False, soft_wrap=True)
 
 
 MATRIX_USAGE = """usage: gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
@@ -121,8 +135,8 @@ def parse_matrix_args(args: list[str]) -> argparse.Namespace:
                          ("--repeats", [ns.repeats]), ("--n-requests", [ns.n_requests or 1]),
                          ("--requests-per-concurrency", [ns.requests_per_concurrency or 1]),
                          ("--duration", [ns.duration or 1])):
-        if any(v <= 0 for v in values):
-            raise ConfigError(f"{flag}: must be greater than 0")
+        if not all(0 < v < math.inf for v in values):
+            raise ConfigError(f"{flag}: must be a finite number greater than 0")
     return ns
 
 
@@ -143,8 +157,10 @@ def matrix(ctx: typer.Context) -> None:
     configs = load_scenarios(ns.configs, ns.model)
     if ns.duration is not None and (ns.n_requests is not None or ns.requests_per_concurrency is not None):
         raise ConfigError("--duration: give either --duration or a request count (--n-requests, --requests-per-concurrency)")
-    index, code = run_matrix(configs, ns.concurrency, ns.request_rate, ns.repeats, ns.out, ns.n_requests, err_console,
-                             ns.requests_per_concurrency, ns.duration)
+    interrupts = command_interrupts(ctx)
+    index, code = run_matrix(configs, ns.concurrency, ns.request_rate, ns.repeats, ns.out, ns.n_requests,
+                             err_console, ns.requests_per_concurrency, ns.duration, interrupts)
+    note_late_signal(interrupts, code)
     counts, fraction, runs = index["counts"], index["measured_fraction"], index["invocations"]
     err_console.print(
         f"matrix: {counts['complete']} complete, {counts['skipped']} skipped, {counts['failed']} failed, "
@@ -270,11 +286,22 @@ def model_prepare(name: str = typer.Argument("smollm2", help=f"One of: {', '.joi
     print(folder)
 
 
+def command_interrupts(ctx: typer.Context) -> Interrupts:
+    """The signals of this command, installed by `main`; a bare object where there is none."""
+    found = ctx.find_object(Interrupts)
+    return found if found is not None else Interrupts()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: every failure becomes one `error:` line and an exit code, never a traceback."""
+    """Entry point: every failure becomes one `error:` line and an exit code, never a traceback.
+    Ctrl-C, SIGTERM and SIGHUP are handled here, at the edge, for the whole command (see
+    interrupts.py). Called as the process's own entry (no argv), a signal after the command
+    has finished is ignored, so it cannot turn a finished run's exit code into a death."""
     args = sys.argv[1:] if argv is None else argv
+    interrupts = Interrupts()
     try:
-        code = app(args=args or ["--help"], prog_name="gpushare", standalone_mode=False)
+        with interrupts.installed(ignore_after=argv is None):
+            code = app(args=args or ["--help"], prog_name="gpushare", standalone_mode=False, obj=interrupts)
     except (typer.TyperException, click.ClickException) as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # a command group called bare: its help
             print(err.format_message())
@@ -284,7 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, click.exceptions.Abort):
         err_console.print("error: interrupted", markup=False)
         return 130
+    except Interrupted as err:
+        err_console.print(f"error: interrupted by {err}", markup=False, highlight=False)
+        return 130
     except GpushareError as err:
+        if interrupts.first:  # an Interrupted that a library turned into its own error
+            err_console.print(f"error: interrupted by {interrupts.first}", markup=False, highlight=False)
+            return 130
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return err.exit_code
     return int(code or 0)

@@ -30,7 +30,7 @@ EMBEDDED_MODEL = "smollm2"
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- token length distributions -------------------------------------------------------

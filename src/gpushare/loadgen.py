@@ -3,9 +3,9 @@
 The scheduler (closed loop at a concurrency, or open loop at a request rate) is separate
 from the backend (`send_request`, which speaks the OpenAI HTTP API). The stream is read in
 network blocks: each block is time-stamped once and its server-sent events are counted
-with a byte search, and only the first events (to find the first token) and the last ones
-(usage, errors, [DONE]) are parsed as JSON. That keeps the client's own cost per request
-small, so that what it reports is the server's behaviour, not the client's.
+and checked with byte searches, and only the first events (to find the first token) and the
+last ones (usage, errors, [DONE]) are parsed as JSON. That keeps the client's own cost per
+request small, so that what it reports is the server's behaviour, not the client's.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import aiohttp
 
 from .config import ApiConfig, LoadConfig
+from .events import Listener, PhaseChanged, RequestFinished
 from .records import RequestRecord, RequestSpec
 
 clock = time.perf_counter
@@ -31,12 +32,15 @@ HTTP_ERROR = "http_error"
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection_error"
 STREAM_ERROR = "stream_error"
+BAD_RESPONSE = "bad_response"
 ABORTED = "aborted"
 
 _TAIL_BYTES = 8192
 # Substrings of the events that may not be tokens; any other event is one, unparsed.
 _MAYBE_NOT_A_TOKEN = (b"[DONE]", b'"usage"', b'"error"', b'"choices":[]', b'"choices": []')
 _READ_BUFFER = 4 * 1024 * 1024
+# How the lines of a server-sent event begin: a comment, or one of its fields.
+_SSE_LINES = (b":", b"data:", b"event:", b"id:", b"retry:")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,15 @@ def _event_data(event: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
+def _well_formed(event: bytes, data: bytes | None) -> bool:
+    """Whether an event (without its separator) is comments and fields whose data (as
+    `_event_data` gives it), if any, is a JSON object (judged by its first byte) or [DONE]."""
+    for line in event.splitlines():
+        if line and not line.startswith(_SSE_LINES):
+            return False
+    return data is None or data.startswith(b"{") or data.strip() == b"[DONE]"
+
+
 def _choice_text(choice: dict[str, Any]) -> str:
     if "text" in choice:
         return choice.get("text") or ""
@@ -112,9 +125,9 @@ def classify_event(data: bytes) -> _Event:
     try:
         obj = json.loads(data)
     except ValueError:
-        return _Event("error", error=f"unparsable event: {data[:120]!r}")
+        return _Event("error", error=f"not JSON: {data[:120]!r}")
     if not isinstance(obj, dict):
-        return _Event("error", error=f"unexpected event: {data[:120]!r}")
+        return _Event("error", error=f"not a JSON object: {data[:120]!r}")
     if obj.get("error") is not None:
         err = obj["error"]
         message = err.get("message", err) if isinstance(err, dict) else err
@@ -123,7 +136,9 @@ def classify_event(data: bytes) -> _Event:
     choices = obj.get("choices")
     if not choices:
         return _Event("none", usage=usage)
-    choice = choices[0]
+    choice = choices[0] if isinstance(choices, list) else None
+    if not isinstance(choice, dict):
+        return _Event("error", error=f"malformed choices: {data[:120]!r}")
     text = _choice_text(choice)
     delta = choice.get("delta")
     if isinstance(delta, dict) and "role" in delta and not text and choice.get("finish_reason") is None:
@@ -132,22 +147,32 @@ def classify_event(data: bytes) -> _Event:
 
 
 class StreamAccounting:
-    """Counts token events per network block of an SSE stream.
+    """Counts token events per network block of an SSE stream, and checks that each is well formed.
 
     Events before the first token event are parsed, so that chat's role-only chunk does not
     count as a first token. After it, every event is counted as a token until `finish`,
     which parses the stream's tail and takes back the trailing non-token events (usage,
-    [DONE]).
+    [DONE]); comments are no tokens. Those later events are checked by their first bytes:
+    one that opens as the first token event did (`data: {`) passes, which one byte count per
+    block finds; only the rare others ([DONE], comments, garbage) are looked at whole. A
+    malformed event anywhere makes `finish` report an error that quotes it.
     """
 
-    __slots__ = ("times", "tokens", "_head", "_sep", "_carry", "_length", "_blocks", "_started")
+    __slots__ = ("times", "tokens", "_head", "_sep", "_lead", "_mark", "_rest", "_open", "_malformed",
+                 "_length", "_blocks", "_started")
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.tokens: list[int] = []
         self._head = b""
         self._sep = b"\n\n"
-        self._carry = b""
+        self._lead = b"data: {"  # how the first token event opens; `_mark` is it after a separator
+        self._mark = b"\n\ndata: {"
+        # The stream after its last separator: all of it while that event is unchecked
+        # (`_open`), else only its last bytes, which may begin a separator.
+        self._rest = b""
+        self._open = False
+        self._malformed = ""
         self._length = 0
         self._blocks: list[bytes] = []
         self._started = False
@@ -155,35 +180,79 @@ class StreamAccounting:
     def feed(self, block: bytes, t: float) -> None:
         self._blocks.append(block)
         self._length += len(block)
-        if self._started:
-            sep = self._sep
-            n = block.count(sep)
-            if self._carry:
-                n += (self._carry + block[: len(sep) - 1]).count(sep)
-            # A block shorter than the separator keeps part of the previous carry.
-            self._carry = (self._carry + block)[-(len(sep) - 1):] if len(block) < len(sep) else block[-(len(sep) - 1):]
-            if n:
-                self.times.append(t)
-                self.tokens.append(n)
-            return
-        self._head = self._head + block if self._head else block
-        if self._sep not in self._head and b"\r\n\r\n" in self._head:
+        first = 0
+        if not self._started:
+            after = self._read_head(block)
+            if after is None:
+                return
+            block, first = after, 1
+        sep, lead = self._sep, self._lead
+        buf = self._rest + block if self._rest else block
+        n = buf.count(sep)
+        led_after_sep = buf.count(self._mark) if n else 0
+        if self._open and led_after_sep == n - 1 and buf.startswith(lead) and buf.endswith(sep):
+            self._rest = b""  # the usual block: whole events, each opening with the lead
+        else:
+            n -= self._check(buf, n, led_after_sep)
+        n += first
+        if n:
+            self.times.append(t)
+            self.tokens.append(n)
+
+    def _read_head(self, block: bytes) -> bytes | None:
+        """Parse the events before the first token; once it has come, the bytes after it."""
+        head = self._head + block if self._head else block
+        if self._sep not in head and b"\r\n\r\n" in head:
             self._sep = b"\r\n\r\n"
-        sep = self._sep
-        start = 0
-        while True:
-            end = self._head.find(sep, start)
-            if end < 0:
-                return
-            data = _event_data(self._head[start:end])
-            start = end + len(sep)
-            if data is not None and classify_event(data).kind == "token":
-                self.times.append(t)
-                self.tokens.append(1 + self._head.count(sep, start))
-                self._carry = self._head[-(len(sep) - 1):]
-                self._started = True
-                self._head = b""
-                return
+        sep, start = self._sep, 0
+        while (end := head.find(sep, start)) >= 0:
+            event, start = head[start:end], end + len(sep)
+            data = _event_data(event)
+            if not _well_formed(event, data):
+                self._reject(f"malformed event: {event[:120]!r}")
+            elif data is not None:
+                parsed = classify_event(data)
+                if parsed.kind == "error":
+                    self._reject(parsed.error)
+                elif parsed.kind == "token":
+                    self._started, self._head, self._open = True, b"", True
+                    self._lead = b"data:{" if event.startswith(b"data:{") else b"data: {"
+                    self._mark = sep + self._lead
+                    return head[start:]
+        self._head = head[start:]
+        return None
+
+    def _check(self, buf: bytes, n: int, led_after_sep: int) -> int:
+        """Check the events ended in a block that is not the usual one. `buf` is `_rest` and the
+        block; it holds `n` separators, `led_after_sep` of them followed by the lead. Walks back
+        from the last event to each one that does not open with the lead (they are rare, and
+        usually last: [DONE]), keeps in `_rest` what the next block needs, and returns how
+        many of the events were comments, which are no tokens."""
+        sep, lead, fresh = self._sep, self._lead, self._open
+        last = buf.rfind(sep)
+        tail = buf[last + len(sep):] if n else buf
+        led = tail.startswith(lead)
+        # The ended events to check (the first was checked at its start unless fresh), less
+        # those that open with the lead.
+        unchecked = n - (not fresh) - led_after_sep + led - (fresh and buf.startswith(lead)) if n else 0
+        comments, end = 0, last
+        while unchecked and end >= 0:
+            start = buf.rfind(sep, 0, end)
+            event = buf[start + len(sep) if start >= 0 else 0:end]
+            if not event.startswith(lead):
+                unchecked -= 1
+                data = _event_data(event)
+                if not _well_formed(event, data):
+                    self._reject(f"malformed event: {event[:120]!r}")
+                elif data is None:
+                    comments += 1  # a keep-alive, say
+            end = start
+        self._open = (n > 0 or fresh) and not led
+        self._rest = tail if self._open else tail[1 - len(sep):]
+        return comments
+
+    def _reject(self, error: str) -> None:
+        self._malformed = self._malformed or error
 
     def events(self, data: bytes) -> list[_Event]:
         out = []
@@ -231,6 +300,8 @@ class StreamAccounting:
             if self.tokens[-1] == 0:
                 self.tokens.pop()
                 self.times.pop()
+        if self._malformed and self._malformed not in errors:  # it comes first; errors are in reverse
+            errors.append(self._malformed)
         return StreamOutcome(usage=usage, error="; ".join(reversed(errors)), done=done)
 
     def text(self) -> str:
@@ -258,8 +329,10 @@ async def send_request(
     api: ApiConfig,
     rec: RequestRecord,
     count_tokens: TokenCounter | None = None,
+    expect_tokens: bool = True,
 ) -> None:
-    """Send one request and fill `rec` in; never raises for a failed request."""
+    """Send one request and fill `rec` in; never raises for a failed request. A stream without
+    a token fails when `expect_tokens` (max_tokens > 0)."""
     headers = {"Content-Type": "application/json"}
     if api.api_key:
         headers["Authorization"] = f"Bearer {api.api_key}"
@@ -283,12 +356,16 @@ async def send_request(
                     rec.status, rec.error = STREAM_ERROR, outcome.error
                 elif not outcome.done:
                     rec.status, rec.error = STREAM_ERROR, "stream ended without [DONE]"
+                elif expect_tokens and not acc.tokens:
+                    rec.status, rec.error = STREAM_ERROR, "the stream carried no tokens"
             else:
-                payload = await resp.json(content_type=None)
+                answer = classify_event(await resp.read())  # the whole answer, read as one event
                 rec.end = clock()
-                usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
-                choices = payload.get("choices") or [{}]
-                text = _choice_text(choices[0])
+                if answer.kind == "error":
+                    rec.status, rec.error = BAD_RESPONSE, answer.error
+                elif answer.kind not in ("token", "role"):
+                    rec.status, rec.error = BAD_RESPONSE, "no choices in the response"
+                usage, text = answer.usage, answer.text
                 rec.first_token = rec.end if text else None
                 rec.chunk_times, rec.chunk_tokens = ([rec.end], [1]) if text else ([], [])
                 text_of = lambda: text  # noqa: E731
@@ -398,8 +475,7 @@ class LoadGenerator:
         specs: Any,
         arrivals: Iterator[float] | None = None,
         count_tokens: TokenCounter | None = None,
-        on_record: Callable[[RequestRecord], None] | None = None,
-        before_measure: Callable[[], None] | None = None,
+        publish: Listener | None = None,
     ):
         if load.open_loop and arrivals is None:
             raise ValueError("an open-loop load needs arrival gaps")
@@ -409,8 +485,7 @@ class LoadGenerator:
         self._arrivals = arrivals
         self._route = Router(endpoints, by_tenant=load.routing == "tenant")
         self._count_tokens = count_tokens
-        self._on_record = on_record or (lambda rec: None)
-        self._before_measure = before_measure
+        self._publish: Listener = publish or (lambda event: None)
         self.records: list[RequestRecord] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -447,16 +522,14 @@ class LoadGenerator:
                             input_tokens=spec.input_tokens, tenant=spec.tenant or endpoint.tenant)
         body = self._bodies.pop((index, endpoint.name), None) or request_body(self._api, endpoint.model, spec)
         try:
-            if gate is not None:
-                async with gate:
-                    await send_request(session, endpoint.url(self._api), body, self._api, rec, self._count_tokens)
-            else:
-                await send_request(session, endpoint.url(self._api), body, self._api, rec, self._count_tokens)
+            async with gate if gate is not None else contextlib.nullcontext():
+                await send_request(session, endpoint.url(self._api), body, self._api, rec, self._count_tokens,
+                                   spec.max_tokens > 0)
         except asyncio.CancelledError:
             rec.status, rec.error = ABORTED, self._aborted or "cancelled"
             rec.end = rec.end or clock()
         self.records.append(rec)
-        self._on_record(rec)
+        self._publish(RequestFinished(rec))
 
     def _track(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -476,15 +549,20 @@ class LoadGenerator:
                     return
                 await self._one(session, index, clock(), warmup, None)
 
-        workers = [self._track(worker()) for _ in range(concurrency)]
+        await self._until_aborted([self._track(worker()) for _ in range(concurrency)])
+
+    async def _until_aborted(self, senders: list[asyncio.Task[None]]) -> None:
+        """Wait for the tasks that send; `abort` cancels them, which ends the wait at once."""
         try:
-            await asyncio.gather(*workers, return_exceptions=False)
+            await asyncio.gather(*senders)
         except asyncio.CancelledError:
             if not self._stop.is_set():
                 raise
 
     async def _open_loop(self, session: aiohttp.ClientSession, first: int, count: int | None,
                          deadline: float | None) -> None:
+        """Send on the arrival schedule; run as a task of its own, so that `abort` cancels its
+        wait for the next arrival however far off that is."""
         assert self._arrivals is not None and self._load.request_rate is not None
         gate = asyncio.Semaphore(self._load.concurrency) if self._load.concurrency else None
         due = clock()
@@ -500,27 +578,25 @@ class LoadGenerator:
             if self._stop.is_set():
                 break
             self._track(self._one(session, index, due, False, gate))
-        if self._in_flight:
-            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
 
     async def run(self) -> LoadResult:
         load = self._load
         warm = load.warmup_requests
         async with new_session(self._api) as session:
             if warm:
+                self._publish(PhaseChanged("warmup", clock()))
                 self.prebuild(0, warm)
                 await self._closed_loop(session, 0, warm, min(warm, load.concurrency or warm), None, True)
             n = load.n_requests
             prepared = n if n is not None else requests_for_duration(load, self.records)
             self.prebuild(warm, prepared)
-            if self._before_measure is not None:
-                self._before_measure()
+            self._publish(PhaseChanged("measure", clock()))
             with paused_gc():
                 cpu0, started = time.process_time(), clock()
                 deadline = None if load.duration_s is None else started + load.duration_s
                 if not self._stop.is_set():
                     if load.open_loop:
-                        await self._open_loop(session, warm, n, deadline)
+                        await self._until_aborted([self._track(self._open_loop(session, warm, n, deadline))])
                     else:
                         assert load.concurrency is not None
                         await self._closed_loop(session, warm, n, load.concurrency, deadline, False)
@@ -528,5 +604,6 @@ class LoadGenerator:
                     await asyncio.gather(*list(self._in_flight), return_exceptions=True)
                 ended, cpu = clock(), time.process_time() - cpu0
         self.records.sort(key=lambda r: r.index)
+        self._publish(PhaseChanged("done", clock()))
         late = sum(r.index >= warm + prepared for r in self.records)
         return LoadResult(self.records, started, ended, cpu, self._aborted, late)

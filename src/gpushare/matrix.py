@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +24,9 @@ from rich.console import Console
 
 from .config import ScenarioConfig, apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
-from .runner import INTERRUPTED_EXIT, ScenarioServers, preflight, run_scenario
+from .interrupts import Interrupted, Interrupts
+from .results import read_verdict, verdict_of, write_json_atomic
+from .runner import INTERRUPTED_EXIT, ScenarioServers, preflight, run_scenario, say
 from .workload import load_tokenizer
 
 DRAIN_S = 2.0  # at most, between cells: until every server says it holds no request
@@ -78,13 +80,6 @@ def cell_seed(seed: int, cell: Cell) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
 
 
-def is_complete(folder: Path) -> bool:
-    try:
-        return bool(json.loads((folder / "summary.json").read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
-
-
 @dataclass
 class CellResult:
     scenario: str
@@ -129,7 +124,7 @@ def kept_cell(out: Path, earlier: dict[str, Any]) -> CellResult:
     """An earlier invocation's cell, as it stands on disk now."""
     cell = CellResult(**{f.name: earlier[f.name] for f in fields(CellResult) if f.name in earlier})
     cell.run_dir = str(out / cell.scenario / cell.cell)
-    if is_complete(Path(cell.run_dir)):
+    if read_verdict(Path(cell.run_dir)).complete:
         cell.status = "skipped"
     elif cell.status in ("complete", "skipped"):
         cell.status, cell.measured_s = "not_run", 0.0  # its folder is gone or incomplete now
@@ -151,26 +146,29 @@ def _preload_tokenizer(path: str) -> None:
         pass  # the first cell loads it again and reports the error there
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM between cells: stop like Ctrl-C, servers included
-
-
 def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
                out: Path, n_requests: int | None = None, console: Console | None = None,
-               per_concurrency: int | None = None, duration_s: float | None = None) -> tuple[dict[str, Any], int]:
-    """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
-    previous = signal.signal(signal.SIGTERM, _terminate)
+               per_concurrency: int | None = None, duration_s: float | None = None,
+               interrupts: Interrupts | None = None) -> tuple[dict[str, Any], int]:
+    """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code.
+    A signal stops the matrix after the cell it interrupts (or at once between cells); the
+    cells it did not reach are indexed as not run."""
+    console = console or Console(stderr=True)
+    interrupts = interrupts or Interrupts()
     try:
-        return _run_cells(configs, concurrency, rates, repeats, out, n_requests, console or Console(stderr=True),
-                          per_concurrency, duration_s)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-check").touch()
+        (out / ".write-check").unlink()
+    except OSError as err:
+        raise ConfigError(f"--out: cannot write to {out}: {err.strerror or err}") from None
+    with interrupts.deferred():  # signals act only at the checkpoints below, never mid-bookkeeping
+        return _run_cells(configs, concurrency, rates, repeats, out, n_requests, console, per_concurrency,
+                          duration_s, interrupts)
 
 
 def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int, out: Path,
-               n_requests: int | None, console: Console, per_concurrency: int | None,
-               duration_s: float | None) -> tuple[dict[str, Any], int]:
-    out.mkdir(parents=True, exist_ok=True)
+               n_requests: int | None, console: Console, per_concurrency: int | None, duration_s: float | None,
+               interrupts: Interrupts) -> tuple[dict[str, Any], int]:
     plan = [(config, cells_for(config.scenario, concurrency, rates, repeats)) for config in configs]
     total = sum(len(cells) for _, cells in plan)
     earlier, history = previous_index(out)
@@ -199,7 +197,7 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         todo = []
         for cell in cells:
             folder = scenario_dir / cell.name
-            if is_complete(folder):
+            if read_verdict(folder).complete:
                 before = earlier.get((cell.scenario, cell.name), {})
                 record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder), "skipped",
                                   wall_s=before.get("wall_s", 0.0), measured_s=before.get("measured_s", 0.0)))
@@ -212,14 +210,17 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
             record_rest(todo, "not_run", "the matrix was interrupted")
             continue
         scenario_dir.mkdir(parents=True, exist_ok=True)
+        mark = interrupts.mark()
         try:
-            prepared = preflight(config, lambda m: console.print(m, soft_wrap=True, markup=False))
+            with interrupts.interruptible():  # a signal that came during the last scenario's clean-up
+                pass
+            prepared = preflight(config, lambda m: say(console, m))
             # The tokenizer loads (seconds, the first time in a process) while the servers start.
             tokenizer = threading.Thread(target=_preload_tokenizer, daemon=True,
                                          args=(config.tokenizer or prepared.models[0].path,))
             tokenizer.start()
             t_start = time.monotonic()
-            with ScenarioServers(config, prepared, scenario_dir, console) as servers:
+            with ScenarioServers(config, prepared, scenario_dir, console, interrupts) as servers:
                 now.server_start_s += time.monotonic() - t_start
                 tokenizer.join()
                 assert servers.fleet is not None
@@ -227,6 +228,8 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                     if stop:
                         record_rest(todo, "not_run", "the matrix was interrupted")
                         break
+                    with interrupts.interruptible():  # a signal that came while the last cell was ending
+                        pass
                     folder = scenario_dir / cell.name
                     eta = "" if not cells_run else f", ETA {(total - done_cells) * cell_time / cells_run:.0f} s"
                     console.print(f"[{done_cells + 1}/{total}] {cell.scenario} {cell.load_kind} {cell.load:g} "
@@ -234,31 +237,40 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                     shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
                     t0 = time.monotonic()
                     cell_cfg = cell_config(config, cell, n_requests, folder, per_concurrency, duration_s)
-                    outcome = run_scenario(cell_cfg, console, servers, folder, prepared)
+                    outcome = run_scenario(cell_cfg, console, servers, folder, prepared, interrupts)
                     wall = time.monotonic() - t0
                     cell_time += wall
                     cells_run += 1
                     done_cells += 1
                     now.cells_run += 1
-                    complete = outcome.summary["complete"] and outcome.exit_code == 0
+                    verdict = verdict_of(outcome.summary)
+                    complete = verdict.complete and outcome.exit_code == 0
                     record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder),
-                                      "complete" if complete else "failed", outcome.summary.get("error"), wall,
+                                      "complete" if complete else "failed", verdict.error, wall,
                                       outcome.summary["duration"] if complete else 0.0))
                     if outcome.exit_code == INTERRUPTED_EXIT:
                         stop, exit_code = True, INTERRUPTED_EXIT
                     elif not complete:
                         exit_code = exit_code or 1
                     if position + 1 < len(todo):
-                        servers.fleet.wait_idle(DRAIN_S)  # the cell's last requests leave the servers
+                        with interrupts.interruptible():
+                            servers.fleet.wait_idle(DRAIN_S)  # the cell's last requests leave the servers
                 t_stop = time.monotonic()
             now.server_stop_s += time.monotonic() - t_stop
-        except GpushareError as err:
-            exit_code = exit_code or 1
-            console.print(f"scenario {config.scenario} failed: {err}", markup=False, soft_wrap=True)
-            record_rest(todo, "failed", str(err))
-        except KeyboardInterrupt:
+        except Interrupted:
             stop, exit_code = True, INTERRUPTED_EXIT
             record_rest(todo, "not_run", "the matrix was interrupted")
+        except Exception as err:  # this scenario failed (a defect included): record it, go on
+            if not isinstance(err, GpushareError):
+                (scenario_dir / "traceback.txt").write_text(traceback.format_exc())
+            if interrupts.signal_since(mark):  # an Interrupted that came out wrapped
+                stop, exit_code = True, INTERRUPTED_EXIT
+                record_rest(todo, "not_run", "the matrix was interrupted")
+                continue
+            reason = str(err) if isinstance(err, GpushareError) else f"{type(err).__name__}: {err}"
+            exit_code = exit_code or 1
+            say(console, f"scenario {config.scenario} failed: {reason}")
+            record_rest(todo, "failed", reason)
     index = write_index(out, results, history, now, began, indexed)
     return index, exit_code
 
@@ -281,5 +293,5 @@ def write_index(out: Path, results: list[CellResult], history: list[dict[str, An
         "invocations": invocations,
         "counts": {s: sum(r.status == s for r in results) for s in ("complete", "skipped", "failed", "not_run")},
     }
-    (out / "matrix.json").write_text(json.dumps(index, indent=2))
+    write_json_atomic(out / "matrix.json", index)
     return index

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import signal
 import time
+import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -26,22 +25,21 @@ from . import environment, mig, mps
 from .config import ScenarioConfig, dump_config
 from .engines import ENGINES, LaunchPlan, redact, redact_env
 from .errors import ConfigError, GpushareError, RunFailure
+from .events import Event, PhaseChanged, Publisher, RequestFinished
+from .interrupts import Interrupted, Interrupts
 from .loadgen import Endpoint, LoadGenerator, LoadResult
-from .metrics import RunSummary, e2el, gpu_window, measurement_window, queue_time, summarize, tpot, ttft
+from .metrics import RunSummary, gpu_window, measurement_window, summarize
 from .models import ResolvedModel, cache_root, resolve_model
 from .monitor import GpuMonitor
 from .mps import MpsDaemon
 from .records import RequestRecord
+from .request_log import RequestLog
+from .results import write_summary, write_unfinished
 from .servers import ServerFleet, ensure_port_free
 from .sharing import Placement, place_servers
 from .workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
 
 INTERRUPTED_EXIT = 130
-
-REQUEST_COLUMNS = [
-    "index", "warmup", "endpoint", "tenant", "status", "error", "scheduled", "sent", "first_token", "end",
-    "ttft_s", "tpot_s", "e2el_s", "queue_s", "input_tokens", "output_tokens", "usage_reported", "chunks",
-]
 
 
 @dataclass
@@ -49,14 +47,6 @@ class RunOutcome:
     run_dir: Path
     summary: dict[str, Any]
     exit_code: int
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived outside the load phase."""
-
-
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
 
 
 def make_run_dir(root: Path, config: ScenarioConfig) -> Path:
@@ -69,6 +59,8 @@ def make_run_dir(root: Path, config: ScenarioConfig) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as err:
+            raise ConfigError(f"--out: cannot create a run folder under {root}: {err.strerror}") from None
     raise RunFailure(f"cannot create a run folder under {root}")
 
 
@@ -117,35 +109,6 @@ def preflight(config: ScenarioConfig, say: Any) -> Prepared:
 
 
 # --- output files ---------------------------------------------------------------------------
-
-
-def _num(value: float | None, digits: int = 6) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def write_requests(path: Path, records: list[RequestRecord]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(REQUEST_COLUMNS)
-        for r in records:
-            w.writerow([
-                r.index, int(r.warmup), r.endpoint, r.tenant or "", r.status, r.error,
-                _num(r.scheduled), _num(r.sent), _num(r.first_token), _num(r.end),
-                _num(ttft(r)), _num(tpot(r)), _num(e2el(r)), _num(queue_time(r)),
-                "" if r.input_tokens is None else r.input_tokens,
-                "" if r.output_tokens is None else r.output_tokens,
-                int(r.usage_reported), len(r.chunk_times),
-            ])
-
-
-def write_chunks(path: Path, records: list[RequestRecord]) -> None:
-    """Every token-carrying network block: request index, arrival time, tokens in it."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "t", "tokens"])
-        for r in records:
-            for t, n in zip(r.chunk_times, r.chunk_tokens):
-                w.writerow([r.index, f"{t:.6f}", n])
 
 
 def summary_document(config: ScenarioConfig, records: list[RequestRecord], result: LoadResult | None,
@@ -247,9 +210,10 @@ class LiveProgress:
         )
         self.task = self.progress.add_task("requests", total=total, failed=0, rate="0")
 
-    def __call__(self, rec: RequestRecord) -> None:
-        if rec.warmup or not self.enabled:
+    def __call__(self, event: Event) -> None:
+        if not self.enabled or not isinstance(event, RequestFinished) or event.record.warmup:
             return
+        rec = event.record
         self.began = self.began or rec.sent
         self.tokens += rec.output_tokens or 0
         self.failed += not rec.ok
@@ -267,51 +231,75 @@ class LiveProgress:
 
 
 class ServerWatch:
-    """Ends the load once a server has died: polled, and checked after every failed request
-    (a dead server fails requests faster than any poll)."""
+    """Whether every server lived through the window: its process, and every process of its
+    group alive when the window opened (vLLM's engine core can die while its API server
+    lives on, failing requests). Ends the load once one has died: polled, and checked after
+    every failed request (a dead server fails requests faster than any poll)."""
 
     def __init__(self, fleet: ServerFleet):
         self.fleet = fleet
-        self.generator: LoadGenerator | None = None
+        self.stop_load: Any = None
+        self._members: dict[str, list[int]] = {}
 
     def death(self) -> str | None:
         dead = self.fleet.first_dead()
-        if dead is None:
-            return None
-        return f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}"
+        if dead is not None:
+            return f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}"
+        for handle in self.fleet.handles:
+            lost = [pid for pid in self._members.get(handle.name, []) if not process_alive(pid)]
+            if lost:
+                return (f"server {handle.name} lost process {', '.join(map(str, lost))} of its group during the run"
+                        f"{handle.log_hint()}")
+        return None
 
     def check(self) -> bool:
         reason = self.death()
-        if reason and self.generator is not None:
-            self.generator.abort(reason)
+        if reason and self.stop_load is not None:
+            self.stop_load(reason)
         return reason is not None
 
-    def on_record(self, rec: RequestRecord) -> None:
-        if not rec.ok:
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PhaseChanged) and event.phase == "measure":
+            self._members = {h.name: h.group() for h in self.fleet.handles}
+        elif isinstance(event, RequestFinished) and not event.record.ok:
             self.check()
 
+    def settle(self, records: list[RequestRecord], wait_s: float = 1.0) -> str | None:
+        """After a load that ended on its own: a server whose death failed the last requests
+        may not be reaped yet. Where measured requests failed, give it `wait_s` to show."""
+        deadline = time.monotonic() + (wait_s if any(not r.ok for r in records if not r.warmup) else 0.0)
+        while True:
+            reason = self.death()
+            if reason or time.monotonic() >= deadline:
+                return reason
+            time.sleep(0.05)
 
-async def drive(generator: LoadGenerator, watch: ServerWatch, poll_s: float = 0.5) -> LoadResult:
-    """Run the load while watching the servers and the signals; both end it early, cleanly."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, generator.abort, f"interrupted by {sig.name}")
-    watch.generator = generator
+
+def process_alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie (read from /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def drive(generator: LoadGenerator, watch: ServerWatch, interrupts: Interrupts, log: RequestLog,
+                poll_s: float = 0.5) -> LoadResult:
+    """Run the load while watching the servers and the signals; both end it early, cleanly.
+    The poll also flushes the request log, so rows reach the disk within a second."""
+    watch.stop_load = generator.abort
 
     async def poll() -> None:
         while not watch.check():
+            log.flush_if_due()
             await asyncio.sleep(poll_s)
 
-    poller = asyncio.ensure_future(poll())
-    try:
-        result = await generator.run()
-    finally:
-        poller.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    if not result.aborted:
-        result.aborted = watch.death() or ""
-    return result
+    with interrupts.stopping_load(generator.abort):
+        poller = asyncio.ensure_future(poll())
+        try:
+            return await generator.run()
+        finally:
+            poller.cancel()
 
 
 def _event_loop_runner() -> Any:
@@ -323,46 +311,62 @@ def _event_loop_runner() -> Any:
         return asyncio.run
 
 
-@dataclass
-class _State:
-    servers: "ScenarioServers | None" = None
-    generator: LoadGenerator | None = None
-    result: LoadResult | None = None
-    error: str | None = None
-    exit_code: int = 0
-    counters_before: dict[str, dict[str, float] | None] | None = None
-    counters_after: dict[str, dict[str, float] | None] | None = None
+class CounterWindow:
+    """The servers' own counters at the window's start and end (None: a server has none)."""
 
-    def measure_start(self) -> None:
-        assert self.servers is not None and self.servers.fleet is not None
-        self.counters_before = self.servers.fleet.counters()
+    def __init__(self, fleet: ServerFleet):
+        self.fleet = fleet
+        self.before: dict[str, dict[str, float] | None] = {}
+        self.after: dict[str, dict[str, float] | None] = {}
 
-    def counter_deltas(self) -> dict[str, dict[str, float] | None]:
-        """What each server counted itself during the measured window (None: no counters)."""
-        before, after = self.counters_before or {}, self.counters_after or {}
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PhaseChanged) and event.phase == "measure":
+            self.before = self.fleet.counters()
+
+    def close(self) -> None:
+        self.after = self.fleet.counters()
+
+    def deltas(self) -> dict[str, dict[str, float] | None]:
+        """What each server counted itself during the measured window."""
         out: dict[str, dict[str, float] | None] = {}
-        for name, end in after.items():
-            start = before.get(name)
+        for name, end in self.after.items():
+            start = self.before.get(name)
             out[name] = None if end is None or start is None else {k: end[k] - start[k] for k in end if k in start}
         return out
+
+
+def run_verdict(error: str | None, planned: int | None, records: list[RequestRecord]) -> tuple[bool, str | None]:
+    """A run is complete only when nothing went wrong, every planned request ran, and at
+    least one completed. Failed requests are counted, not a reason to call a run incomplete."""
+    if error:
+        return False, error
+    measured = [r for r in records if not r.warmup]
+    if planned is not None and len(measured) < planned:
+        return False, f"only {len(measured)} of {planned} planned requests ran"
+    if not any(r.ok for r in measured):
+        return False, "no request completed"
+    return True, None
 
 
 class ScenarioServers:
     """A scenario's servers (and their MPS daemon), started once and stopped together; one
     run, or every cell of a matrix, measures with them. The MPS daemon is entered first so
-    that it is quit only after every client server has stopped."""
+    that it is quit only after every client server has stopped. Stopping is never cut short
+    by a signal: another one only makes it kill at once."""
 
-    def __init__(self, config: ScenarioConfig, prepared: Prepared, log_dir: Path, console: Console):
+    def __init__(self, config: ScenarioConfig, prepared: Prepared, log_dir: Path, console: Console,
+                 interrupts: Interrupts | None = None):
         self.config = config
         self.plans = prepared.plans
         self.log_dir = log_dir
         self.console = console
+        self.interrupts = interrupts or Interrupts()
         self.fleet: ServerFleet | None = None
         self.mps: dict[str, Any] | None = None
         self._stack = ExitStack()
 
     def _say(self, message: str) -> None:
-        self.console.print(message, soft_wrap=True, highlight=False, markup=False)
+        say(self.console, message)
 
     def __enter__(self) -> "ScenarioServers":
         try:
@@ -374,108 +378,151 @@ class ScenarioServers:
                             "control_pid": daemon.process.pid if daemon.process else None}
                 self.plans = [replace(p, env={**p.env, **daemon.client_env}) if p.argv is not None else p
                               for p in self.plans]
-            self.fleet = self._stack.enter_context(ServerFleet(self.plans, self.log_dir))
-            with self.console.status("starting servers") as status:
-                self.fleet.start(
+            self.fleet = fleet = ServerFleet(self.plans, self.log_dir)
+            self._stack.callback(self._stop_fleet, fleet)
+            with self.interrupts.interruptible(), self.console.status("starting servers") as status:
+                fleet.start(
                     on_ready=lambda h: self._say(f"server {h.name} ready at {h.plan.base_url} in {h.startup_s:.1f} s"),
                     progress=lambda h, s: status.update(f"starting server {h.name}: waiting {s:.0f} s"),
                 )
         except BaseException:
-            self._stack.close()
+            self.close()
             raise
         return self
 
+    def _stop_fleet(self, fleet: ServerFleet) -> None:
+        hurry = self.interrupts.hurry(self.interrupts.mark())  # before the message that invites the signal
+        if any(h.process is not None for h in fleet.handles):
+            self._say("stopping servers (SIGTERM, then SIGKILL after a grace period; Ctrl-C again to kill at once)")
+        fleet.stop(hurry=hurry)
+
+    def close(self) -> None:
+        with self.interrupts.deferred():
+            self._stack.close()
+
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        self.close()
+
+
+def say(console: Console, message: str) -> None:
+    """One plain line; a terminal that has gone (SIGHUP) must not stop the clean-up."""
+    try:
+        console.print(message, soft_wrap=True, highlight=False, markup=False)
+    except OSError:
+        pass
 
 
 def run_scenario(config: ScenarioConfig, console: Console | None = None, servers: ScenarioServers | None = None,
-                 run_dir: Path | None = None, prepared: Prepared | None = None) -> RunOutcome:
+                 run_dir: Path | None = None, prepared: Prepared | None = None,
+                 interrupts: Interrupts | None = None) -> RunOutcome:
     """One measurement. Alone it starts and stops its own servers; a matrix passes servers
-    that are already running (with what its preflight resolved) and a folder for the cell."""
+    that are already running (with what its preflight resolved) and a folder for the cell.
+
+    Whatever ends the run (the load, a signal, a dead server, any exception), the folder
+    gets every request that finished and one verdict: `complete`, `error` and the exit code
+    agree."""
     console = console or Console(stderr=True)
-
-    def say(message: str) -> None:
-        console.print(message, soft_wrap=True, highlight=False, markup=False)
-
-    prepared = prepared or preflight(config, say)
+    interrupts = interrupts or Interrupts()
+    prepared = prepared or preflight(config, lambda m: say(console, m))
     models, plans = prepared.models, (servers.plans if servers else prepared.plans)
     tokenizer = load_tokenizer(config.tokenizer or models[0].path)
     prompt_rng, arrival_rng = random_streams(config.seed)
     source = RequestSource(config.workload, config.api, tokenizer, prompt_rng)
-    load = config.load
     endpoints = [
         Endpoint(plan.name, plan.base_url, models[i].served_name, config.servers[i].tenant)
         for i, plan in enumerate(plans)
     ]
 
+    with interrupts.deferred():  # from here on the folder is written, whatever arrives
+        run_dir = open_run_dir(config, run_dir, plans)
+        say(console, f"Run folder: {run_dir}")
+        return _measure(config, console, servers, run_dir, prepared, interrupts, endpoints, source, tokenizer,
+                        arrival_rng)
+
+
+def open_run_dir(config: ScenarioConfig, run_dir: Path | None, plans: list[LaunchPlan]) -> Path:
+    """The run folder with what is known before anything starts; its summary says "not
+    complete" until the run has ended."""
     if run_dir is None:
         run_dir = make_run_dir(config.out, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(config))
-    env = environment.collect()
-    env["servers"] = [
-        {"name": p.name, "base_url": p.base_url, "argv": None if p.argv is None else redact(p.argv),
-         "env": redact_env(p.env)}
-        for p in plans
-    ]
-    (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str))
-    say(f"Run folder: {run_dir}")
-
-    state = _State()
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with ExitStack() as stack:
-            stack.enter_context(GpuMonitor(run_dir / "gpu.csv", config.monitor_interval_s, say=say))
-            started_here = servers is None
-            servers = state.servers = servers or ScenarioServers(config, prepared, run_dir, console)
-            if started_here:  # a matrix's servers stay up after the cell
-                stack.enter_context(servers)
-            fleet = servers.fleet
-            assert fleet is not None
-            progress = stack.enter_context(LiveProgress(console, load.n_requests))
-            watch = ServerWatch(fleet)
-            if watch.check():  # a matrix cell whose server died in an earlier cell
-                raise RunFailure(watch.death() or "a server is not running")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_unfinished(run_dir, config.scenario)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        env = environment.collect()
+        env["servers"] = [
+            {"name": p.name, "base_url": p.base_url, "argv": None if p.argv is None else redact(p.argv),
+             "env": redact_env(p.env)}
+            for p in plans
+        ]
+        (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str))
+    except OSError as err:
+        raise ConfigError(f"--out: cannot write the run folder {run_dir}: {err.strerror or err}") from None
+    return run_dir
 
-            def on_record(rec: RequestRecord) -> None:
-                progress(rec)
-                watch.on_record(rec)
 
-            state.generator = LoadGenerator(
-                endpoints, config.api, load, source,
-                arrivals=inter_arrival_gaps(arrival_rng, load.request_rate, load.burstiness) if load.open_loop else None,
-                count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
-                on_record=on_record,
-                before_measure=state.measure_start,
-            )
-            state.result = _event_loop_runner()(drive(state.generator, watch))
-            state.counters_after = fleet.counters()
-            for s in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(s, _raise_interrupted)
-            if state.result.aborted:
-                state.error = state.result.aborted
-                state.exit_code = INTERRUPTED_EXIT if state.error.startswith("interrupted") else 1
-    except (Interrupted, KeyboardInterrupt) as err:
-        state.error, state.exit_code = f"interrupted by {err or 'SIGINT'}", INTERRUPTED_EXIT
-    except GpushareError as err:
-        state.error, state.exit_code = str(err), err.exit_code
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        records = state.generator.records if state.generator else []
-        write_requests(run_dir / "requests.csv", records)
-        write_chunks(run_dir / "chunks.csv", records)
-        complete = state.error is None
-        fleet = state.servers.fleet if state.servers else None
-        doc = summary_document(config, records, state.result, fleet, complete, state.error)
-        doc["server_counters"] = state.counter_deltas()
-        doc["placements"] = {plan.name: p.describe() for plan, p in zip(plans, prepared.placements)}
-        doc["mps"] = state.servers.mps if state.servers else None
-        doc["gpu"] = gpu_summary(run_dir / "gpu.csv", records, doc["total_output_tokens"], fleet)
-        if complete and doc["completed"] == 0:
-            state.exit_code = 1
-            doc["error"] = "no request completed"
-        (run_dir / "summary.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers | None, run_dir: Path,
+             prepared: Prepared, interrupts: Interrupts, endpoints: list[Endpoint], source: RequestSource,
+             tokenizer: Any, arrival_rng: Any) -> RunOutcome:
+    load = config.load
+    error: str | None = None
+    exit_code = 0
+    result: LoadResult | None = None
+    generator: LoadGenerator | None = None
+    counters: CounterWindow | None = None
+    scenario_servers = servers
+    with ExitStack() as stack:
+        log = stack.enter_context(RequestLog(run_dir))
+        mark = interrupts.mark()
+        try:
+            with interrupts.interruptible():
+                stack.enter_context(GpuMonitor(run_dir / "gpu.csv", config.monitor_interval_s,
+                                               say=lambda m: say(console, m)))
+                if scenario_servers is None:  # a matrix's servers stay up after the cell
+                    scenario_servers = ScenarioServers(config, prepared, run_dir, console, interrupts)
+                    stack.enter_context(scenario_servers)
+                fleet = scenario_servers.fleet
+                assert fleet is not None
+                watch = ServerWatch(fleet)
+                if watch.check():  # a matrix cell whose server died in an earlier cell
+                    raise RunFailure(watch.death() or "a server is not running")
+                counters = CounterWindow(fleet)
+                progress = stack.enter_context(LiveProgress(console, load.n_requests))
+                generator = LoadGenerator(
+                    endpoints, config.api, load, source,
+                    arrivals=inter_arrival_gaps(arrival_rng, load.request_rate, load.burstiness) if load.open_loop else None,
+                    count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+                    publish=Publisher([log, watch, counters, progress]),
+                )
+                result = _event_loop_runner()(drive(generator, watch, interrupts, log))
+                counters.close()
+                error = result.aborted or watch.settle(result.records)
+                if error:
+                    exit_code = INTERRUPTED_EXIT if error.startswith("interrupted") else 1
+        except Interrupted as err:
+            error, exit_code = f"interrupted by {err}", INTERRUPTED_EXIT
+        except GpushareError as err:
+            error, exit_code = str(err), err.exit_code
+        except Exception as err:  # a defect or an unforeseen fault: recorded, never a complete run
+            (run_dir / "traceback.txt").write_text(traceback.format_exc())
+            if signal_name := interrupts.signal_since(mark):
+                error, exit_code = f"interrupted by {signal_name}", INTERRUPTED_EXIT
+            else:
+                error, exit_code = f"{type(err).__name__}: {err}", 1
+        # Leaving the stack stops what this run started (servers, monitor) and closes the log.
+    records = generator.records if generator else []
+    complete, error = run_verdict(error, load.n_requests, records)
+    if not complete and exit_code == 0:
+        exit_code = 1
+    fleet = scenario_servers.fleet if scenario_servers else None
+    doc = summary_document(config, records, result, fleet, complete, error)
+    doc["server_counters"] = counters.deltas() if counters else {}
+    doc["placements"] = {plan.name: p.describe() for plan, p in zip(prepared.plans, prepared.placements)}
+    doc["mps"] = scenario_servers.mps if scenario_servers else None
+    doc["gpu"] = gpu_summary(run_dir / "gpu.csv", records, doc["total_output_tokens"], fleet)
+    write_summary(run_dir, doc)
+    try:
         print_summary(console, doc, run_dir)
-    return RunOutcome(run_dir, doc, state.exit_code)
+    except OSError:
+        pass
+    return RunOutcome(run_dir, doc, exit_code)

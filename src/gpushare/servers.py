@@ -24,6 +24,7 @@ from .engines import LaunchPlan, server_environment
 from .errors import ConfigError, RunFailure
 
 STOP_GRACE_S = 20.0
+STARTING_GRACE_S = 5.0  # a server stopped before it was ready has no request to finish
 
 
 def ensure_port_free(host: str, port: int, key: str) -> None:
@@ -170,20 +171,20 @@ class ServerHandle:
             return ""
         return f"; last log lines ({self.log_path}): " + " | ".join(line.strip()[:200] for line in tail)
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM the whole process group, SIGKILL what is left after `grace_s`."""
+    def stop(self, grace_s: float | None = None, hurry: Callable[[], bool] = lambda: False) -> None:
+        """SIGTERM the whole process group, SIGKILL what is left after `grace_s` (at once when
+        `hurry()` turns true: a second Ctrl-C). One deadline covers the leader and the engine
+        workers, which can outlive it in the group its id still names."""
         if self.process is None:
             return
+        if grace_s is None:
+            grace_s = STOP_GRACE_S if self.startup_s is not None else STARTING_GRACE_S
         pgid = self.process.pid  # start_new_session makes the server its group's leader
         _signal_group(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        # Engine workers can outlive the leader; the group id still names them.
         deadline = time.monotonic() + grace_s
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while group_members(pgid) and time.monotonic() < deadline and not hurry():
+            self.process.poll()
+            time.sleep(0.1)
         if group_members(pgid):
             _signal_group(pgid, signal.SIGKILL)
             deadline = time.monotonic() + 10
@@ -251,9 +252,9 @@ class ServerFleet:
     def first_dead(self) -> ServerHandle | None:
         return next((h for h in self.handles if h.exit_code() is not None), None)
 
-    def stop(self) -> None:
+    def stop(self, hurry: Callable[[], bool] = lambda: False) -> None:
         for handle in reversed(self.handles):
-            handle.stop()
+            handle.stop(hurry=hurry)
 
     def __enter__(self) -> "ServerFleet":
         return self
