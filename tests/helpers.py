@@ -13,6 +13,7 @@ import yaml
 
 TESTS = Path(__file__).resolve().parent
 SSE_SERVER = [sys.executable, str(TESTS / "sse_server.py")]
+FAULT_SERVER = [sys.executable, str(TESTS / "fault_server.py")]
 
 
 def free_port() -> int:

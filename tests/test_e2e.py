@@ -75,40 +75,6 @@ def test_quick_run_on_real_vllm(tmp_path):
     assert not alive(pid) and group_members(pid) == []
 
 
-def test_server_killed_mid_run_on_real_vllm(tmp_path):
-    """Chat endpoint, open loop; the server is killed mid-run: the run records it and stops cleanly."""
-    cfg = scenario(
-        tmp_path, "killed",
-        workload={"kind": "synthetic", "input_tokens": 16, "output_tokens": 64},
-        api={"endpoint": "chat"},
-        load={"request_rate": 2.0, "n_requests": 400, "warmup_requests": 1},
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "run", "--config", str(cfg)],
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    log = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        logs = list((tmp_path / "runs").glob("*/server-0.log"))
-        if logs and "Application startup complete" in logs[0].read_text(errors="replace"):
-            log = logs[0]
-            break
-        time.sleep(1)
-    assert log is not None, proc.stderr.read() if proc.poll() is not None else "server did not start"
-    time.sleep(15)  # warm-up, then some measured requests
-    server_pid = int(next(line for line in log.read_text().splitlines() if "APIServer pid=" in line)
-                     .split("APIServer pid=")[1].split(")")[0])
-    members = group_members(server_pid)
-    assert len(members) >= 2  # API server and engine core
-    os.kill(server_pid, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].startswith("error: server cpu-0 exited with code -9 during the run")
-    doc = summary(run_folder(tmp_path / "runs"))
-    assert doc["complete"] is False and doc["completed"] > 0
-    assert doc["completed"] + doc["failed"] == doc["num_prompts"] < 400
-    assert not any(alive(p) for p in members)
-
-
 def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
     cfg = scenario(
         tmp_path, "m",
@@ -131,3 +97,91 @@ def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
         assert counted["prefix_cache_hits"] == 0
     pid = docs[0]["servers"][0]["pid"]
     assert not alive(pid) and group_members(pid) == []
+
+
+def _engine_core_pid(api_server_pid: int) -> int:
+    """vLLM's engine core: the member of the API server's process group named VLLM::EngineCore."""
+    for pid in group_members(api_server_pid):
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if b"EngineCore" in name:
+            return pid
+    raise AssertionError(f"no EngineCore in group {api_server_pid}: {group_members(api_server_pid)}")
+
+
+def _start_and_wait_ready(cfg: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    proc = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "run", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list((tmp_path / "runs").glob("*/server-0.log"))
+        if logs and "Application startup complete" in logs[0].read_text(errors="replace"):
+            return proc, logs[0]
+        time.sleep(1)
+    raise AssertionError(proc.stderr.read() if proc.poll() is not None else "server did not start")
+
+
+def _api_server_pid(log: Path) -> int:
+    line = next(line for line in log.read_text().splitlines() if "APIServer pid=" in line)
+    return int(line.split("APIServer pid=")[1].split(")")[0])
+
+
+@pytest.mark.parametrize("target, load", [
+    ("api_server", {"request_rate": 2.0, "n_requests": 20, "warmup_requests": 1}),
+    ("engine_core", {"concurrency": 2, "n_requests": 20, "warmup_requests": 1}),
+])
+def test_server_process_killed_mid_run_on_real_vllm(tmp_path, target, load):
+    """A count-bound run (chat endpoint) loses its API server, or only its engine core while the
+    API server lives on and fails the remaining requests fast: never complete, exit 1, and
+    every process of the server's group gone."""
+    cfg = scenario(tmp_path, "killed", workload={"kind": "synthetic", "input_tokens": 16, "output_tokens": 48},
+                   api={"endpoint": "chat"}, load=load)
+    proc, log = _start_and_wait_ready(cfg, tmp_path)
+    folder = log.parent
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and pd.read_csv(folder / "requests.csv")["warmup"].eq(0).sum() < 2:
+        time.sleep(0.2)
+    api_server = _api_server_pid(log)
+    members = group_members(api_server)
+    assert len(members) >= 2  # API server and engine core
+    os.kill(api_server if target == "api_server" else _engine_core_pid(api_server), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 1, stderr[-3000:]
+    doc = summary(folder)
+    assert doc["complete"] is False and "during the run" in doc["error"], doc["error"]
+    assert stderr.strip().splitlines()[-1].startswith(f"error: {doc['error'][:60]}")
+    assert doc["completed"] >= 2 and doc["completed"] + doc["failed"] == doc["num_prompts"] <= 20
+    requests = pd.read_csv(folder / "requests.csv")
+    assert (requests["warmup"] == 0).sum() == doc["num_prompts"]
+    assert not any(alive(p) for p in members)
+
+
+def test_ctrl_c_twice_during_real_vllm_start_up_leaves_nothing(tmp_path):
+    """The second Ctrl-C comes while the first one's clean-up runs: it only hurries the kill."""
+    cfg = scenario(tmp_path, "startup", load={"concurrency": 1, "n_requests": 2, "warmup_requests": 0})
+    proc = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "run", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    log = None
+    while time.monotonic() < deadline and log is None:
+        logs = list((tmp_path / "runs").glob("*/server-0.log"))
+        log = logs[0] if logs and "APIServer pid=" in logs[0].read_text(errors="replace") else None
+        time.sleep(0.2)
+    assert log is not None, "vLLM did not begin its start-up"
+    api_server = _api_server_pid(log)
+    time.sleep(3)  # into the engine's start-up
+    members = group_members(api_server)
+    first = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    took = time.monotonic() - first
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "stopping servers" in stderr and stderr.strip().splitlines()[-1] == "error: interrupted by SIGINT"
+    assert took < 15, took
+    doc = summary(log.parent)
+    assert doc["complete"] is False and doc["error"] == "interrupted by SIGINT"
+    assert not any(alive(p) for p in members) and group_members(api_server) == []

@@ -3,7 +3,6 @@ is, per request, and nothing raises."""
 
 import asyncio
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -14,7 +13,7 @@ from fault_server import FaultServer
 from gpushare.config import ApiConfig, LoadConfig
 from gpushare.loadgen import Endpoint, LoadGenerator
 from gpushare.metrics import summarize
-from helpers import TESTS, free_port
+from helpers import FAULT_SERVER, free_port
 from sse_server import SseServer
 from test_loadgen import serving, specs
 
@@ -96,7 +95,7 @@ def test_failed_and_ok_requests_are_counted_apart():
 
 def test_runs_as_a_server_command():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(TESTS / "fault_server.py"), "--host", "127.0.0.1",
+    proc = subprocess.Popen([*FAULT_SERVER, "--host", "127.0.0.1",
                              "--port", str(port), "--mode", "garbage_only", "--dtype", "auto"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
