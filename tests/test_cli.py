@@ -42,6 +42,8 @@ def fake_server_config(tmp_path, port, *extra, n_requests=6, **sections):
          "config: workload.input_tokens: high (2) must be >= low (9)"),
         ("sharing:\n  mode: sometimes\n", "config: sharing.mode: Input should be 'baseline', 'mps', 'timeslice', 'mig_emulation' or 'mig' (got 'sometimes')"),
         ("- just a list\n", "--config: {path} must hold a mapping of keys, not list"),
+        ("load:\n  duration_s: .inf\n", "config: load.duration_s: Input should be a finite number (got inf)"),
+        ("slo:\n  ttft: .nan\n", "config: slo.ttft: Input should be a finite number (got nan)"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, content, expected):
@@ -106,6 +108,14 @@ def test_port_in_use_and_engine_not_installed(tmp_path, capsys, monkeypatch):
     assert cli.main(["run", "--config", str(cfg)]) == 2
     assert capsys.readouterr().err.strip().startswith("error: engine 'vllm' is not installed")
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_out_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    cfg = write_config(tmp_path / "s.yaml", servers=[{"engine": "external", "url": "http://127.0.0.1:9"}])
+    assert cli.main(["run", "--config", str(cfg), "--out", str(tmp_path / "a-file")]) == 2
+    assert error_line(capsys.readouterr().err).startswith(
+        f"error: --out: cannot create a run folder under {tmp_path / 'a-file'}: ")
 
 
 def test_server_never_ready_fails_cleanly(tmp_path):
