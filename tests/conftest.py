@@ -7,6 +7,7 @@ import os
 import pytest
 
 from gpushare.models import cache_root
+from helpers import MPS_STANDIN
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,3 +24,12 @@ def private_process_registry(tmp_path_factory):
         del os.environ["GPUSHARE_CACHE"]
     else:
         os.environ["GPUSHARE_CACHE"] = before
+
+
+@pytest.fixture
+def standin(monkeypatch, tmp_path):
+    """The MPS control stand-in first on PATH; returns the log of the commands it was sent."""
+    monkeypatch.setenv("PATH", f"{MPS_STANDIN}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "mps-standin.log"
+    monkeypatch.setenv("MPS_STANDIN_LOG", str(log))
+    return log

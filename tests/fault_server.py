@@ -15,7 +15,7 @@ import os
 
 from aiohttp import web
 
-from sse_server import _chat_event, _completion_event, sse
+from sse_server import SseServer, _chat_event, _completion_event, sse
 
 MODES = {
     "http500": "answers HTTP 500 with an error body",
@@ -40,39 +40,28 @@ BODIES = {
 }
 
 
-class FaultServer:
+class FaultServer(SseServer):
+    """The SSE test server's routes, plus /health, answering every completion in one bad way."""
+
     def __init__(self, mode: str, token_gap: float = 0.5):
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; modes: {', '.join(MODES)}")
+        super().__init__()
         self.mode = mode
         self.token_gap = token_gap
-        self.requests = 0
         self._closing = asyncio.Event()
-        self.app = web.Application()
-        self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_get("/health", self.health)
-        self.app.router.add_post("/v1/completions", self.completions)
-        self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.on_shutdown.append(self._shutdown)
 
     async def _shutdown(self, app: web.Application) -> None:
         self._closing.set()  # lets hanging handlers end, so that shutdown does not wait for them
 
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "test", "object": "model"}]})
-
     async def health(self, request: web.Request) -> web.Response:
         return web.Response()
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, chat=False)
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, chat=True)
-
     async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await request.json()
-        self.requests += 1
+        self.requests.append(body)
         if self.mode == "http500":
             return web.json_response({"object": "error", "message": "internal server error", "code": 500}, status=500)
         if self.mode == "hang":

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -14,6 +15,7 @@ import yaml
 TESTS = Path(__file__).resolve().parent
 SSE_SERVER = [sys.executable, str(TESTS / "sse_server.py")]
 FAULT_SERVER = [sys.executable, str(TESTS / "fault_server.py")]
+MPS_STANDIN = TESTS / "mps_standin"
 
 
 def free_port() -> int:
@@ -29,6 +31,13 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state != "Z"
+
+
+def wait_until(check, timeout: float = 30.0, poll_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(poll_s)
 
 
 def write_config(path: Path, **sections) -> Path:

@@ -20,7 +20,7 @@ import pytest
 
 from gpushare.results import read_verdict
 from gpushare.servers import group_members
-from helpers import SSE_SERVER, alive, free_port, server_pids, write_config
+from helpers import SSE_SERVER, alive, free_port, server_pids, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,16 +78,16 @@ def catches_sighup(pid: int) -> bool:
     return bool(caught & (1 << (signal.SIGHUP - 1)))
 
 
-def wait_until(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def only_run_folder(tmp_path: Path) -> Path:
     (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     return folder
+
+
+def started(tmp_path: Path, cfg: Path) -> tuple[Gpushare, Path]:
+    """`gpushare run`, once it has made its run folder."""
+    run = Gpushare("run", "--config", str(cfg))
+    run.wait_for("Run folder:")
+    return run, only_run_folder(tmp_path)
 
 
 def requests_rows(folder: Path, warmup: int) -> int:
@@ -137,9 +137,7 @@ def test_signal_during_server_start_up(tmp_path, twice):
     """A server still loading (it ignores SIGTERM, like an engine in its start-up) is stopped
     by SIGKILL after the short start-up grace, or at once on a second signal; the user is told."""
     cfg = config(tmp_path, "--startup-delay", "60", "--ignore-sigterm")
-    run = Gpushare("run", "--config", str(cfg))
-    run.wait_for("Run folder:")
-    folder = only_run_folder(tmp_path)
+    run, folder = started(tmp_path, cfg)
     wait_until(lambda: pids_of_run(folder))
     pids = pids_of_run(folder)
     sent = run.signal(signal.SIGINT)
@@ -157,9 +155,7 @@ def test_signal_during_server_start_up(tmp_path, twice):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_during_warm_up(tmp_path, sig):
     cfg = config(tmp_path, "--token-delay", "0.2", warmup=30)
-    run = Gpushare("run", "--config", str(cfg))
-    run.wait_for("Run folder:")
-    folder = only_run_folder(tmp_path)
+    run, folder = started(tmp_path, cfg)
     wait_until(lambda: requests_rows(folder, warmup=1) >= 1)
     pids = pids_of_run(folder)
     run.signal(sig)
@@ -172,9 +168,7 @@ def test_signal_during_warm_up(tmp_path, sig):
 @pytest.mark.parametrize("sig, twice", [(signal.SIGINT, False), (signal.SIGTERM, True), (signal.SIGHUP, False)])
 def test_signal_during_measurement_keeps_every_finished_request(tmp_path, sig, twice):
     cfg = config(tmp_path, "--token-delay", "0.2", "--child-ignoring-sigterm", n_requests=500)
-    run = Gpushare("run", "--config", str(cfg))
-    run.wait_for("Run folder:")
-    folder = only_run_folder(tmp_path)
+    run, folder = started(tmp_path, cfg)
     wait_until(lambda: requests_rows(folder, warmup=0) >= 2)
     pids = pids_of_run(folder)
     assert len(pids) == 2  # the server and a worker that ignores SIGTERM
@@ -210,15 +204,13 @@ def test_signal_while_servers_stop(tmp_path, twice):
     doc = json.loads((folder / "summary.json").read_text())
     assert doc["complete"] is True and doc["error"] is None and doc["completed"] == 4
     assert code == 0, stderr
-    assert "during clean-up" in stderr
+    assert "came as the measurement ended" in stderr
     assert_nothing_left(pids)
 
 
 def test_sigkill_loses_at_most_the_last_second_and_says_incomplete(tmp_path):
     cfg = config(tmp_path, "--token-delay", "0.05", n_requests=5000)
-    run = Gpushare("run", "--config", str(cfg))
-    run.wait_for("Run folder:")
-    folder = only_run_folder(tmp_path)
+    run, folder = started(tmp_path, cfg)
     wait_until(lambda: requests_rows(folder, warmup=0) >= 5)
     pids = pids_of_run(folder)
     time.sleep(2.5)

@@ -21,11 +21,11 @@ from gpushare.errors import ConfigError
 from gpushare.models import cache_root
 from gpushare.mps import MpsDaemon
 from gpushare.servers import ServerHandle, ensure_port_free
-from helpers import SSE_SERVER, alive, cli as run_cli, error_line, free_port, run_folder, server_pids, write_config
+from helpers import (SSE_SERVER, alive, cli as run_cli, error_line, free_port, run_folder, server_pids, wait_until,
+                     write_config)
 
 pytestmark = pytest.mark.timeout(300)
 
-STANDIN = Path(__file__).resolve().parent / "mps_standin"
 USER_MODELS = cache_root() / "models"  # read at import, before any test points the cache elsewhere
 
 
@@ -37,13 +37,6 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUSHARE_CACHE", str(path))
     yield path
     leftovers.clean(leftovers.find(), 1.0)
-
-
-def wait_until(check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def listening(port: int) -> bool:
@@ -167,13 +160,6 @@ def test_a_server_handle_records_and_forgets_its_group(tmp_path, cache):
     (listed,) = json.loads((tmp_path / "processes.json").read_text())  # the run folder keeps what it started
     assert listed["pgid"] == handle.pid and listed["folder"] == str(tmp_path.resolve())
 
-
-@pytest.fixture
-def standin(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", f"{STANDIN}{os.pathsep}{os.environ['PATH']}")
-    log = tmp_path / "mps-standin.log"
-    monkeypatch.setenv("MPS_STANDIN_LOG", str(log))
-    return log
 
 
 def test_a_leftover_mps_daemon_is_asked_to_quit(standin, tmp_path, cache):

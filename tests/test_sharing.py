@@ -4,7 +4,6 @@ NVML's API shapes, and MPS control sequencing against a stand-in control program
 import os
 import time
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +17,6 @@ from gpushare.mps import MpsDaemon
 from gpushare.sharing import mps_memory_limit, place_servers
 from helpers import SSE_SERVER, alive, cli, free_port, run_folder, summary, write_config
 
-STANDIN = Path(__file__).resolve().parent / "mps_standin"
 
 
 def test_profile_caps_follow_the_profile_name():
@@ -149,13 +147,6 @@ def test_mig_disabled_or_unsupported_is_one_line():
     with pytest.raises(ConfigError, match="not MIG-capable|needs a MIG-capable GPU"):
         mig_instances(FakeNvml(None, []), 0)
 
-
-@pytest.fixture
-def standin(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", f"{STANDIN}{os.pathsep}{os.environ['PATH']}")
-    log = tmp_path / "mps-standin.log"
-    monkeypatch.setenv("MPS_STANDIN_LOG", str(log))
-    return log
 
 
 def test_mps_daemon_lifecycle(standin, tmp_path):

@@ -97,11 +97,11 @@ def run(
 
 
 def note_late_signal(interrupts: Interrupts, exit_code: int) -> None:
-    """A signal that came while a finished measurement was being cleaned up only hurried the
-    clean-up; say so, since the exit code does not."""
+    """A signal that came once the load had ended only hurried the clean-up; say so, since the
+    exit code does not."""
     if interrupts.first and exit_code != 130:
-        err_console.print(f"note: {interrupts.first} during clean-up: servers were stopped at once; "
-                          "the measurement had already ended", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"note: {interrupts.first} came as the measurement ended: it was kept whole, and the "
+                          "servers were stopped at once", markup=False, highlight=False, soft_wrap=True)
 
 
 MATRIX_USAGE = """usage: gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])

@@ -70,12 +70,13 @@ class Interrupts:
         name = signal.Signals(signum).name
         self.received.append(name)
         mode = self._modes[-1]
+        if mode == "raise":
+            raise Interrupted(name)
+        # Also pending during the load: one that comes as the load ends finds nothing left to
+        # stop, and must still stop what would come next (a matrix's next cell).
+        self._pending = True
         if mode == "load" and self._stop_load is not None:
             self._stop_load(f"interrupted by {name}")
-        elif mode == "raise":
-            raise Interrupted(name)
-        else:
-            self._pending = True
 
     # --- stretches ---------------------------------------------------------------------------
 
