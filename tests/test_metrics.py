@@ -12,6 +12,7 @@ from gpushare.metrics import (
     is_good,
     percentile,
     summarize,
+    token_lengths,
     tpot,
     ttft,
 )
@@ -122,6 +123,17 @@ def test_summary_uses_vllm_key_names():
             assert f"{stat}_{metric}_ms" in flat
     assert flat["duration"] == pytest.approx(2.0)  # first send (0.0) to last end (2.0)
     assert flat["request_throughput"] == pytest.approx(1.0)
+
+
+def test_token_lengths_are_the_mix_of_completed_measured_requests():
+    assert token_lengths([record(0, inp=10, out=4), record(1, inp=30, out=8), RequestRecord(index=2, endpoint="a", input_tokens=20)]) == {
+        "input_tokens_p50": 20.0, "input_tokens_p90": 28.0, "input_tokens_p99": pytest.approx(29.8),
+        "input_tokens_max": 30, "output_tokens_p50": 6.0, "output_tokens_p90": pytest.approx(7.6),
+        "output_tokens_p99": pytest.approx(7.96), "output_tokens_max": 8}
+    assert set(token_lengths([]).values()) == {None}
+    flat = summarize([record(0, inp=100, out=7), record(1, inp=5, out=3, warmup=True),
+                      record(2, inp=900, out=50, status="timeout")]).flat()
+    assert flat["input_tokens_max"] == flat["input_tokens_p50"] == 100 and flat["output_tokens_p99"] == 7
 
 
 def test_latency_stats_are_population_statistics_in_ms():

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -236,7 +237,7 @@ def request_table(runs: pd.DataFrame) -> pd.DataFrame:
     for _, run in runs.iterrows():
         requests = pd.read_csv(Path(run["run"]) / "requests.csv")
         requests = requests[(requests["warmup"] == 0) & (requests["status"] == "ok")]
-        frames.append(requests.assign(scenario=run["scenario"], load=run["load"]))
+        frames.append(requests.assign(scenario=run["scenario"], load=run["load"], run=run["run"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -261,6 +262,30 @@ def plot_cdfs(requests: pd.DataFrame, runs: pd.DataFrame, out: Path, colour: dic
         _legend(axes[0][-1])
         paths += _save(fig, out, name)
     return paths
+
+
+def plot_token_lengths(requests: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    """The prompt and output lengths each run sent (its completed measured requests), as
+    histograms on log-spaced bins. None where every run sent one length of each (fixed
+    synthetic lengths): a single bar per run says nothing the config does not."""
+    sides = (("input_tokens", "prompt length (tokens)"), ("output_tokens", "output length (tokens)"))
+    columns = [column for column, _ in sides]
+    if requests.empty or not requests.groupby("run")[columns].nunique().gt(1).to_numpy().any():
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (column, label) in zip(axes, sides):
+        bins = np.geomspace(1, max(2.0, requests[column].max() * 1.05), 40)
+        for run, part in requests.groupby("run", sort=True):
+            scenario = part["scenario"].iloc[0]
+            ax.hist(part[column].dropna(), bins=bins, histtype="step", linewidth=1.3, color=colour[scenario],
+                    label=f"{scenario} @ {part['load'].iloc[0]:g}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel(label)
+        ax.set_ylabel("requests")
+        ax.grid(alpha=0.3)
+    _legend(axes[1])
+    return _save(fig, out, "token_lengths")
 
 
 def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
@@ -346,7 +371,9 @@ def analyze(found: RunSet, out: Path) -> list[Path]:
     written += plot_versus_load(summary, runs, "p99_latency_s", "P99 end-to-end latency (s)", "p99_latency_s",
                                 out, colour)
     written += plot_tradeoff(summary, out, colour)
-    written += plot_cdfs(request_table(runs), runs, out, colour)
+    requests = request_table(runs)
+    written += plot_cdfs(requests, runs, out, colour)
+    written += plot_token_lengths(requests, out, colour)
     written += plot_gpu_timelines(runs, out, colour)
     written += plot_per_server(runs, out, colour)
     return written

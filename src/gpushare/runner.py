@@ -36,6 +36,7 @@ from .records import RequestRecord
 from .request_log import RequestLog
 from .results import write_summary, write_unfinished
 from .servers import ServerFleet, ensure_port_free
+from .sharegpt import with_max_model_len
 from .sharing import Placement, place_servers
 from .workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
 
@@ -427,7 +428,8 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None, servers
     models, plans = prepared.models, (servers.plans if servers else prepared.plans)
     tokenizer = load_tokenizer(config.tokenizer or models[0].path)
     prompt_rng, arrival_rng = random_streams(config.seed)
-    source = RequestSource(config.workload, config.api, tokenizer, prompt_rng)
+    workload = with_max_model_len(config, [models[i].path for i in range(len(config.servers))])
+    source = RequestSource(workload, config.api, tokenizer, prompt_rng)
     endpoints = [
         Endpoint(plan.name, plan.base_url, models[i].served_name, config.servers[i].tenant)
         for i, plan in enumerate(plans)
@@ -519,6 +521,7 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
     doc["server_counters"] = counters.deltas() if counters else {}
     doc["placements"] = {plan.name: p.describe() for plan, p in zip(prepared.plans, prepared.placements)}
     doc["mps"] = scenario_servers.mps if scenario_servers else None
+    doc["workload"] = source.describe()
     doc["gpu"] = gpu_summary(run_dir / "gpu.csv", records, doc["total_output_tokens"], fleet)
     write_summary(run_dir, doc)
     try:

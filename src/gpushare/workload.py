@@ -17,11 +17,13 @@ from .config import (
     ApiConfig,
     DatasetWorkload,
     LoadConfig,
+    ShareGPTWorkload,
     SyntheticWorkload,
     Workload,
 )
 from .errors import ConfigError
 from .records import RequestSpec
+from .sharegpt import ShareGPTSampler, sharegpt_pair
 
 
 class Tokenizer(Protocol):
@@ -35,6 +37,8 @@ class Tokenizer(Protocol):
     def batch_decode(self, sequences: Sequence[Sequence[int]]) -> list[str]: ...
 
     def __call__(self, text: list[str], add_special_tokens: bool = ...) -> Any: ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
 
 
 @functools.lru_cache(maxsize=4)
@@ -135,18 +139,6 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in numbered]
 
 
-def _sharegpt_pair(row: dict[str, Any]) -> tuple[str, str | None] | None:
-    """First human turn and the reply after it, or None if the row has none."""
-    turns = row.get("conversations") or row.get("conversation")
-    if not isinstance(turns, list):
-        return None
-    for i, turn in enumerate(turns):
-        if isinstance(turn, dict) and turn.get("from") in ("human", "user") and turn.get("value"):
-            reply = turns[i + 1].get("value") if i + 1 < len(turns) and isinstance(turns[i + 1], dict) else None
-            return str(turn["value"]), reply
-    return None
-
-
 def dataset_rows(
     workload: DatasetWorkload, tokenizer: Tokenizer | None, rng: np.random.Generator
 ) -> list[tuple[str, int, str | None]]:
@@ -158,7 +150,7 @@ def dataset_rows(
             prompt, reply = str(row["prompt"]), None
             max_tokens = row.get("max_tokens")
         else:
-            pair = _sharegpt_pair(row)
+            pair = sharegpt_pair(row)
             if pair is None:
                 continue
             (prompt, reply), max_tokens = pair, None
@@ -175,6 +167,17 @@ def dataset_rows(
     if not out:
         raise ConfigError(f"workload.path: {workload.path} has no rows with a prompt or a ShareGPT conversation")
     return out
+
+
+def chat_template_tokens(tokenizer: Tokenizer) -> int:
+    """Tokens the chat template adds around one user message, which the server counts against
+    its context; 0 for a tokenizer without a template."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False,
+                                             add_generation_prompt=True)
+    except ValueError:  # transformers: the tokenizer has no chat template
+        return 0
+    return len(batch_codec(tokenizer)[1]([text])[0])
 
 
 # --- the request source ------------------------------------------------------------------
@@ -195,17 +198,24 @@ class RequestSource:
         self._tokenizer = tokenizer
         self._rng = rng
         self._specs: list[RequestSpec] = []
+        self._kind = workload.kind
         self._synthetic = workload if isinstance(workload, SyntheticWorkload) else None
-        self._rows = None if self._synthetic else dataset_rows(workload, tokenizer, rng)  # type: ignore[arg-type]
-        if self._synthetic and tokenizer is None:
-            raise ConfigError("workload: synthetic prompts need a tokenizer")
+        self._rows = dataset_rows(workload, tokenizer, rng) if isinstance(workload, DatasetWorkload) else None
+        if self._rows is None and tokenizer is None:
+            raise ConfigError(f"workload: {workload.kind} prompts need a tokenizer")
+        self._sharegpt: ShareGPTSampler | None = None
+        if isinstance(workload, ShareGPTWorkload):
+            assert tokenizer is not None
+            template = chat_template_tokens(tokenizer) if api.endpoint == "chat" else 0
+            self._sharegpt = ShareGPTSampler(workload, batch_codec(tokenizer)[1], rng, template)
 
     def _rows_for(self, first: int, count: int) -> list[tuple[str, int, str | None, int | None]]:
         """(text, max_tokens, tenant, input tokens) of requests first .. first + count - 1."""
-        if self._synthetic is None:
-            assert self._rows is not None
+        if self._rows is not None:
             return [(*self._rows[i % len(self._rows)], None) for i in range(first, first + count)]
-        assert self._tokenizer is not None
+        if self._sharegpt is not None:  # built in order: `first` is what it has handed out
+            return [(text, max_tokens, None, n_in) for text, max_tokens, n_in in self._sharegpt.take(count)]
+        assert self._synthetic is not None and self._tokenizer is not None
         draws = []
         for _ in range(count):  # the random draws stay in request order, whatever the batch
             target = int(self._synthetic.input_tokens.sample(self._rng, 1)[0])
@@ -231,6 +241,11 @@ class RequestSource:
     def prepare(self, n: int) -> None:
         """Build the first n specs now, in batches, so the timed part of the run does not."""
         self._build(n)
+
+    def describe(self) -> dict[str, Any]:
+        """The workload for summary.json: its kind, and for ShareGPT the file's identity and
+        how many conversations the sampling examined and kept."""
+        return self._sharegpt.describe() if self._sharegpt else {"kind": self._kind}
 
 
 def inter_arrival_gaps(rng: np.random.Generator, rate: float, burstiness: float) -> Iterator[float]:
