@@ -266,23 +266,29 @@ def plot_cdfs(requests: pd.DataFrame, runs: pd.DataFrame, out: Path, colour: dic
 
 def plot_token_lengths(requests: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
     """The prompt and output lengths each run sent (its completed measured requests), as
-    histograms on log-spaced bins. None where every run sent one length of each (fixed
-    synthetic lengths): a single bar per run says nothing the config does not."""
+    histograms on log-spaced bins, each run's as shares of its own requests so that runs of
+    different sizes compare. Runs that sent one length of each (fixed synthetic lengths) are
+    left out, and the figure too where no run varied: a single bar says nothing the config
+    does not, and would dwarf the distributions beside it."""
     sides = (("input_tokens", "prompt length (tokens)"), ("output_tokens", "output length (tokens)"))
     columns = [column for column, _ in sides]
-    if requests.empty or not requests.groupby("run")[columns].nunique().gt(1).to_numpy().any():
+    varied = requests.groupby("run")[columns].nunique().gt(1).any(axis=1) if not requests.empty else pd.Series()
+    requests = requests[requests["run"].isin(varied[varied].index)] if varied.any() else requests.iloc[0:0]
+    if requests.empty:
         return []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, (column, label) in zip(axes, sides):
         bins = np.geomspace(1, max(2.0, requests[column].max() * 1.05), 40)
         for run, part in requests.groupby("run", sort=True):
             scenario = part["scenario"].iloc[0]
-            ax.hist(part[column].dropna(), bins=bins, histtype="step", linewidth=1.3, color=colour[scenario],
+            lengths = part[column].dropna()
+            ax.hist(lengths, bins=bins, weights=np.full(len(lengths), 100.0 / max(1, len(lengths))),
+                    histtype="step", linewidth=1.3, color=colour[scenario],
                     label=f"{scenario} @ {part['load'].iloc[0]:g}")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(label)
-        ax.set_ylabel("requests")
+        ax.set_ylabel("share of the run's requests (%)")
         ax.grid(alpha=0.3)
     _legend(axes[1])
     return _save(fig, out, "token_lengths")
