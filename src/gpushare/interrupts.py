@@ -107,17 +107,13 @@ class Interrupts:
         """During the load: a signal stops it. Delivered through the event loop so that the
         load's tasks are cancelled from the loop, not from inside a signal handler."""
         loop = asyncio.get_running_loop()
-
-        def on_signal(signum: int) -> None:
-            self._handle(signum)
-
         self._stop_load = stop
         installed = []
         with self._mode("load"):
             try:
                 if self._previous:  # only where the command installed us
                     for s in HANDLED:
-                        loop.add_signal_handler(s, on_signal, s)
+                        loop.add_signal_handler(s, self._handle, s)
                         installed.append(s)
                 yield
             finally:
@@ -125,10 +121,6 @@ class Interrupts:
                     loop.remove_signal_handler(s)
                     signal.signal(s, self._handle)
                 self._stop_load = None
-
-    def pending(self) -> bool:
-        """A signal arrived in a deferred stretch and nothing has acted on it yet."""
-        return self._pending
 
     def hurry(self, mark: int) -> Callable[[], bool]:
         """For clean-up begun at `mark`: true once another signal has arrived since."""
