@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from . import mps, servers
 from .engines import redact
 from .errors import RunFailure
 from .models import cache_root
+from .results import write_json_atomic
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -49,26 +49,9 @@ def registry() -> Path:
     return cache_root() / "processes"
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time) of a process from /proc/PID/stat (fields 3 and 22); None if there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return stat[0], int(stat[19])
-
-
 def _start_time(pid: int) -> int | None:
-    stat = _stat(pid)
+    stat = servers.process_stat(pid)
     return None if stat is None else stat[1]
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    """Whole or not at all: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(doc, indent=2))
-    os.replace(partial, path)
 
 
 def record(kind: str, pid: int, name: str, argv: list[str], folder: Path, host: str | None = None,
@@ -84,8 +67,9 @@ def record(kind: str, pid: int, name: str, argv: list[str], folder: Path, host: 
     }
     listed = Path(folder) / "processes.json"
     try:
-        _write_json(registry() / f"{pid}.json", entry)
-        _write_json(listed, [*(json.loads(listed.read_text()) if listed.exists() else []), entry])
+        registry().mkdir(parents=True, exist_ok=True)
+        write_json_atomic(registry() / f"{pid}.json", entry)
+        write_json_atomic(listed, [*(json.loads(listed.read_text()) if listed.exists() else []), entry])
     except (OSError, ValueError) as err:
         raise RunFailure(f"cannot record process group {pid} of {kind} {name}: {err}") from None
 
@@ -114,7 +98,7 @@ def _examine(path: Path) -> Leftover | None:
     if not members:
         path.unlink(missing_ok=True)
         return None
-    owner = _stat(entry["owner_pid"])
+    owner = servers.process_stat(entry["owner_pid"])
     if owner is not None and owner[0] != "Z" and owner[1] == entry["owner_start_time"]:
         return None  # a run in progress
     return Leftover(members=members, **{f.name: entry.get(f.name) for f in fields(Leftover) if f.name != "members"})

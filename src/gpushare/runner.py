@@ -35,7 +35,7 @@ from .mps import MpsDaemon
 from .records import RequestRecord
 from .request_log import RequestLog
 from .results import write_summary, write_unfinished
-from .servers import ServerFleet, ensure_port_free
+from .servers import ServerFleet, ensure_port_free, process_alive
 from .sharegpt import with_max_model_len
 from .sharing import Placement, place_servers
 from .workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
@@ -274,14 +274,6 @@ class ServerWatch:
             if reason or time.monotonic() >= deadline:
                 return reason
             time.sleep(0.05)
-
-
-def process_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (read from /proc)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 async def drive(generator: LoadGenerator, watch: ServerWatch, interrupts: Interrupts, log: RequestLog,

@@ -204,6 +204,22 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
+def process_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks after boot) of a process, from /proc/PID/stat (fields
+    3 and 22); None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return stat[0], int(stat[19])
+
+
+def process_alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie."""
+    stat = process_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group, read from /proc."""
     members = []
