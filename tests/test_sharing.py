@@ -7,7 +7,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gpushare.config import parse_config
@@ -30,6 +30,7 @@ def test_profile_caps_follow_the_profile_name():
 
 
 @given(st.sampled_from(H100_80GB_PROFILES), st.floats(20.0, 200.0), st.floats(0.0, 5.0))
+@example("1g.10gb", 20.0, 0.2)  # 2.3 GiB of budget: the floor of 1150.0000000000002 steps back to 0.115 exactly
 def test_memory_fraction_keeps_the_budget_under_the_cap(profile, total, headroom):
     cap = profile_caps(profile, total).memory_gib
     try:

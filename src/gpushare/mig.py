@@ -49,7 +49,10 @@ def memory_fraction(cap_gib: float, total_gib: float, headroom_gib: float) -> fl
     not count (CUDA context, activations outside its budget)."""
     if cap_gib > total_gib:
         raise ConfigError(f"memory_gib: a cap of {cap_gib:g} GiB is more than the GPU's {total_gib:.1f} GiB")
-    fraction = math.floor((cap_gib - headroom_gib) / total_gib * 10_000) / 10_000  # down: never above the cap
+    budget = cap_gib - headroom_gib
+    fraction = math.floor(budget / total_gib * 10_000) / 10_000  # down: never above the cap
+    if fraction * total_gib > budget:  # floating point put the floor on the wrong side of an exact step
+        fraction -= 1 / 10_000
     if fraction <= 0:
         raise ConfigError(f"memory_gib: a cap of {cap_gib:g} GiB leaves nothing after {headroom_gib:g} GiB of headroom")
     return fraction
