@@ -98,6 +98,11 @@ class Interrupts:
         with self._mode("raise"):
             yield
 
+    def checkpoint(self) -> None:
+        """Raise `Interrupted` now for a signal recorded during an earlier deferred stretch."""
+        with self.interruptible():
+            pass
+
     def deferred(self) -> contextlib.AbstractContextManager[None]:
         """Signals are recorded, never raised: clean-up runs to its end."""
         return self._mode("defer")

@@ -212,8 +212,7 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         scenario_dir.mkdir(parents=True, exist_ok=True)
         mark = interrupts.mark()
         try:
-            with interrupts.interruptible():  # a signal that came during the last scenario's clean-up
-                pass
+            interrupts.checkpoint()  # a signal that came during the last scenario's clean-up
             prepared = preflight(config, lambda m: say(console, m))
             # The tokenizer loads (seconds, the first time in a process) while the servers start.
             tokenizer = threading.Thread(target=_preload_tokenizer, daemon=True,
@@ -228,8 +227,7 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                     if stop:
                         record_rest(todo, "not_run", "the matrix was interrupted")
                         break
-                    with interrupts.interruptible():  # a signal that came while the last cell was ending
-                        pass
+                    interrupts.checkpoint()  # a signal that came while the last cell was ending
                     folder = scenario_dir / cell.name
                     eta = "" if not cells_run else f", ETA {(total - done_cells) * cell_time / cells_run:.0f} s"
                     console.print(f"[{done_cells + 1}/{total}] {cell.scenario} {cell.load_kind} {cell.load:g} "
