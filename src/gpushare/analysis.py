@@ -20,9 +20,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .errors import ConfigError  # noqa: E402
+from .metric_catalog import CATALOGUE, METRICS  # noqa: E402
 from .results import SUMMARY, SummaryUnreadable, read_summary, read_verdict  # noqa: E402
 
-# Per run: what identifies it, what it measured (summary.json keys), and the gpu block's keys.
+# Per run: what identifies it, what it measured (summary.json keys), and the gpu block's keys;
+# metric_catalog says what each key means.
 RUN_FIELDS = ["scenario", "sharing_mode", "load_mode", "max_concurrency", "request_rate", "complete"]
 METRIC_FIELDS = [
     "completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
@@ -30,18 +32,8 @@ METRIC_FIELDS = [
 ]
 GPU_FIELDS = ["energy_per_output_token_j", "avg_power_w", "mean_gpu_util_pct", "max_mem_used_mib"]
 
-# The summary table: our column name -> (tidy column, how many decimals).
-TABLE_COLUMNS = {
-    "Scenario": ("scenario", None),
-    "Concurrency": ("load", None),
-    "Throughput tokens/s": ("output_throughput", 0),
-    "P99 latency s": ("p99_latency_s", 2),
-    "P99 TTFT ms": ("p99_ttft_ms", 0),
-    "P99 TPOT ms": ("p99_tpot_ms", 1),
-    "Energy J/token": ("energy_per_output_token_j", 3),
-    "Errors": ("failed", 0),
-    "Runs": ("runs", None),
-}
+# The summary table's metric columns: those the catalogue marks with their decimals.
+TABLE_METRICS = tuple(m for m in CATALOGUE if m.table is not None)
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -151,12 +143,10 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def table(summary: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame()
-    for title, (column, digits) in TABLE_COLUMNS.items():
-        values = summary[column]
-        if digits is not None:
-            values = values.map(lambda v, d=digits: "" if pd.isna(v) else f"{v:,.{d}f}")
-        out[title] = values
+    out = pd.DataFrame({"Scenario": summary["scenario"], "Concurrency": summary["load"]})
+    for m in TABLE_METRICS:
+        out[m.title] = summary[m.key].map(lambda v, d=m.table: "" if pd.isna(v) else f"{v:,.{d}f}")
+    out["Runs"] = summary["runs"]
     return out
 
 
@@ -203,14 +193,14 @@ def _load_axis_label(runs: pd.DataFrame) -> str:
     return "request rate (req/s)" if (runs["load_mode"] == "open_loop").all() else "concurrency (requests in flight)"
 
 
-def plot_versus_load(summary: pd.DataFrame, runs: pd.DataFrame, column: str, ylabel: str, name: str,
-                     out: Path, colour: dict[str, tuple]) -> list[Path]:
+def plot_versus_load(summary: pd.DataFrame, runs: pd.DataFrame, column: str, name: str, out: Path,
+                     colour: dict[str, tuple]) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7.5, 4))
     for scenario, part in summary.groupby("scenario"):
         ax.errorbar(part["load"], part[column], yerr=_spread(part[f"{column}_std"]), marker="o", capsize=3,
                     label=scenario, color=colour[scenario])
     ax.set_xlabel(_load_axis_label(runs))
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(METRICS[column].title)
     ax.grid(alpha=0.3)
     _legend(ax)
     return _save(fig, out, name)
@@ -225,8 +215,8 @@ def plot_tradeoff(summary: pd.DataFrame, out: Path, colour: dict[str, tuple]) ->
         for _, row in part.iterrows():
             ax.annotate(f"{row['load']:g}", (row["p99_latency_s"], row["output_throughput"]), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("P99 end-to-end latency (s)")
-    ax.set_ylabel("output throughput (tokens/s)")
+    ax.set_xlabel(METRICS["p99_latency_s"].title)
+    ax.set_ylabel(METRICS["output_throughput"].title)
     ax.grid(alpha=0.3)
     _legend(ax)
     return _save(fig, out, "throughput_vs_p99_latency")
@@ -341,12 +331,11 @@ def plot_per_server(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> 
     bars[PER_SERVER_FIELDS] = bars[PER_SERVER_FIELDS].apply(pd.to_numeric, errors="coerce")
     bars = bars.groupby(["label", "scenario"], sort=False).agg(["mean", "std"]).reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.2 * len(bars)), 4.5))
-    for ax, (column, label) in zip(axes, (("output_throughput", "output throughput (tokens/s)"),
-                                          ("p99_latency_s", "P99 end-to-end latency (s)"))):
+    for ax, column in zip(axes, PER_SERVER_FIELDS):
         ax.bar(range(len(bars)), bars[(column, "mean")], yerr=_spread(bars[(column, "std")]), capsize=3,
                color=[colour[s] for s in bars["scenario"]])
         ax.set_xticks(range(len(bars)), bars["label"], fontsize="x-small", rotation=40, ha="right")
-        ax.set_ylabel(label)
+        ax.set_ylabel(METRICS[column].title)
         ax.grid(alpha=0.3, axis="y")
     return _save(fig, out, "per_server")
 
@@ -372,10 +361,8 @@ def analyze(found: RunSet, out: Path) -> list[Path]:
     summary = summarize_runs(runs)
     colour = colours(runs["scenario"])
     written = [out / "runs.csv", *write_tables(summary, out)]
-    written += plot_versus_load(summary, runs, "output_throughput", "output throughput (tokens/s)",
-                                "throughput_tokens_per_s", out, colour)
-    written += plot_versus_load(summary, runs, "p99_latency_s", "P99 end-to-end latency (s)", "p99_latency_s",
-                                out, colour)
+    written += plot_versus_load(summary, runs, "output_throughput", "throughput_tokens_per_s", out, colour)
+    written += plot_versus_load(summary, runs, "p99_latency_s", "p99_latency_s", out, colour)
     written += plot_tradeoff(summary, out, colour)
     requests = request_table(runs)
     written += plot_cdfs(requests, runs, out, colour)

@@ -1,4 +1,5 @@
-"""Metrics, defined once (docs/metrics.md) and computed here, as pure functions of records.
+"""Metrics, declared once in metric_catalog (docs/metrics.md is generated from it) and
+computed here, as pure functions of records.
 
 Key names in the flat summary follow `vllm bench serve --save-result` wherever both tools
 compute the same quantity, so results can be compared column for column.
@@ -12,10 +13,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .metric_catalog import CATALOGUE, LENGTH_PERCENTILES, PERCENTILES
 from .records import RequestRecord
-
-PERCENTILES = (50, 95, 99)
-LENGTH_PERCENTILES = (50, 90, 99)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -138,7 +137,6 @@ class RunSummary:
     good_requests: int | None = None
     usage_missing: int = 0
     lengths: dict[str, float | None] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def request_throughput(self) -> float:
@@ -152,39 +150,22 @@ class RunSummary:
     def total_token_throughput(self) -> float:
         return (self.total_input_tokens + self.total_output_tokens) / self.duration if self.duration > 0 else 0.0
 
+    @property
+    def request_goodput(self) -> float | None:
+        if self.good_requests is None:
+            return None
+        return self.good_requests / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def good_request_fraction(self) -> float | None:
+        total = self.completed + self.failed
+        return None if self.good_requests is None or not total else self.good_requests / total
+
     def flat(self) -> dict[str, Any]:
-        """The summary as vLLM-named keys (plus ours), ready for summary.json."""
-        out: dict[str, Any] = {
-            "completed": self.completed,
-            "failed": self.failed,
-            "failed_by_kind": dict(self.failed_by_kind),
-            "duration": self.duration,
-            "total_input_tokens": self.total_input_tokens,
-            "total_output_tokens": self.total_output_tokens,
-            "request_throughput": self.request_throughput,
-            "output_throughput": self.output_throughput,
-            "total_token_throughput": self.total_token_throughput,
-        }
-        for name, stats in self.latencies.items():
-            out[f"mean_{name}_ms"] = stats.mean
-            out[f"median_{name}_ms"] = stats.median
-            out[f"std_{name}_ms"] = stats.std
-            for q, value in stats.p.items():
-                out[f"p{q}_{name}_ms"] = value
-        e2e = self.latencies["e2el"].p
-        for q in PERCENTILES:
-            out[f"p{q}_latency_s"] = None if e2e[q] is None else e2e[q] / 1000.0
-        out["mean_queue_ms"] = self.queue.mean
-        out["p99_queue_ms"] = self.queue.p[99]
-        if self.good_requests is not None:
-            total = self.completed + self.failed
-            out["good_requests"] = self.good_requests
-            out["request_goodput"] = self.good_requests / self.duration if self.duration > 0 else 0.0
-            out["good_request_fraction"] = self.good_requests / total if total else None
-        out["usage_missing"] = self.usage_missing
-        out.update(self.lengths)
-        out.update(self.extra)
-        return out
+        """The summary as vLLM-named keys (plus ours), ready for summary.json: the catalogue's
+        keys that RunSummary writes, in its order; the SLO keys only where the run had SLOs."""
+        return {m.key: m.read(self) for m in CATALOGUE
+                if m.where == "summary" or (m.where == "slo" and self.good_requests is not None)}
 
 
 def measurement_window(records: Iterable[RequestRecord]) -> tuple[float, float] | None:

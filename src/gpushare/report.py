@@ -161,7 +161,7 @@ metrics glossary); every run folder keeps its configuration, versions and per-re
 \section{{Results}}
 Table~\ref{{tab:summary}} summarises the runs (means over repeats).
 \begin{{table*}}[t]\centering\caption{{Measured results per scenario and load.}}\label{{tab:summary}}
-\input{{figures/summary.tex}}
+\resizebox{{\textwidth}}{{!}}{{\input{{figures/summary.tex}}}}
 \end{{table*}}
 {figures}
 
