@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gpushare import cli, sharegpt
-from gpushare.config import ApiConfig, ServerConfig, ScenarioConfig, ShareGPTWorkload, parse_config
+from gpushare.config import ApiConfig, ServerConfig, ShareGPTWorkload, parse_config
 from gpushare.errors import ConfigError
 from gpushare.models import embedded_folder
 from gpushare.sharegpt import (
@@ -226,15 +226,13 @@ def test_the_context_limit_comes_from_the_servers_then_the_model(tmp_path):
 
     def limit(workload, *args):
         servers = [ServerConfig(port=8000 + i, args=list(a)) for i, a in enumerate(args)]
-        config = ScenarioConfig(servers=servers, workload=workload, sharing={"mode": "timeslice"})
-        return with_max_model_len(config, [str(model)] * len(servers)).max_model_len
+        return with_max_model_len(workload, servers, [str(model)] * len(servers)).max_model_len
 
     workload = ShareGPTWorkload(kind="sharegpt")
     assert limit(workload, ["--max-model-len=4096"], ["--max-model-len=1024"]) == 1024
     assert limit(workload, []) == 8192
     assert limit(workload.model_copy(update={"max_model_len": 512}), ["--max-model-len=4096"]) == 512
-    config = ScenarioConfig(workload=workload)
-    assert with_max_model_len(config, [str(tmp_path / "nowhere")]).max_model_len == 4096
+    assert with_max_model_len(workload, [ServerConfig()], [str(tmp_path / "nowhere")]).max_model_len == 4096
 
 
 def test_sharegpt_keys_are_checked():

@@ -94,7 +94,7 @@ def test_any_exception_in_the_load_is_the_runs_error(tmp_path, monkeypatch, caps
     async def broken(self):
         raise RuntimeError("the load generator broke")
 
-    monkeypatch.setattr(loadgen.LoadGenerator, "run", broken)
+    monkeypatch.setattr(loadgen.LoadGroup, "run", broken)
     cfg = fault_config(tmp_path, "slow_tokens")
     assert cli.main(["run", "--config", str(cfg)]) == 1
     folder = run_folder(tmp_path / "runs")

@@ -7,6 +7,7 @@ so a bad flag value is reported the same way as a bad YAML value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -207,8 +208,44 @@ class ApiConfig(StrictModel):
     api_key: str | None = None
 
 
+class StepSchedule(StrictModel):
+    """A load that changes over time: level i holds for `step_s` seconds, then the next one.
+    Level 0 sends nothing for its step (an aggressor that starts idle, say)."""
+
+    concurrency: list[NonNegativeInt] | None = Field(default=None, min_length=1)
+    request_rate: list[float] | None = Field(default=None, min_length=1)
+    step_s: PositiveFloat
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "StepSchedule":
+        if (self.concurrency is None) == (self.request_rate is None):
+            raise ValueError("give either concurrency or request_rate levels")
+        if any(level < 0 for level in self.levels):
+            raise ValueError(f"levels must be >= 0 (got {self.levels})")
+        if not any(level > 0 for level in self.levels):
+            raise ValueError("at least one level must be greater than 0")
+        return self
+
+    @property
+    def kind(self) -> Literal["concurrency", "request_rate"]:
+        return "concurrency" if self.concurrency is not None else "request_rate"
+
+    @property
+    def levels(self) -> list[float]:
+        return [float(v) for v in (self.concurrency if self.concurrency is not None else self.request_rate or [])]
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.levels) * self.step_s
+
+    def step_at(self, elapsed: float) -> int:
+        """The step that holds `elapsed` seconds into the window (the last one past its end)."""
+        return min(len(self.levels) - 1, max(0, int(elapsed // self.step_s)))
+
+
 class LoadConfig(StrictModel):
-    """Closed loop at `concurrency`, or open loop at `request_rate` (then concurrency caps in-flight)."""
+    """Closed loop at `concurrency`, or open loop at `request_rate` (then concurrency caps in-flight),
+    or a step schedule of either (`steps`), which also sets the window's length."""
 
     concurrency: PositiveInt | None = None
     request_rate: PositiveFloat | None = None
@@ -218,21 +255,84 @@ class LoadConfig(StrictModel):
     duration_s: PositiveFloat | None = None
     warmup_requests: NonNegativeInt = 2
     routing: Literal["round_robin", "tenant"] = "round_robin"
+    steps: StepSchedule | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _defaults(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
+            if isinstance(data.get("steps"), dict):
+                try:
+                    steps = StepSchedule.model_validate(data["steps"])
+                except ValidationError:
+                    return data  # reported under load.steps by the field's own validation
+                return cls._stepped(data, steps)
             if data.get("concurrency") is None and data.get("request_rate") is None:
                 data["concurrency"] = 8
             if data.get("n_requests") is None and data.get("duration_s") is None:
                 data["n_requests"] = 100
         return data
 
+    @staticmethod
+    def _stepped(data: dict[str, Any], steps: StepSchedule) -> dict[str, Any]:
+        """A schedule sets the window's length and the peak of its own kind; a value given
+        beside it must agree (a dumped config carries both)."""
+        peak = max(steps.levels)
+        derived: dict[str, Any] = {"duration_s": steps.duration_s, "n_requests": None,
+                                   steps.kind: int(peak) if steps.kind == "concurrency" else peak}
+        if steps.kind == "concurrency":
+            derived["request_rate"] = None
+        for key, value in derived.items():
+            if data.get(key) is not None and data[key] != value:
+                raise ValueError(f"{key}: not with steps, which set it (to {value:g})" if value is not None
+                                 else f"{key}: not with steps, whose length bounds the window")
+            data[key] = value
+        return data
+
     @property
     def open_loop(self) -> bool:
         return self.request_rate is not None
+
+
+SloConfig = dict[Literal["ttft", "tpot", "itl", "e2el"], PositiveFloat]
+
+
+class TenantConfig(StrictModel):
+    """One workload that shares the GPU with the others: its own requests, load, SLO and seed,
+    sent to the servers it names. What it does not give, it takes from the scenario."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    servers: list[str] = Field(min_length=1)
+    """Server names; several tenants may name the same server (one engine serving them all)."""
+    workload: Workload | None = None
+    load: LoadConfig | None = None
+    slo: SloConfig | None = None
+    api: ApiConfig | None = None
+    seed: int | None = None
+    """Default: derived from the scenario's seed and the tenant's name, so a tenant sends the
+    same requests alone and shared."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant with everything resolved: what the load generator and the summary need."""
+
+    name: str | None
+    """None for the one implicit tenant of a scenario without `tenants:`."""
+    servers: tuple[int, ...]
+    workload: "Workload"
+    load: LoadConfig
+    api: ApiConfig
+    slo: dict[str, float]
+    seed: int
+
+
+def tenant_seed(seed: int, name: str) -> int:
+    """A tenant's own seed from the scenario's and its name (not its position), so the
+    tenant's requests are the same in every phase of an interference run."""
+    entropy = [seed, *name.encode()]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
 
 
 class ScenarioConfig(StrictModel):
@@ -247,8 +347,14 @@ class ScenarioConfig(StrictModel):
     workload: Workload = SyntheticWorkload()
     api: ApiConfig = ApiConfig()
     load: LoadConfig = LoadConfig()
-    slo: dict[Literal["ttft", "tpot", "itl", "e2el"], PositiveFloat] = {}
+    slo: SloConfig = {}
     """Service-level objectives in seconds; a request is good when it meets all of them."""
+    tenants: list[TenantConfig] = []
+    """Workloads that share the servers, each measured on its own (docs/tenants.md); none:
+    the scenario's own workload and load are its one tenant."""
+    active_tenants: list[str] | None = None
+    """Only these tenants send load; the others' servers stay up, idle (an interference run's
+    solo phases). Default: every tenant."""
     seed: int = 0
     out: Path = Path("runs")
     monitor_interval_s: PositiveFloat = 0.2
@@ -277,10 +383,59 @@ class ScenarioConfig(StrictModel):
             raise ValueError("sharing.mps_pipe_directory: only when the servers run under MPS")
         if self.load.routing == "tenant" and any(s.tenant is None for s in self.servers):
             raise ValueError("load.routing: tenant needs a 'tenant' label on every server")
+        self._tenants_valid()
         return self
+
+    def _tenants_valid(self) -> None:
+        if not self.tenants:
+            if self.active_tenants is not None:
+                raise ValueError("active_tenants: only for a scenario with tenants")
+            return
+        names, known = [t.name for t in self.tenants], self.server_names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"tenants: two tenants share a name ({', '.join(names)})")
+        if len(set(known)) != len(known):
+            raise ValueError(f"servers: two servers share a name ({', '.join(known)}); tenants name them")
+        for i, tenant in enumerate(self.tenants):
+            for server in tenant.servers:
+                if server not in known:
+                    raise ValueError(f"tenants.{i}.servers: no server is named '{server}' "
+                                     f"(servers: {', '.join(known)})")
+            if (tenant.load or self.load).routing == "tenant":
+                raise ValueError(f"tenants.{i}.load.routing: tenants name their servers; routing: tenant is "
+                                 "for a scenario without tenants")
+        for name in self.active_tenants or []:
+            if name not in names:
+                raise ValueError(f"active_tenants: no tenant is named '{name}' (tenants: {', '.join(names)})")
+        active = [i for i, t in enumerate(self.tenants) if self.active_tenants is None or t.name in self.active_tenants]
+        for i in active if len(active) > 1 else []:
+            if (self.tenants[i].load or self.load).duration_s is None:
+                raise ValueError(f"tenants.{i}.load: tenants that load together share one window bounded by time; "
+                                 "give duration_s or steps")
+        unused = [name for name in known if not any(name in t.servers for t in self.tenants)]
+        if unused:
+            raise ValueError(f"servers: no tenant sends to {', '.join(unused)}")
 
     def server_names(self) -> list[str]:
         return [s.name or f"server-{i}" for i, s in enumerate(self.servers)]
+
+    def resolved_tenants(self) -> list[Tenant]:
+        """The tenants with the scenario's values filled in; one implicit tenant without `tenants:`."""
+        if not self.tenants:
+            return [Tenant(None, tuple(range(len(self.servers))), self.workload, self.load, self.api,
+                           dict(self.slo), self.seed)]
+        position = {name: i for i, name in enumerate(self.server_names())}
+        active = [t for t in self.tenants if self.active_tenants is None or t.name in self.active_tenants]
+        return [
+            Tenant(t.name, tuple(position[s] for s in t.servers), t.workload or self.workload, t.load or self.load,
+                   t.api or self.api, dict(self.slo if t.slo is None else t.slo),
+                   tenant_seed(self.seed, t.name) if t.seed is None else t.seed)
+            for t in active
+        ]
+
+    def only_tenants(self, names: list[str]) -> "ScenarioConfig":
+        """The same scenario (same servers, same placement) with only these tenants loading."""
+        return parse_config({**self.model_dump(mode="json"), "active_tenants": names})
 
 
 _UNION_TAGS = {"synthetic", "dataset", "sharegpt", "fixed", "uniform", "normal"}

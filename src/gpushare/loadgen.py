@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import aiohttp
 
-from .config import ApiConfig, LoadConfig
+from .config import ApiConfig, LoadConfig, StepSchedule
 from .events import Listener, PhaseChanged, RequestFinished
 from .records import RequestRecord, RequestSpec
 
@@ -465,7 +465,8 @@ def paused_gc() -> Iterator[None]:
 
 
 class LoadGenerator:
-    """Drives endpoints with requests from `specs` (indexable), warm-up first, then measured."""
+    """Drives endpoints with requests from `specs` (indexable), warm-up first, then measured.
+    One tenant's load; `LoadGroup` runs several at once on one clock."""
 
     def __init__(
         self,
@@ -476,21 +477,32 @@ class LoadGenerator:
         arrivals: Iterator[float] | None = None,
         count_tokens: TokenCounter | None = None,
         publish: Listener | None = None,
+        tenant: str | None = None,
     ):
         if load.open_loop and arrivals is None:
             raise ValueError("an open-loop load needs arrival gaps")
-        self._api = api
-        self._load = load
+        self.api = api
+        self.load = load
         self._specs = specs
         self._arrivals = arrivals
         self._route = Router(endpoints, by_tenant=load.routing == "tenant")
         self._count_tokens = count_tokens
         self._publish: Listener = publish or (lambda event: None)
+        self.tenant = tenant
         self.records: list[RequestRecord] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._aborted = ""
         self._bodies: dict[tuple[int, str], bytes] = {}
+        self._prepared = 0
+        self._window: tuple[float, float | None] = (0.0, None)
+        self._common_end = math.inf
+        self._step_clock: StepSchedule | None = None
+
+    @property
+    def aborted(self) -> str:
+        """Why the load was aborted ('' while it was not)."""
+        return self._aborted
 
     def abort(self, reason: str) -> None:
         """Stop sending, cancel what is in flight (recorded as aborted) and return soon."""
@@ -512,22 +524,26 @@ class LoadGenerator:
             except IndexError:  # a finite list of specs
                 break
             endpoint = self._route(spec)
-            self._bodies[(i, endpoint.name)] = request_body(self._api, endpoint.model, spec)
+            self._bodies[(i, endpoint.name)] = request_body(self.api, endpoint.model, spec)
 
     async def _one(self, session: aiohttp.ClientSession, index: int, scheduled: float, warmup: bool,
                    gate: asyncio.Semaphore | None) -> None:
         spec = self._specs[index]
         endpoint = self._route(spec)
         rec = RequestRecord(index=index, endpoint=endpoint.name, warmup=warmup, scheduled=scheduled,
-                            input_tokens=spec.input_tokens, tenant=spec.tenant or endpoint.tenant)
-        body = self._bodies.pop((index, endpoint.name), None) or request_body(self._api, endpoint.model, spec)
+                            input_tokens=spec.input_tokens, tenant=self.tenant or spec.tenant or endpoint.tenant)
+        body = self._bodies.pop((index, endpoint.name), None) or request_body(self.api, endpoint.model, spec)
         try:
             async with gate if gate is not None else contextlib.nullcontext():
-                await send_request(session, endpoint.url(self._api), body, self._api, rec, self._count_tokens,
+                await send_request(session, endpoint.url(self.api), body, self.api, rec, self._count_tokens,
                                    spec.max_tokens > 0)
         except asyncio.CancelledError:
             rec.status, rec.error = ABORTED, self._aborted or "cancelled"
             rec.end = rec.end or clock()
+        if not warmup:
+            started = self._window[0]
+            rec.in_window = started <= scheduled <= self._common_end
+            rec.step = None if self._step_clock is None else self._step_clock.step_at(scheduled - started)
         self.records.append(rec)
         self._publish(RequestFinished(rec))
 
@@ -537,19 +553,43 @@ class LoadGenerator:
         task.add_done_callback(self._in_flight.discard)
         return task
 
+    def _step_at(self, t: float) -> int | None:
+        steps = self.load.steps
+        return None if steps is None else steps.step_at(t - self._window[0])
+
+    def _level_now(self) -> float | None:
+        """The step schedule's level now (None: no schedule)."""
+        step = self._step_at(clock())
+        return None if step is None else self.load.steps.levels[step]  # type: ignore[union-attr]
+
+    async def _until_next_step(self) -> None:
+        steps, (started, deadline) = self.load.steps, self._window
+        assert steps is not None
+        boundary = started + (steps.step_at(clock() - started) + 1) * steps.step_s
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), max(0.0, min(boundary, deadline or boundary) - clock()))
+
     async def _closed_loop(self, session: aiohttp.ClientSession, first: int, count: int | None,
                            concurrency: int, deadline: float | None, warmup: bool) -> None:
+        """`concurrency` workers send back to back; under a step schedule worker k sends only
+        while the step's level is above k, so the number in flight follows the schedule."""
         indices = itertools.count(first)
         last = None if count is None else first + count
+        stepped = self.load.steps is not None and not warmup
 
-        async def worker() -> None:
+        async def worker(k: int) -> None:
             while not self._stop.is_set():
+                if deadline is not None and clock() >= deadline:
+                    return
+                if stepped and (self._level_now() or 0) <= k:
+                    await self._until_next_step()
+                    continue
                 index = next(indices)
-                if (last is not None and index >= last) or (deadline is not None and clock() >= deadline):
+                if last is not None and index >= last:
                     return
                 await self._one(session, index, clock(), warmup, None)
 
-        await self._until_aborted([self._track(worker()) for _ in range(concurrency)])
+        await self._until_aborted([self._track(worker(k)) for k in range(concurrency)])
 
     async def _until_aborted(self, senders: list[asyncio.Task[None]]) -> None:
         """Wait for the tasks that send; `abort` cancels them, which ends the wait at once."""
@@ -562,14 +602,28 @@ class LoadGenerator:
     async def _open_loop(self, session: aiohttp.ClientSession, first: int, count: int | None,
                          deadline: float | None) -> None:
         """Send on the arrival schedule; run as a task of its own, so that `abort` cancels its
-        wait for the next arrival however far off that is."""
-        assert self._arrivals is not None and self._load.request_rate is not None
-        gate = asyncio.Semaphore(self._load.concurrency) if self._load.concurrency else None
+        wait for the next arrival however far off that is. Under a step schedule the gaps
+        come at rate 1 and are divided by the step's rate; a gap that would cross into the
+        next step is dropped there and drawn again at that step's rate (exact for Poisson)."""
+        assert self._arrivals is not None and self.load.request_rate is not None
+        gate = asyncio.Semaphore(self.load.concurrency) if self.load.concurrency else None
+        steps, started = self.load.steps, self._window[0]
         due = clock()
         for index in itertools.count(first):
             if self._stop.is_set() or (count is not None and index >= first + count):
                 break
-            due += next(self._arrivals)
+            gap = next(self._arrivals)
+            while steps is not None:
+                step = steps.step_at(due - started)
+                boundary = started + (step + 1) * steps.step_s
+                rate = steps.levels[step]
+                if rate > 0 and (due + gap / rate < boundary or step == len(steps.levels) - 1):
+                    gap /= rate
+                    break
+                due = boundary
+                if deadline is not None and due >= deadline:
+                    break
+            due += gap
             if deadline is not None and due >= deadline:
                 break
             # Timers may fire early (uvloop rounds to whole milliseconds): wait until due.
@@ -579,31 +633,76 @@ class LoadGenerator:
                 break
             self._track(self._one(session, index, due, False, gate))
 
+    async def warm(self, session: aiohttp.ClientSession) -> None:
+        """The warm-up requests (closed loop, at no more than the window's concurrency), then
+        the window's requests built, so that no prompt is made inside it."""
+        warm, load = self.load.warmup_requests, self.load
+        if warm:
+            self.prebuild(0, warm)
+            await self._closed_loop(session, 0, warm, min(warm, load.concurrency or warm), None, True)
+        n = load.n_requests
+        self._prepared = n if n is not None else requests_for_duration(load, self.records)
+        self.prebuild(warm, self._prepared)
+
+    async def measure(self, session: aiohttp.ClientSession, started: float, common_end: float = math.inf,
+                      step_clock: StepSchedule | None = None) -> int:
+        """The measured window, from `started` (shared by every tenant of a group): requests
+        scheduled after `common_end` are flagged out of it, and each request is given its step
+        of `step_clock`. Returns how many of its requests had to be built inside it."""
+        load, warm = self.load, self.load.warmup_requests
+        deadline = None if load.duration_s is None else started + load.duration_s
+        self._window, self._common_end, self._step_clock = (started, deadline), common_end, step_clock
+        if not self._stop.is_set():
+            if load.open_loop:
+                await self._until_aborted([self._track(self._open_loop(session, warm, load.n_requests, deadline))])
+            else:
+                assert load.concurrency is not None
+                await self._closed_loop(session, warm, load.n_requests, load.concurrency, deadline, False)
+        if self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+        self.records.sort(key=lambda r: r.index)
+        return sum(r.index >= warm + self._prepared for r in self.records)
+
     async def run(self) -> LoadResult:
-        load = self._load
-        warm = load.warmup_requests
-        async with new_session(self._api) as session:
-            if warm:
-                self._publish(PhaseChanged("warmup", clock()))
-                self.prebuild(0, warm)
-                await self._closed_loop(session, 0, warm, min(warm, load.concurrency or warm), None, True)
-            n = load.n_requests
-            prepared = n if n is not None else requests_for_duration(load, self.records)
-            self.prebuild(warm, prepared)
+        """This load alone: a group of one."""
+        return await LoadGroup([self], self._publish).run()
+
+
+class LoadGroup:
+    """Several tenants' loads in one process on one clock: every warm-up first, then one
+    window that opens for all at the same instant, with garbage collection paused for it
+    (see `paused_gc`) once, for the whole group. Several tenants' loads are each bounded by
+    time, and a request counts only when it was scheduled while every tenant was loading,
+    i.e. before the first of them stops (`in_window`); the others are kept, flagged. Every
+    request is binned by the first step schedule's steps (the aggressor's), so a victim's
+    latency can be read against the aggressor's level."""
+
+    def __init__(self, generators: Sequence[LoadGenerator], publish: Listener | None = None):
+        self.generators = list(generators)
+        self._publish: Listener = publish or (lambda event: None)
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        return [r for g in self.generators for r in g.records]
+
+    def abort(self, reason: str) -> None:
+        for generator in self.generators:
+            generator.abort(reason)
+
+    async def run(self) -> LoadResult:
+        generators = self.generators
+        async with contextlib.AsyncExitStack() as stack:
+            sessions = [await stack.enter_async_context(new_session(g.api)) for g in generators]
+            self._publish(PhaseChanged("warmup", clock()))
+            await asyncio.gather(*(g.warm(s) for g, s in zip(generators, sessions)))
             self._publish(PhaseChanged("measure", clock()))
+            step_clock = next((g.load.steps for g in generators if g.load.steps is not None), None)
             with paused_gc():
                 cpu0, started = time.process_time(), clock()
-                deadline = None if load.duration_s is None else started + load.duration_s
-                if not self._stop.is_set():
-                    if load.open_loop:
-                        await self._until_aborted([self._track(self._open_loop(session, warm, n, deadline))])
-                    else:
-                        assert load.concurrency is not None
-                        await self._closed_loop(session, warm, n, load.concurrency, deadline, False)
-                if self._in_flight:
-                    await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+                common_end = started + min(g.load.duration_s or math.inf for g in generators)
+                late = await asyncio.gather(*(g.measure(s, started, common_end, step_clock)
+                                              for g, s in zip(generators, sessions)))
                 ended, cpu = clock(), time.process_time() - cpu0
-        self.records.sort(key=lambda r: r.index)
         self._publish(PhaseChanged("done", clock()))
-        late = sum(r.index >= warm + prepared for r in self.records)
-        return LoadResult(self.records, started, ended, cpu, self._aborted, late)
+        aborted = next((g.aborted for g in generators if g.aborted), "")
+        return LoadResult(self.records, started, ended, cpu, aborted, sum(late))

@@ -45,6 +45,14 @@ class RequestRecord:
     status: str = OK
     error: str = ""
     tenant: str | None = None
+    step: int | None = None
+    """The step of the tenant's step schedule it was scheduled in (None: no schedule, or warm-up)."""
+    in_window: bool = True
+    """Scheduled while every tenant was loading; only such requests are measured."""
+
+    @property
+    def measured(self) -> bool:
+        return not self.warmup and self.in_window
 
     @property
     def ok(self) -> bool:

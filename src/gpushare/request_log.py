@@ -22,8 +22,10 @@ FLUSH_S = 1.0
 REQUEST_COLUMNS = [
     "index", "warmup", "endpoint", "tenant", "status", "error", "scheduled", "sent", "first_token", "end",
     "ttft_s", "tpot_s", "e2el_s", "queue_s", "input_tokens", "output_tokens", "usage_reported", "chunks",
+    "in_window", "step",
 ]
-CHUNK_COLUMNS = ["index", "t", "tokens"]
+# A request is (tenant, index): each tenant numbers its own requests.
+CHUNK_COLUMNS = ["index", "t", "tokens", "tenant"]
 
 
 def _num(value: float | None, digits: int = 6) -> str:
@@ -37,13 +39,13 @@ def request_row(r: RequestRecord) -> list[object]:
         _num(ttft(r)), _num(tpot(r)), _num(e2el(r)), _num(queue_time(r)),
         "" if r.input_tokens is None else r.input_tokens,
         "" if r.output_tokens is None else r.output_tokens,
-        int(r.usage_reported), len(r.chunk_times),
+        int(r.usage_reported), len(r.chunk_times), int(r.measured), "" if r.step is None else r.step,
     ]
 
 
 def chunk_rows(r: RequestRecord) -> list[list[object]]:
     """Every token-carrying network block of one request: index, arrival time, tokens in it."""
-    return [[r.index, f"{t:.6f}", n] for t, n in zip(r.chunk_times, r.chunk_tokens)]
+    return [[r.index, f"{t:.6f}", n, r.tenant or ""] for t, n in zip(r.chunk_times, r.chunk_tokens)]
 
 
 class RequestLog:

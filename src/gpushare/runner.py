@@ -22,13 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import environment, mig, mps
-from .config import ScenarioConfig, dump_config
+from .config import ScenarioConfig, StepSchedule, Tenant, dump_config
 from .engines import ENGINES, LaunchPlan, redact, redact_env
 from .errors import ConfigError, GpushareError, RunFailure
 from .events import Event, PhaseChanged, Publisher, RequestFinished
 from .interrupts import Interrupted, Interrupts
-from .loadgen import Endpoint, LoadGenerator, LoadResult
-from .metrics import RunSummary, gpu_window, measurement_window, summarize
+from .loadgen import Endpoint, LoadGenerator, LoadGroup, LoadResult
+from .metrics import RunSummary, gpu_window, is_good, measurement_window, summarize
 from .models import ResolvedModel, cache_root, resolve_model
 from .monitor import GpuMonitor
 from .mps import MpsDaemon
@@ -52,7 +52,8 @@ class RunOutcome:
 
 def make_run_dir(root: Path, config: ScenarioConfig) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = f"{stamp}_{config.scenario}_{load_label(config.load)}"
+    loads = [f"{t.name}-{load_label(t.load)}" if t.name else load_label(t.load) for t in config.resolved_tenants()]
+    base = f"{stamp}_{config.scenario}_{'+'.join(loads)}"
     for attempt in range(100):
         path = root / (base if attempt == 0 else f"{base}-{attempt}")
         try:
@@ -114,8 +115,12 @@ def preflight(config: ScenarioConfig, say: Any) -> Prepared:
 
 def summary_document(config: ScenarioConfig, records: list[RequestRecord], result: LoadResult | None,
                      fleet: ServerFleet | None, complete: bool, error: str | None) -> dict[str, Any]:
-    overall = summarize(records, config.slo)
-    measured = [r for r in records if not r.warmup]
+    measured = [r for r in records if r.measured]
+    overall = summarize(measured, config.slo)
+    if config.tenants:  # each request judged by its own tenant's SLO
+        slos = {t.name: t.slo for t in config.resolved_tenants()}
+        if any(slos.values()):  # a tenant without an SLO has no objective to miss
+            overall = replace(overall, good_requests=sum(is_good(r, slos[r.tenant]) for r in measured))
     doc: dict[str, Any] = {
         "scenario": config.scenario,
         "complete": complete,
@@ -127,6 +132,7 @@ def summary_document(config: ScenarioConfig, records: list[RequestRecord], resul
         "burstiness": config.load.burstiness,
         "num_prompts": len(measured),
         "warmup_requests": sum(r.warmup for r in records),
+        "out_of_window": sum(not r.warmup and not r.in_window for r in records),
         "endpoint_type": config.api.endpoint,
         "stream": config.api.stream,
         "slo_s": dict(config.slo),
@@ -148,8 +154,8 @@ def summary_document(config: ScenarioConfig, records: list[RequestRecord], resul
             for h in fleet.handles
         ]
     by_endpoint: dict[str, RunSummary] = {}
-    for name in sorted({r.endpoint for r in records}):
-        by_endpoint[name] = summarize([r for r in records if r.endpoint == name], config.slo)
+    for name in sorted({r.endpoint for r in measured}):
+        by_endpoint[name] = summarize([r for r in measured if r.endpoint == name], config.slo)
     doc["per_endpoint"] = {name: s.flat() for name, s in by_endpoint.items()}
     return doc
 
@@ -166,10 +172,13 @@ def gpu_summary(path: Path, records: list[RequestRecord], output_tokens: int,
     return gpu_window(rows, window[0], window[1], output_tokens, groups)
 
 
+def ms_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
 def print_summary(console: Console, doc: dict[str, Any], run_dir: Path) -> None:
     def ms(key: str) -> str:
-        v = doc.get(key)
-        return "-" if v is None else f"{v:,.1f}"
+        return ms_or_dash(doc.get(key))
 
     table = Table(title=f"{doc['scenario']} ({'complete' if doc['complete'] else 'INCOMPLETE'})", show_header=True)
     table.add_column("metric")
@@ -187,6 +196,11 @@ def print_summary(console: Console, doc: dict[str, Any], run_dir: Path) -> None:
         table.add_row("GPU power avg / max (W)", f"{gpu['avg_power_w']:.0f} / {gpu['max_power_w'] or 0:.0f}")
     if "request_goodput" in doc:
         table.add_row("goodput (req/s) / good fraction", f"{doc['request_goodput']:.2f} / {doc['good_request_fraction'] or 0:.2%}")
+    for name, block in (doc.get("tenants") or {}).items():
+        met = block.get("good_request_fraction")
+        table.add_row(f"tenant {name}: done / failed / tok/s / TTFT p99 (ms) / SLO met",
+                      f"{block['completed']} / {block['failed']} / {block['output_throughput']:,.1f} / "
+                      f"{ms_or_dash(block.get('p99_ttft_ms'))} / {'-' if met is None else f'{met:.0%}'}")
     if doc["completed"] or doc["failed"]:
         console.print(table)
     state = "" if doc["complete"] else " (incomplete)"
@@ -276,7 +290,7 @@ class ServerWatch:
             time.sleep(0.05)
 
 
-async def drive(generator: LoadGenerator, watch: ServerWatch, interrupts: Interrupts, log: RequestLog,
+async def drive(generator: LoadGroup | LoadGenerator, watch: ServerWatch, interrupts: Interrupts, log: RequestLog,
                 poll_s: float = 0.5) -> LoadResult:
     """Run the load while watching the servers and the signals; both end it early, cleanly.
     The poll also flushes the request log, so rows reach the disk within a second."""
@@ -417,21 +431,51 @@ def run_scenario(config: ScenarioConfig, console: Console | None = None, servers
     console = console or Console(stderr=True)
     interrupts = interrupts or Interrupts()
     prepared = prepared or preflight(config, lambda m: say(console, m))
-    models, plans = prepared.models, (servers.plans if servers else prepared.plans)
-    tokenizer = load_tokenizer(config.tokenizer or models[0].path)
-    prompt_rng, arrival_rng = random_streams(config.seed)
-    workload = with_max_model_len(config, [models[i].path for i in range(len(config.servers))])
-    source = RequestSource(workload, config.api, tokenizer, prompt_rng)
-    endpoints = [
-        Endpoint(plan.name, plan.base_url, models[i].served_name, config.servers[i].tenant)
-        for i, plan in enumerate(plans)
-    ]
+    plans = servers.plans if servers else prepared.plans
+    loads = [TenantLoad.build(config, tenant, prepared.models, plans) for tenant in config.resolved_tenants()]
 
     with interrupts.deferred():  # from here on the folder is written, whatever arrives
         run_dir = open_run_dir(config, run_dir, plans)
         say(console, f"Run folder: {run_dir}")
-        return _measure(config, console, servers, run_dir, prepared, interrupts, endpoints, source, tokenizer,
-                        arrival_rng)
+        return _measure(config, console, servers, run_dir, prepared, interrupts, loads)
+
+
+@dataclass
+class TenantLoad:
+    """One tenant's requests and where they go, built before the run folder exists (a bad
+    workload is an error before anything starts)."""
+
+    tenant: Tenant
+    endpoints: list[Endpoint]
+    source: RequestSource
+    tokenizer: Any
+    arrival_rng: Any
+
+    @classmethod
+    def build(cls, config: ScenarioConfig, tenant: Tenant, models: dict[int, ResolvedModel],
+              plans: list[LaunchPlan]) -> "TenantLoad":
+        first = tenant.servers[0]
+        tokenizer = load_tokenizer(config.tokenizer or models[first].path)
+        prompt_rng, arrival_rng = random_streams(tenant.seed)
+        workload = with_max_model_len(tenant.workload, [config.servers[i] for i in tenant.servers],
+                                      [models[i].path for i in tenant.servers])
+        endpoints = [Endpoint(plans[i].name, plans[i].base_url, models[i].served_name, config.servers[i].tenant)
+                     for i in tenant.servers]
+        return cls(tenant, endpoints, RequestSource(workload, tenant.api, tokenizer, prompt_rng), tokenizer,
+                   arrival_rng)
+
+    def generator(self, publish: Publisher) -> LoadGenerator:
+        load = self.tenant.load
+        if load.open_loop:
+            # A step schedule scales gaps drawn at rate 1 by each step's rate.
+            rate = 1.0 if load.steps is not None else load.request_rate
+            arrivals = inter_arrival_gaps(self.arrival_rng, rate, load.burstiness)
+        return LoadGenerator(
+            self.endpoints, self.tenant.api, load, self.source,
+            arrivals=arrivals if load.open_loop else None,
+            count_tokens=lambda text: len(self.tokenizer.encode(text, add_special_tokens=False)),
+            publish=publish, tenant=self.tenant.name,
+        )
 
 
 def open_run_dir(config: ScenarioConfig, run_dir: Path | None, plans: list[LaunchPlan]) -> Path:
@@ -456,13 +500,11 @@ def open_run_dir(config: ScenarioConfig, run_dir: Path | None, plans: list[Launc
 
 
 def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers | None, run_dir: Path,
-             prepared: Prepared, interrupts: Interrupts, endpoints: list[Endpoint], source: RequestSource,
-             tokenizer: Any, arrival_rng: Any) -> RunOutcome:
-    load = config.load
+             prepared: Prepared, interrupts: Interrupts, loads: list[TenantLoad]) -> RunOutcome:
     error: str | None = None
     exit_code = 0
     result: LoadResult | None = None
-    generator: LoadGenerator | None = None
+    group: LoadGroup | None = None
     counters: CounterWindow | None = None
     scenario_servers = servers
     with ExitStack() as stack:
@@ -481,14 +523,12 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
                 if watch.check():  # a matrix cell whose server died in an earlier cell
                     raise RunFailure(watch.death() or "a server is not running")
                 counters = CounterWindow(fleet)
-                progress = stack.enter_context(LiveProgress(console, load.n_requests))
-                generator = LoadGenerator(
-                    endpoints, config.api, load, source,
-                    arrivals=inter_arrival_gaps(arrival_rng, load.request_rate, load.burstiness) if load.open_loop else None,
-                    count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
-                    publish=Publisher([log, watch, counters, progress]),
-                )
-                result = _event_loop_runner()(drive(generator, watch, interrupts, log))
+                planned = [load.tenant.load.n_requests for load in loads]
+                progress = stack.enter_context(
+                    LiveProgress(console, None if None in planned else sum(p or 0 for p in planned)))
+                publish = Publisher([log, watch, counters, progress])
+                group = LoadGroup([load.generator(publish) for load in loads], publish)
+                result = _event_loop_runner()(drive(group, watch, interrupts, log))
                 counters.close()
                 error = result.aborted or watch.settle(result.records)
                 if error:
@@ -504,20 +544,73 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
             else:
                 error, exit_code = f"{type(err).__name__}: {err}", 1
         # Leaving the stack stops what this run started (servers, monitor) and closes the log.
-    records = generator.records if generator else []
-    complete, error = run_verdict(error, load.n_requests, records)
+    records = group.records if group else []
+    complete, error = tenants_verdict(error, loads, records)
     if not complete and exit_code == 0:
         exit_code = 1
     fleet = scenario_servers.fleet if scenario_servers else None
     doc = summary_document(config, records, result, fleet, complete, error)
+    if config.tenants:
+        doc["tenants"] = tenant_blocks(loads, records)
     doc["server_counters"] = counters.deltas() if counters else {}
     doc["placements"] = {plan.name: p.describe() for plan, p in zip(prepared.plans, prepared.placements)}
     doc["mps"] = scenario_servers.mps if scenario_servers else None
-    doc["workload"] = source.describe()
-    doc["gpu"] = gpu_summary(run_dir / "gpu.csv", records, doc["total_output_tokens"], fleet)
+    if not config.tenants:
+        doc["workload"] = loads[0].source.describe()
+    doc["gpu"] = gpu_summary(run_dir / "gpu.csv", [r for r in records if r.in_window], doc["total_output_tokens"],
+                             fleet)
     write_summary(run_dir, doc)
     try:
         print_summary(console, doc, run_dir)
     except OSError:
         pass
     return RunOutcome(run_dir, doc, exit_code)
+
+
+def tenants_verdict(error: str | None, loads: list[TenantLoad], records: list[RequestRecord]) -> tuple[bool, str | None]:
+    """The run's verdict: `run_verdict` for each tenant on its own requests."""
+    for load in loads:
+        name = load.tenant.name
+        mine = records if len(loads) == 1 else [r for r in records if r.tenant == name]
+        complete, reason = run_verdict(error, load.tenant.load.n_requests, mine)
+        if not complete:
+            return False, reason if name is None or reason == error else f"tenant {name}: {reason}"
+    return True, None
+
+
+def step_clock(loads: list[TenantLoad]) -> StepSchedule | None:
+    """The schedule every tenant's requests are binned by: the first stepped tenant's (the
+    aggressor's), so a victim's latency can be read against the aggressor's level."""
+    return next((load.tenant.load.steps for load in loads if load.tenant.load.steps is not None), None)
+
+
+def tenant_blocks(loads: list[TenantLoad], records: list[RequestRecord]) -> dict[str, Any]:
+    """summary.json's block per tenant: the top level's metric keys over the tenant's requests
+    in the common window, its load and workload, and, under a step schedule, the same keys
+    per step of the aggressor's schedule."""
+    steps = step_clock(loads)
+    aggressor = next((load.tenant.name for load in loads if load.tenant.load.steps is steps), None)
+    blocks: dict[str, Any] = {}
+    for load in loads:
+        tenant = load.tenant
+        assert tenant.name is not None
+        mine = [r for r in records if r.tenant == tenant.name and r.in_window]
+        block: dict[str, Any] = {
+            "servers": [e.name for e in load.endpoints],
+            "load": tenant.load.model_dump(mode="json"),
+            "slo_s": dict(tenant.slo),
+            "seed": tenant.seed,
+            "workload": load.source.describe(),
+            "warmup_requests": sum(r.tenant == tenant.name and r.warmup for r in records),
+            "out_of_window": sum(r.tenant == tenant.name and not r.warmup and not r.in_window for r in records),
+        }
+        block.update(summarize(mine, tenant.slo).flat())
+        if steps is not None:
+            block["by_step"] = {
+                "tenant": aggressor, "step_s": steps.step_s, "kind": steps.kind,
+                "steps": [{"step": i, "level": level,
+                           **summarize([r for r in mine if r.step == i], tenant.slo).flat()}
+                          for i, level in enumerate(steps.levels)],
+            }
+        blocks[tenant.name] = block
+    return blocks

