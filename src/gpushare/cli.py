@@ -171,6 +171,75 @@ def matrix(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
+INTERFERE_USAGE = "usage: gpushare interfere --configs A.yaml [B.yaml ...] [--model M] [--out DIR]"
+
+
+def parse_interfere_args(args: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gpushare interfere", usage=INTERFERE_USAGE, add_help=False,
+                                     exit_on_error=False)
+    parser.add_argument("--configs", nargs="+", type=Path, required=True)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/interference"))
+    try:
+        ns, unknown = parser.parse_known_args(args)
+    except argparse.ArgumentError as err:
+        raise ConfigError(f"{err.argument_name or 'interfere'}: {err.message}") from None
+    if unknown:
+        raise ConfigError(f"interfere: unknown arguments {' '.join(unknown)}")
+    return ns
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def interfere(ctx: typer.Context) -> None:
+    """How much each tenant loses to its neighbours: per scenario (one per sharing mode), the
+    servers start once, then each tenant runs alone (the others' servers up and idle), then all
+    together, every phase for the same window. Writes interference.csv (solo, shared and
+    slowdown per tenant and metric), interference_scores.csv (Jain's fairness, weighted speedup
+    STP, aggregate tok/s) and interference.json; each phase is a run folder, indexed in
+    matrix.json. A rerun with the same --out skips complete phases.
+
+    gpushare interfere --configs A.yaml [B.yaml ...] [--model M] [--out DIR]
+    """
+    from .interference_protocol import plan_interference, write_interference
+    from .matrix import load_scenarios, run_plan
+
+    ns = parse_interfere_args(list(ctx.args))
+    plan = plan_interference(load_scenarios(ns.configs, ns.model))
+    interrupts = command_interrupts(ctx)
+    index, code = run_plan(plan, ns.out, err_console, interrupts)
+    note_late_signal(interrupts, code)
+    doc = write_interference(plan, ns.out)
+    print_interference(doc)
+    counts = index["counts"]
+    err_console.print(f"interfere: {counts['complete']} phase(s) complete, {counts['skipped']} skipped, "
+                      f"{counts['failed']} failed, {counts['not_run']} not run; {ns.out / 'interference.csv'}",
+                      markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_interference(doc: dict[str, Any]) -> None:
+    """Per scenario: each tenant's slowdown in the headline metrics, fairness and STP."""
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    headline = ("p99_ttft_ms", "p99_tpot_ms", "output_throughput", "good_request_fraction")
+    table = Table(title="interference: shared / solo per tenant (latency above 1 is worse, tok/s and SLO met below 1)")
+    for column in ("scenario", "tenant", "P99 TTFT", "P99 TPOT", "tok/s", "SLO met", "fairness", "STP"):
+        table.add_column(column, justify="left" if column in ("scenario", "tenant") else "right")
+    for name, entry in doc["scenarios"].items():
+        if not entry["complete"]:
+            table.add_row(name, "-", entry["error"], "", "", "", "", "")
+            continue
+        rows: dict[str, dict[str, Any]] = {}
+        for row in entry["tenants"]:
+            rows.setdefault(row["tenant"], {})[row["metric"]] = row["slowdown"]
+        scores = entry["scores"]
+        for i, (tenant, by_metric) in enumerate(rows.items()):
+            table.add_row(name if i == 0 else "", tenant, *(num(by_metric.get(k), ".2f") for k in headline),
+                          num(scores["fairness"], ".2f") if i == 0 else "", num(scores["stp"], ".2f") if i == 0 else "")
+    Console().print(table)
+
+
 RUNS_HELP = "Run folders, or folders holding them (searched recursively); several may follow one --runs."
 
 

@@ -433,10 +433,6 @@ class ScenarioConfig(StrictModel):
             for t in active
         ]
 
-    def only_tenants(self, names: list[str]) -> "ScenarioConfig":
-        """The same scenario (same servers, same placement) with only these tenants loading."""
-        return parse_config({**self.model_dump(mode="json"), "active_tenants": names})
-
 
 _UNION_TAGS = {"synthetic", "dataset", "sharegpt", "fixed", "uniform", "normal"}
 

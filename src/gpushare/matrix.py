@@ -80,12 +80,46 @@ def cell_seed(seed: int, cell: Cell) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
 
 
+@dataclass(frozen=True)
+class PlannedCell:
+    """One cell of a plan: its name, what it varies, and the configuration it runs, complete."""
+
+    name: str
+    load_kind: str  # "concurrency", "request_rate", or "phase" (an interference run's solo or shared phase)
+    load: float | None
+    repeat: int
+    config: ScenarioConfig
+
+
+@dataclass(frozen=True)
+class ScenarioPlan:
+    """A scenario whose servers start once and serve every one of its cells, in order."""
+
+    config: ScenarioConfig
+    cells: list[PlannedCell]
+
+
+def plan_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int, out: Path,
+                n_requests: int | None = None, per_concurrency: int | None = None,
+                duration_s: float | None = None) -> list[ScenarioPlan]:
+    """Every scenario at every load level and repeat: a pure plan, for an executor to run."""
+    return [
+        ScenarioPlan(config, [
+            PlannedCell(cell.name, cell.load_kind, cell.load, cell.repeat,
+                        cell_config(config, cell, n_requests, out / config.scenario / cell.name, per_concurrency,
+                                    duration_s))
+            for cell in cells_for(config.scenario, concurrency, rates, repeats)
+        ])
+        for config in configs
+    ]
+
+
 @dataclass
 class CellResult:
     scenario: str
     cell: str
     load_kind: str
-    load: float
+    load: float | None
     repeat: int
     run_dir: str
     status: str  # complete, skipped (complete before), failed, not_run
@@ -150,9 +184,17 @@ def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                out: Path, n_requests: int | None = None, console: Console | None = None,
                per_concurrency: int | None = None, duration_s: float | None = None,
                interrupts: Interrupts | None = None) -> tuple[dict[str, Any], int]:
-    """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code.
-    A signal stops the matrix after the cell it interrupts (or at once between cells); the
-    cells it did not reach are indexed as not run."""
+    """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
+    plan = plan_matrix(configs, concurrency, rates, repeats, out, n_requests, per_concurrency, duration_s)
+    return run_plan(plan, out, console, interrupts)
+
+
+def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None,
+             interrupts: Interrupts | None = None) -> tuple[dict[str, Any], int]:
+    """The local executor: one scenario after another on this machine, each cell its own run
+    folder under out/SCENARIO/CELL, indexed in out/matrix.json, resumable. A signal stops it
+    after the cell it interrupts (or at once between cells); the cells it did not reach are
+    indexed as not run."""
     console = console or Console(stderr=True)
     interrupts = interrupts or Interrupts()
     try:
@@ -162,17 +204,14 @@ def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
     except OSError as err:
         raise ConfigError(f"--out: cannot write to {out}: {err.strerror or err}") from None
     with interrupts.deferred():  # signals act only at the checkpoints below, never mid-bookkeeping
-        return _run_cells(configs, concurrency, rates, repeats, out, n_requests, console, per_concurrency,
-                          duration_s, interrupts)
+        return _run_cells(plan, out, console, interrupts)
 
 
-def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int, out: Path,
-               n_requests: int | None, console: Console, per_concurrency: int | None, duration_s: float | None,
+def _run_cells(plan: list[ScenarioPlan], out: Path, console: Console,
                interrupts: Interrupts) -> tuple[dict[str, Any], int]:
-    plan = [(config, cells_for(config.scenario, concurrency, rates, repeats)) for config in configs]
-    total = sum(len(cells) for _, cells in plan)
+    total = sum(len(scenario.cells) for scenario in plan)
     earlier, history = previous_index(out)
-    planned = {(cell.scenario, cell.name) for _, cells in plan for cell in cells}
+    planned = {(scenario.config.scenario, cell.name) for scenario in plan for cell in scenario.cells}
     # Cells of earlier invocations that this one does not plan (other configs or levels) stay indexed.
     results = [kept_cell(out, c) for key, c in earlier.items() if key not in planned]
     indexed = total + len(results)
@@ -184,30 +223,31 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
         results.append(result)
         write_index(out, results, history, now, began, indexed)
 
-    def record_rest(cells: list[Cell], status: str, error: str) -> None:
+    def record_rest(scenario: str, cells: list[PlannedCell], status: str, error: str) -> None:
         """Cells of a scenario that got no result of their own."""
         done = {(r.scenario, r.cell) for r in results}
         for cell in cells:
-            if (cell.scenario, cell.name) not in done:
-                record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
-                                  str(out / cell.scenario / cell.name), status, error))
+            if (scenario, cell.name) not in done:
+                record(CellResult(scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
+                                  str(out / scenario / cell.name), status, error))
 
-    for config, cells in plan:
+    for scenario_plan in plan:
+        config = scenario_plan.config
         scenario_dir = out / config.scenario
         todo = []
-        for cell in cells:
+        for cell in scenario_plan.cells:
             folder = scenario_dir / cell.name
             if read_verdict(folder).complete:
-                before = earlier.get((cell.scenario, cell.name), {})
-                record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder), "skipped",
-                                  wall_s=before.get("wall_s", 0.0), measured_s=before.get("measured_s", 0.0)))
+                before = earlier.get((config.scenario, cell.name), {})
+                record(CellResult(config.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder),
+                                  "skipped", wall_s=before.get("wall_s", 0.0), measured_s=before.get("measured_s", 0.0)))
                 done_cells += 1
             else:
                 todo.append(cell)
         if not todo:
             continue
         if stop:
-            record_rest(todo, "not_run", "the matrix was interrupted")
+            record_rest(config.scenario, todo, "not_run", "the matrix was interrupted")
             continue
         scenario_dir.mkdir(parents=True, exist_ok=True)
         mark = interrupts.mark()
@@ -225,17 +265,17 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                 assert servers.fleet is not None
                 for position, cell in enumerate(todo):
                     if stop:
-                        record_rest(todo, "not_run", "the matrix was interrupted")
+                        record_rest(config.scenario, todo, "not_run", "the matrix was interrupted")
                         break
                     interrupts.checkpoint()  # a signal that came while the last cell was ending
                     folder = scenario_dir / cell.name
                     eta = "" if not cells_run else f", ETA {(total - done_cells) * cell_time / cells_run:.0f} s"
-                    console.print(f"[{done_cells + 1}/{total}] {cell.scenario} {cell.load_kind} {cell.load:g} "
-                                  f"repeat {cell.repeat}{eta}", markup=False, highlight=False)
+                    what = cell.name if cell.load is None else f"{cell.load_kind} {cell.load:g} repeat {cell.repeat}"
+                    console.print(f"[{done_cells + 1}/{total}] {config.scenario} {what}{eta}", markup=False,
+                                  highlight=False)
                     shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
                     t0 = time.monotonic()
-                    cell_cfg = cell_config(config, cell, n_requests, folder, per_concurrency, duration_s)
-                    outcome = run_scenario(cell_cfg, console, servers, folder, prepared, interrupts)
+                    outcome = run_scenario(cell.config, console, servers, folder, prepared, interrupts)
                     wall = time.monotonic() - t0
                     cell_time += wall
                     cells_run += 1
@@ -243,7 +283,7 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
                     now.cells_run += 1
                     verdict = verdict_of(outcome.summary)
                     complete = verdict.complete and outcome.exit_code == 0
-                    record(CellResult(cell.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder),
+                    record(CellResult(config.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder),
                                       "complete" if complete else "failed", verdict.error, wall,
                                       outcome.summary["duration"] if complete else 0.0))
                     if outcome.exit_code == INTERRUPTED_EXIT:
@@ -257,18 +297,18 @@ def _run_cells(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
             now.server_stop_s += time.monotonic() - t_stop
         except Interrupted:
             stop, exit_code = True, INTERRUPTED_EXIT
-            record_rest(todo, "not_run", "the matrix was interrupted")
+            record_rest(config.scenario, todo, "not_run", "the matrix was interrupted")
         except Exception as err:  # this scenario failed (a defect included): record it, go on
             if not isinstance(err, GpushareError):
                 (scenario_dir / "traceback.txt").write_text(traceback.format_exc())
             if interrupts.signal_since(mark):  # an Interrupted that came out wrapped
                 stop, exit_code = True, INTERRUPTED_EXIT
-                record_rest(todo, "not_run", "the matrix was interrupted")
+                record_rest(config.scenario, todo, "not_run", "the matrix was interrupted")
                 continue
             reason = str(err) if isinstance(err, GpushareError) else f"{type(err).__name__}: {err}"
             exit_code = exit_code or 1
             say(console, f"scenario {config.scenario} failed: {reason}")
-            record_rest(todo, "failed", reason)
+            record_rest(config.scenario, todo, "failed", reason)
     index = write_index(out, results, history, now, began, indexed)
     return index, exit_code
 

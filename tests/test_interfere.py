@@ -1,0 +1,113 @@
+"""`gpushare interfere`: each tenant alone, then together, on the same servers; the comparison
+is computed from the phases' own summaries. SSE test servers (the protocol's bookkeeping);
+the real path is in test_e2e.py."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from gpushare import cli
+from helpers import alive, error_line, summary, write_config
+from test_tenants import two_tenants
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def config_file(tmp_path, name="pair", **extra):
+    doc = two_tenants(tmp_path, scenario=name, **extra)
+    # Prompts of random lengths: the same seed must give a tenant the same ones in every phase.
+    doc["workload"]["input_tokens"] = {"dist": "uniform", "low": 4, "high": 40}
+    return write_config(tmp_path / f"{name}.yaml", **doc)
+
+
+def test_interference_compares_each_tenant_alone_and_shared(tmp_path):
+    out = tmp_path / "int"
+    assert cli.main(["interfere", "--configs", str(config_file(tmp_path)), "--out", str(out)]) == 0
+    phases = {name: summary(out / "pair" / name) for name in ("solo-chat", "solo-batch", "shared")}
+    assert all(doc["complete"] for doc in phases.values())
+    # A solo phase loads only its tenant; the other's server is up, idle.
+    assert set(phases["solo-chat"]["tenants"]) == {"chat"} and set(phases["shared"]["tenants"]) == {"chat", "batch"}
+    assert len(phases["solo-chat"]["servers"]) == 2
+    solo_requests = pd.read_csv(out / "pair" / "solo-chat" / "requests.csv")
+    shared_requests = pd.read_csv(out / "pair" / "shared" / "requests.csv")
+    assert set(solo_requests["tenant"]) == {"chat"}
+    # Same tenant, same seed: the same prompts in the same order, alone and shared.
+    solo_lengths = solo_requests.sort_values("index")["input_tokens"].tolist()
+    shared_lengths = shared_requests[shared_requests["tenant"] == "chat"].sort_values("index")["input_tokens"].tolist()
+    n = min(len(solo_lengths), len(shared_lengths))
+    assert n > 20 and solo_lengths[:n] == shared_lengths[:n]
+
+    table = pd.read_csv(out / "interference.csv")
+    assert set(table["tenant"]) == {"chat", "batch"} and (table["scenario"] == "pair").all()
+    for _, row in table.iterrows():
+        solo = phases[f"solo-{row['tenant']}"]["tenants"][row["tenant"]].get(row["metric"])
+        shared = phases["shared"]["tenants"][row["tenant"]].get(row["metric"])
+        if solo is None:
+            assert pd.isna(row["solo"]) and pd.isna(row["slowdown"])
+            continue
+        assert row["solo"] == pytest.approx(solo) and row["shared"] == pytest.approx(shared)
+        assert row["slowdown"] == pytest.approx(shared / solo)
+    scores = pd.read_csv(out / "interference_scores.csv").iloc[0]
+    normalised = [phases["shared"]["tenants"][t]["output_throughput"] / phases[f"solo-{t}"]["tenants"][t]["output_throughput"]
+                  for t in ("chat", "batch")]
+    assert scores["stp"] == pytest.approx(sum(normalised))
+    assert scores["fairness"] == pytest.approx(sum(normalised) ** 2 / (2 * sum(x * x for x in normalised)))
+    doc = json.loads((out / "interference.json").read_text())
+    steps = doc["scenarios"]["pair"]["by_step"]["chat"]
+    assert steps["aggressor"] == "batch" and [s["level"] for s in steps["steps"]] == [0, 2, 4]
+
+
+def test_phases_salt_the_prefix_cache_per_phase(tmp_path):
+    from gpushare.config import parse_config, read_config_file
+    from gpushare.interference_protocol import plan_interference
+
+    config = parse_config(read_config_file(config_file(tmp_path)))
+    (scenario,) = plan_interference([config])
+    salts = {cell.name: {t.name: t.api.extra_body["cache_salt"] for t in cell.config.resolved_tenants()}
+             for cell in scenario.cells}
+    assert salts == {"solo-chat": {"chat": "pair-solo-chat"}, "solo-batch": {"batch": "pair-solo-batch"},
+                     "shared": {"chat": "pair-shared", "batch": "pair-shared"}}
+
+
+def test_interference_needs_two_tenants(tmp_path, capsys):
+    doc = two_tenants(tmp_path)
+    doc["tenants"] = doc["tenants"][:1]
+    doc["servers"] = doc["servers"][:1]
+    doc["sharing"] = {"mode": "baseline"}
+    cfg = write_config(tmp_path / "one.yaml", **doc)
+    assert cli.main(["interfere", "--configs", str(cfg), "--out", str(tmp_path / "int")]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "error: --configs: scenario pair has 1 tenant(s); interference needs two or more (tenants:)")
+
+
+def test_ctrl_c_keeps_finished_phases_and_a_rerun_completes(tmp_path):
+    cfg = config_file(tmp_path)
+    out = tmp_path / "int"
+    args = [sys.executable, "-m", "gpushare.cli", "interfere", "--configs", str(cfg), "--out", str(out)]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "pair" / "solo-batch" / "requests.csv").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside solo-batch's window
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    cells = {c["cell"]: c for c in json.loads((out / "matrix.json").read_text())["cells"]}
+    assert cells["solo-chat"]["status"] == "complete"
+    assert cells["solo-batch"]["status"] == "failed" and "interrupted" in cells["solo-batch"]["error"]
+    assert cells["shared"]["status"] == "not_run"
+    entry = json.loads((out / "interference.json").read_text())["scenarios"]["pair"]
+    assert entry["complete"] is False and "solo-batch" in entry["error"] and "tenants" not in entry
+    pids = [s["pid"] for s in summary(out / "pair" / "solo-chat")["servers"]]
+    assert pids and not any(alive(pid) for pid in pids)
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    cells = {c["cell"]: c for c in json.loads((out / "matrix.json").read_text())["cells"]}
+    assert [cells[c]["status"] for c in ("solo-chat", "solo-batch", "shared")] == ["skipped", "complete", "complete"]
+    assert json.loads((out / "interference.json").read_text())["scenarios"]["pair"]["complete"] is True
