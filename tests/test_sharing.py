@@ -299,3 +299,24 @@ def test_monitor_samples_gpus_and_mig_instances(tmp_path, monkeypatch):
     assert gpu[0]["power_w"] == "450.0" and gpu[0]["energy_j"] == "1000.0" and gpu[0]["mem_used_mib"] == "51200"
     assert gpu[0]["processes"] == f"{os.getpid()}:{os.getpgid(0)}:3072"
     assert mig[0]["uuid"] == "MIG-aaa" and mig[0]["mem_used_mib"] == "7168" and mig[0]["gpu_util_pct"] == ""
+
+
+def test_the_monitor_samples_only_the_runs_gpus(tmp_path, monkeypatch):
+    """Two runs on one machine, each on its own GPU: neither's gpu.csv (its energy, power)
+    may hold the other's GPU."""
+    import csv
+
+    import gpushare.monitor as monitor
+
+    class TwoGpus(FakeNvmlSampling):
+        def nvmlDeviceGetCount(self):
+            return 2
+
+    monkeypatch.setattr(monitor, "_nvml", lambda: TwoGpus(0, []))
+    for gpus, expected in (([1], {"1"}), (None, {"0", "1"})):
+        path = tmp_path / f"gpu-{gpus}.csv"
+        with monitor.GpuMonitor(path, 0.01, say=lambda m: None, gpus=gpus) as mon:
+            deadline = time.monotonic() + 5
+            while mon.samples < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert {r["gpu"] for r in csv.DictReader(open(path))} == expected

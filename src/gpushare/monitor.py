@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 GPU_COLUMNS = [
     "t",
@@ -86,11 +86,13 @@ def _pgid(pid: int) -> int | str:
         return ""
 
 
-def sampled_devices(nv: Any) -> list[tuple[str, Any, str]]:
-    """(label, handle, uuid) for every GPU and, where MIG is on, every MIG instance
-    (labelled `gpu:instance`; NVML gives instances memory but not utilisation)."""
+def sampled_devices(nv: Any, gpus: Collection[int] | None = None) -> list[tuple[str, Any, str]]:
+    """(label, handle, uuid) for every GPU of `gpus` (None: all) and, where MIG is on, every
+    MIG instance (labelled `gpu:instance`; NVML gives instances memory but not utilisation)."""
     out = []
     for i in range(nv.nvmlDeviceGetCount()):
+        if gpus is not None and i not in gpus:
+            continue  # another run's GPU: its power and energy are not this run's
         handle = nv.nvmlDeviceGetHandleByIndex(i)
         out.append((str(i), handle, _read(lambda h=handle: nv.nvmlDeviceGetUUID(h)) or ""))
         mode = _read(lambda h=handle: nv.nvmlDeviceGetMigMode(h))
@@ -104,11 +106,13 @@ def sampled_devices(nv: Any) -> list[tuple[str, Any, str]]:
 
 
 class GpuMonitor:
-    """Background sampler; use as a context manager around the whole run."""
+    """Background sampler of the run's GPUs (`gpus`; None: all); use as a context manager
+    around the whole run."""
 
     def __init__(self, path: Path, interval_s: float = 0.2, clock: Callable[[], float] = time.perf_counter,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, gpus: Collection[int] | None = None):
         self.path = path
+        self.gpus = gpus
         self.interval_s = interval_s
         self.clock = clock
         self.say = say
@@ -127,7 +131,7 @@ class GpuMonitor:
             self.say("GPU monitor: NVML is not available here; gpu.csv will hold only its header")
             return self
         self.available = True
-        devices = sampled_devices(nv)
+        devices = sampled_devices(nv, self.gpus)
         self._thread = threading.Thread(target=self._loop, args=(nv, devices), name="gpu-monitor", daemon=True)
         self._thread.start()
         return self

@@ -513,7 +513,7 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
         try:
             with interrupts.interruptible():
                 stack.enter_context(GpuMonitor(run_dir / "gpu.csv", config.monitor_interval_s,
-                                               say=lambda m: say(console, m)))
+                                               say=lambda m: say(console, m), gpus=[config.sharing.gpu]))
                 if scenario_servers is None:  # a matrix's servers stay up after the cell
                     scenario_servers = ScenarioServers(config, prepared, run_dir, console, interrupts)
                     stack.enter_context(scenario_servers)
