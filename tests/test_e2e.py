@@ -219,3 +219,36 @@ def test_ctrl_c_twice_during_real_vllm_start_up_leaves_nothing(tmp_path):
     doc = summary(log.parent)
     assert doc["complete"] is False and doc["error"] == "interrupted by SIGINT"
     assert not any(alive(p) for p in members) and group_members(api_server) == []
+
+
+def test_interference_of_two_tenants_on_real_vllm(tmp_path):
+    """configs/tenants.yaml as shipped (only its port and --out changed): `gpushare interfere`
+    runs each tenant alone, then both, on one real vLLM server, and compares them."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((repo / "configs" / "tenants.yaml").read_text())
+    doc["servers"][0]["port"] = free_port()
+    cfg = write_config(tmp_path / "tenants.yaml", **doc)
+    out = tmp_path / "int"
+    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "interfere", "--configs", str(cfg), "--out", str(out)],
+                          capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    phases = {name: summary(out / "tenants" / name) for name in ("solo-chat", "solo-batch", "shared")}
+    assert all(p["complete"] and p["failed"] == 0 for p in phases.values())
+    shared = pd.read_csv(out / "tenants" / "shared" / "requests.csv")
+    measured = shared[shared["in_window"] == 1]
+    assert set(measured["tenant"]) == {"chat", "batch"} and (measured["status"] == "ok").all()
+    # The batch tenant sends nothing in its level-0 step, so chat has that step to itself.
+    assert (measured.loc[measured["tenant"] == "batch", "step"] >= 1).all()
+    # vLLM's own counters agree with the client's, both tenants together.
+    counted = phases["shared"]["server_counters"]["cpu-0"]
+    assert counted["generation_tokens"] == phases["shared"]["total_output_tokens"]
+    table = pd.read_csv(out / "interference.csv")
+    chat_tps = table[(table["tenant"] == "chat") & (table["metric"] == "output_throughput")].iloc[0]
+    assert chat_tps["solo"] == pytest.approx(phases["solo-chat"]["tenants"]["chat"]["output_throughput"])
+    assert chat_tps["shared"] == pytest.approx(phases["shared"]["tenants"]["chat"]["output_throughput"])
+    scores = pd.read_csv(out / "interference_scores.csv").iloc[0]
+    assert 0.5 <= scores["fairness"] <= 1.0 and scores["stp"] > 0
+    pids = [s["pid"] for s in phases["shared"]["servers"]]
+    assert pids and not any(alive(pid) for pid in pids)
