@@ -92,10 +92,12 @@ def run_row(folder: Path, doc: dict) -> dict:
 
 @dataclass(frozen=True)
 class RunSet:
-    """The complete runs found, one row each, and every other run folder with why it was left out."""
+    """The complete runs found, one row each, and every other run folder with why it was left out;
+    `paths` are the folders searched, where `interfere`'s outputs may also lie."""
 
     runs: pd.DataFrame
     left_out: list[tuple[Path, str]]
+    paths: tuple[Path, ...] = ()
 
     def notes(self) -> list[str]:
         """One line per folder left out, for the user: never leave a run out silently."""
@@ -110,6 +112,7 @@ class RunSet:
 def read_runs(paths: Iterable[Path]) -> RunSet:
     """Every run folder under the paths: complete ones become rows, the rest are left out with
     their verdict's reason (not finished, failed, summary.json unreadable)."""
+    paths = tuple(map(Path, paths))
     rows: list[dict] = []
     left_out: list[tuple[Path, str]] = []
     for folder in run_folders(paths):
@@ -125,7 +128,7 @@ def read_runs(paths: Iterable[Path]) -> RunSet:
     runs = pd.DataFrame(rows, columns=[*RUN_FIELDS, *METRIC_FIELDS, *GPU_FIELDS, "prefix_cache_hit_tokens",
                                        "run", "servers", "load"])
     runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")
-    return RunSet(runs.sort_values(["scenario", "load", "run"]).reset_index(drop=True), left_out)
+    return RunSet(runs.sort_values(["scenario", "load", "run"]).reset_index(drop=True), left_out, paths)
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -150,13 +153,17 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def markdown(shown: pd.DataFrame) -> str:
+    """A Markdown table of cells already formatted for reading."""
+    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
+
+
 def write_tables(summary: pd.DataFrame, out: Path) -> list[Path]:
     shown = table(summary)
     paths = [out / "summary.csv", out / "summary.md", out / "summary.tex"]
     summary.to_csv(paths[0], index=False)
-    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
-    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
-    paths[1].write_text(header + body)
+    paths[1].write_text(markdown(shown))
     paths[2].write_text(shown.to_latex(index=False, escape=True, column_format="l" + "r" * (len(shown.columns) - 1)))
     return paths
 
@@ -354,12 +361,16 @@ def writable_folder(out: Path) -> None:
 
 def analyze(found: RunSet, out: Path) -> list[Path]:
     """Write the tidy table, the summary tables and every figure from the complete runs; return
-    what was written. With no complete run, nothing is written."""
+    what was written. With no complete run, nothing is written. Where `interfere`'s outputs lie
+    under the searched folders, their isolation table and figures come too."""
+    from .isolation import find_interference, read_interference, write_isolation  # it draws with this module
+
     runs = found.complete_runs()
     writable_folder(out)
     runs.to_csv(out / "runs.csv", index=False)
     summary = summarize_runs(runs)
-    colour = colours(runs["scenario"])
+    isolation = read_interference(find_interference(found.paths))
+    colour = colours([*runs["scenario"], *isolation.scores["scenario"]])
     written = [out / "runs.csv", *write_tables(summary, out)]
     written += plot_versus_load(summary, runs, "output_throughput", "throughput_tokens_per_s", out, colour)
     written += plot_versus_load(summary, runs, "p99_latency_s", "p99_latency_s", out, colour)
@@ -369,4 +380,5 @@ def analyze(found: RunSet, out: Path) -> list[Path]:
     written += plot_token_lengths(requests, out, colour)
     written += plot_gpu_timelines(runs, out, colour)
     written += plot_per_server(runs, out, colour)
+    written += write_isolation(isolation, out, colour)
     return written

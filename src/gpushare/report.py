@@ -16,6 +16,7 @@ import pandas as pd
 
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .errors import RunFailure
+from .isolation import Interference, find_interference, isolation_table, read_interference
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
 
@@ -106,6 +107,79 @@ FIGURES = [
 ]
 
 
+ISOLATION_FIGURES = [
+    ("noisy_neighbour", "Each victim's P99 TTFT and TPOT in the shared phase, per step of its aggressor's load, per "
+                        "sharing mode; dotted: the victim alone."),
+    ("slowdown_heatmap", "Shared against solo per tenant and sharing mode: P99 TTFT (above 1: slower) and output "
+                         "throughput (below 1: fewer tokens/s)."),
+    ("slo_attainment", "Share of each tenant's requests that met its SLO, alone (hatched) and shared (solid)."),
+    ("latency_cdf_solo_vs_shared", "Distribution of each tenant's TTFT, alone (dashed) and shared (solid), per sharing "
+                                   "mode."),
+]
+
+
+def figure_blocks(figures: list[tuple[str, str]], figures_dir: Path, wide: bool = False) -> str:
+    """LaTeX floats for the figures that were drawn; `wide` spans both columns."""
+    env, width = ("figure*", "\\textwidth") if wide else ("figure", "\\columnwidth")
+    return "\n".join(
+        f"\\begin{{{env}}}[t]\\centering\\includegraphics[width={width}]{{figures/{name}.pdf}}"
+        f"\\caption{{{caption}}}\\label{{fig:{name}}}\\end{{{env}}}"
+        for name, caption in figures if (figures_dir / f"{name}.pdf").exists()
+    )
+
+
+def isolation_observations(data: Interference) -> list[str]:
+    """Per victim: the mode that kept its P99 TTFT closest to its solo value, against the worst
+    mode, and what that mode gave up in throughput (its STP against the best STP)."""
+    table = isolation_table(data)
+    labels = {scenario: tex(name) for scenario, name in data.labels().items()}
+    top = _extreme(data.scores, "stp", highest=True)
+    out = []
+    for victim in data.victims():
+        part = table[table["tenant"] == victim]
+        best = _extreme(part, "p99_ttft_slowdown", highest=False)
+        worst = _extreme(part, "p99_ttft_slowdown", highest=True)
+        if best is None or worst is None or top is None:
+            out.append(f"No sharing mode measured {tex(victim)}'s P99 TTFT both alone and shared.")
+            continue
+        alone = (f"its P99 TTFT shared was {best['p99_ttft_slowdown']:.2f}$\\times$ its value alone "
+                 f"({best['p99_ttft_solo_ms']:,.1f} ms to {best['p99_ttft_shared_ms']:,.1f} ms)")
+        stp = (f"STP {best['stp']:.2f}, {best['aggregate_output_throughput']:,.0f} tokens/s in all"
+               if pd.notna(best["stp"]) else "STP not measured")
+        if part["p99_ttft_slowdown"].count() == 1:
+            out.append(f"Only {labels[best['scenario']]} measured {tex(victim)} alone and shared: {alone} ({stp}).")
+            continue
+        line = (f"{labels[best['scenario']]} isolated {tex(victim)} best: {alone}, against "
+                f"{worst['p99_ttft_slowdown']:.2f}$\\times$ under {labels[worst['scenario']]}, the worst")
+        if top["scenario"] == best["scenario"]:
+            line += f"; it also had the highest throughput ({stp})"
+        elif pd.notna(best["stp"]):
+            line += (f"; its {stp} cost {percent(best['stp'] / top['stp'] - 1)} of STP against the best, "
+                     f"{top['stp']:.2f} under {labels[top['scenario']]}")
+        out.append(line + ".")
+    return out + [f"Left out: {tex(why)}." for why in data.left_out]
+
+
+def isolation_section(data: Interference, figures_dir: Path) -> str:
+    """The Isolation section where `interfere`'s outputs were found; empty otherwise."""
+    if data.empty:
+        return ""
+    return rf"""
+\section{{Isolation}}
+Each scenario ran every tenant alone (the other tenants' servers up and idle), then all tenants together, for the same
+window and with the same requests. Table~\ref{{tab:isolation}} gives each tenant's shared value against its solo
+value: above 1 a latency got worse with neighbours; below 1 a throughput did. Fairness is Jain's index over the
+tenants' normalised throughputs (shared/solo; 1: all kept the same share); STP, the weighted speedup, is their sum
+(above 1: sharing did better than taking turns on the GPU).
+\begin{{table*}}[t]\centering\caption{{Solo against shared, per scenario and tenant.}}\label{{tab:isolation}}
+\resizebox{{\textwidth}}{{!}}{{\input{{figures/interference_table.tex}}}}
+\end{{table*}}
+{figure_blocks(ISOLATION_FIGURES, figures_dir, wide=True)}
+
+{chr(10).join(isolation_observations(data))}
+"""
+
+
 def write_report(found: RunSet, out: Path) -> Path:
     """report.tex and its figures from the complete runs; with none, nothing is written."""
     runs = found.complete_runs()
@@ -117,11 +191,8 @@ def write_report(found: RunSet, out: Path) -> Path:
     scenarios = ", ".join(tex(s) for s in sorted(runs["scenario"].unique()))
     modes = ", ".join(tex(m) for m in sorted(runs["sharing_mode"].unique()))
     loads = ", ".join(f"{v:g}" for v in sorted(runs["load"].unique()))
-    figures = "\n".join(
-        f"\\begin{{figure}}[t]\\centering\\includegraphics[width=\\columnwidth]{{figures/{name}.pdf}}"
-        f"\\caption{{{caption}}}\\label{{fig:{name}}}\\end{{figure}}"
-        for name, caption in FIGURES if (figures_dir / f"{name}.pdf").exists()
-    )
+    figures = figure_blocks(FIGURES, figures_dir)
+    isolation = isolation_section(read_interference(find_interference(found.paths)), figures_dir)
     weights = ("The model's weights were random (vLLM's dummy loader): speed is real, the generated text is not, "
                "so every request generated exactly its output length." if facts["dummy_weights"] else
                "The model served real weights.")
@@ -164,7 +235,7 @@ Table~\ref{{tab:summary}} summarises the runs (means over repeats).
 \resizebox{{\textwidth}}{{!}}{{\input{{figures/summary.tex}}}}
 \end{{table*}}
 {figures}
-
+{isolation}
 \section{{Observations}}
 {chr(10).join(observations(summary))}
 

@@ -1,0 +1,311 @@
+"""How well each sharing mode isolates tenants: `gpushare interfere`'s outputs as tables and figures.
+
+`interfere` writes interference.json per --out folder: per scenario (one per sharing mode),
+each tenant's metrics alone and shared, the scenario's scores, and the victim's latency per
+step of its aggressor's load. This module reads those files back into tidy frames, draws them
+and writes a summary table; `analysis.analyze` calls it when --runs holds such files. Each
+scenario keeps the colour the other figures give it, so one mode reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
+
+from .analysis import _legend, _save, markdown
+from .interference_protocol import SHARED, STEP_METRICS, solo_cell
+from .results import read_verdict
+
+INTERFERENCE = "interference.json"
+COMPARISON_FIELDS = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]
+SCORE_FIELDS = ["scenario", "sharing_mode", "label", "tenants", "fairness", "stp", "aggregate_output_throughput",
+                "solo_output_throughput_sum"]
+STEP_FIELDS = ["scenario", "sharing_mode", "tenant", "aggressor", "kind", "step", "level", *STEP_METRICS]
+PHASE_FIELDS = ["scenario", "phase", "folder"]
+NUMERIC_FIELDS = {"solo", "shared", "slowdown", "tenants", "fairness", "stp", "aggregate_output_throughput",
+                  "solo_output_throughput_sum", "step", "level", *STEP_METRICS}
+TABLE_COLUMNS = {  # interference_table.csv's columns: (side, metric) of interference.csv
+    "p99_ttft_solo_ms": ("solo", "p99_ttft_ms"), "p99_ttft_shared_ms": ("shared", "p99_ttft_ms"),
+    "p99_ttft_slowdown": ("slowdown", "p99_ttft_ms"), "p99_tpot_slowdown": ("slowdown", "p99_tpot_ms"),
+    "output_throughput_slowdown": ("slowdown", "output_throughput"),
+    "slo_met_solo": ("solo", "good_request_fraction"), "slo_met_shared": ("shared", "good_request_fraction"),
+}
+LEVEL_AXIS = {"concurrency": "concurrency (requests in flight)", "request_rate": "request rate (req/s)"}
+
+
+def find_interference(paths: Iterable[Path]) -> list[Path]:
+    """Every interference.json at or under the given folders."""
+    return sorted({file for path in map(Path, paths) for file in path.rglob(INTERFERENCE) if file.is_file()})
+
+
+@dataclass(frozen=True)
+class Interference:
+    """The complete scenarios of some interference.json files, as tidy frames.
+
+    comparisons: one row per scenario, tenant and metric (interference.csv's rows); scores: one
+    row per scenario; steps: one row per scenario, tenant and aggressor step; phases: each
+    phase's run folder. Incomplete or unreadable scenarios are in `left_out`, with why.
+    """
+
+    comparisons: pd.DataFrame
+    scores: pd.DataFrame
+    steps: pd.DataFrame
+    phases: pd.DataFrame
+    left_out: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.scores.empty
+
+    def labels(self) -> dict[str, str]:
+        return dict(zip(self.scores["scenario"], self.scores["label"]))
+
+    def victims(self) -> list[str]:
+        """Tenants whose steps follow another tenant's load; without such, every tenant."""
+        named = self.steps.loc[self.steps["tenant"] != self.steps["aggressor"], "tenant"]
+        return sorted(set(named) if not named.empty else set(self.comparisons["tenant"]))
+
+
+def label(scenario: str, mode: str) -> str:
+    """What a legend calls a scenario: its name, and its sharing mode where the name lacks it."""
+    return scenario if mode in scenario else f"{scenario} ({mode})"
+
+
+def _load(files: list[Path]) -> tuple[list[tuple[Path, str, dict]], list[str]]:
+    """(file, scenario, entry) for each scenario of each readable file, and the files left out."""
+    entries: list[tuple[Path, str, dict]] = []
+    left_out: list[str] = []
+    for file in files:
+        try:
+            doc = json.loads(file.read_text())
+            entries += [(file, name, entry) for name, entry in doc["scenarios"].items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            left_out.append(f"{file}: not readable ({err})")
+    return entries, left_out
+
+
+def read_interference(files: Iterable[Path]) -> Interference:
+    """Tidy frames from interference.json files. A scenario name found in several files is
+    prefixed with its file's folder, so that runs of one config under two --out stay apart.
+    Phase folders are found beside the file (`interfere`'s layout), so a moved --out still reads."""
+    entries, left_out = _load(sorted(map(Path, files)))
+    counts = pd.Series([name for _, name, _ in entries], dtype=object).value_counts()
+    comparisons: list[dict] = []
+    scores: list[dict] = []
+    steps: list[dict] = []
+    phases: list[dict] = []
+    for file, name, entry in entries:
+        scenario = name if counts[name] == 1 else f"{file.parent.name}/{name}"
+        if not entry.get("complete"):
+            left_out.append(f"{scenario} ({file}): {entry.get('error', 'not complete')}")
+            continue
+        mode = entry["sharing_mode"]
+        comparisons += [{"scenario": scenario, "sharing_mode": mode, **row} for row in entry["tenants"]]
+        scores.append({"scenario": scenario, "sharing_mode": mode, "label": label(scenario, mode), **entry["scores"]})
+        steps += [{"scenario": scenario, "sharing_mode": mode, "tenant": tenant, "aggressor": block["aggressor"],
+                   "kind": block["kind"], **step}
+                  for tenant, block in entry.get("by_step", {}).items() for step in block["steps"]]
+        phases += [{"scenario": scenario, "phase": phase, "folder": file.parent / name / phase}
+                   for phase in entry["phases"]]
+
+    def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+        out = pd.DataFrame(rows, columns=columns)
+        numeric = [c for c in columns if c in NUMERIC_FIELDS]
+        out[numeric] = out[numeric].apply(pd.to_numeric, errors="coerce")
+        return out
+
+    return Interference(frame(comparisons, COMPARISON_FIELDS), frame(scores, SCORE_FIELDS).sort_values("scenario"),
+                        frame(steps, STEP_FIELDS), frame(phases, PHASE_FIELDS), left_out)
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def isolation_table(data: Interference) -> pd.DataFrame:
+    """One row per scenario and tenant: the numbers interference.csv holds, side by side, and
+    the scenario's scores."""
+    wide = data.comparisons.set_index(["scenario", "sharing_mode", "tenant", "metric"])[
+        ["solo", "shared", "slowdown"]].unstack("metric").reindex(columns=list(TABLE_COLUMNS.values()))
+    out = wide.set_axis(list(TABLE_COLUMNS), axis=1).reset_index()
+    return out.merge(data.scores[["scenario", "fairness", "stp", "aggregate_output_throughput"]], on="scenario")
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as a reader wants it: solo → shared with the ratio, "–" where nothing was measured."""
+    def num(v: float, fmt: str) -> str:
+        return "–" if pd.isna(v) else format(v, fmt)
+
+    def pct(v: float) -> str:
+        return num(100 * v, ".0f") + ("%" if pd.notna(v) else "")
+
+    return pd.DataFrame({
+        "Scenario": table["scenario"], "Mode": table["sharing_mode"], "Tenant": table["tenant"],
+        "P99 TTFT solo → shared (ms)": [f"{num(a, ',.1f')} → {num(b, ',.1f')} (×{num(s, '.2f')})" for a, b, s in
+                                        zip(table["p99_ttft_solo_ms"], table["p99_ttft_shared_ms"],
+                                            table["p99_ttft_slowdown"])],
+        "P99 TPOT shared/solo": ["×" + num(v, ".2f") for v in table["p99_tpot_slowdown"]],
+        "tok/s shared/solo": ["×" + num(v, ".2f") for v in table["output_throughput_slowdown"]],
+        "SLO met solo → shared": ["–" if pd.isna(a) and pd.isna(b) else f"{pct(a)} → {pct(b)}"
+                                  for a, b in zip(table["slo_met_solo"], table["slo_met_shared"])],
+        "Fairness": table["fairness"].map(lambda v: num(v, ".2f")),
+        "STP": table["stp"].map(lambda v: num(v, ".2f")),
+    })
+
+
+def write_isolation_table(data: Interference, out: Path) -> list[Path]:
+    """interference_table.csv (numbers), .md and .tex (formatted, the report inputs the .tex)."""
+    table = isolation_table(data)
+    shown = _shown(table)
+    paths = [out / "interference_table.csv", out / "interference_table.md", out / "interference_table.tex"]
+    table.to_csv(paths[0], index=False)
+    paths[1].write_text(markdown(shown) + "".join(f"\nLeft out: {why}\n" for why in data.left_out))
+    latex = shown.to_latex(index=False, escape=True, column_format="lll" + "r" * (len(shown.columns) - 3))
+    paths[2].write_text(latex.replace("→", r"$\rightarrow$").replace("×", r"$\times$").replace("–", "--"))
+    return paths
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def plot_noisy_neighbour(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    """Each victim's P99 TTFT and TPOT per step of its aggressor's load, one line per mode;
+    dotted: the victim's solo value, what no neighbour load gives it."""
+    victims = data.steps[data.steps["tenant"] != data.steps["aggressor"]]
+    groups = list(victims.groupby(["tenant", "aggressor", "kind"], sort=True))
+    if not groups:
+        return []
+    labels = data.labels()
+    solo = data.comparisons.set_index(["scenario", "tenant", "metric"])["solo"]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
+    for row, ((victim, aggressor, kind), part) in zip(axes, groups):
+        for ax, metric, name in zip(row, ("p99_ttft_ms", "p99_tpot_ms"), ("P99 TTFT", "P99 TPOT")):
+            for scenario, lines in part.groupby("scenario"):
+                ax.plot(lines["level"], lines[metric], marker="o", color=colour[scenario], label=labels[scenario])
+                ax.axhline(solo.get((scenario, victim, metric), np.nan), color=colour[scenario], linestyle=":",
+                           linewidth=1)
+            ax.set_title(f"{victim}: {name} while {aggressor} steps up its load", fontsize="medium")
+            ax.set_xlabel(f"{aggressor}'s {LEVEL_AXIS.get(kind, kind)}")
+            ax.set_ylabel(f"{victim}'s {name} (ms)")
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+        handles, names = row[1].get_legend_handles_labels()
+        row[1].legend([*handles, Line2D([], [], color="grey", linestyle=":")], [*names, f"{victim} solo"],
+                      loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    return _save(fig, out, "noisy_neighbour")
+
+
+def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    """Tenant × mode: P99 TTFT shared/solo (above 1 is worse) and output tok/s shared/solo
+    (below 1 is worse); green is good, red is bad in both, pale is little change. The colour
+    scale is logarithmic and symmetric about 1 (×0.5 reads as strong as ×2), at least ×0.5 to ×2
+    so that noise does not look like harm."""
+    labels = data.labels()
+    scenarios = list(data.scores["scenario"])
+    panels = (("p99_ttft_ms", "P99 TTFT shared / solo (>1: slower)", "RdYlGn_r"),
+              ("output_throughput", "output tok/s shared / solo (<1: less)", "RdYlGn"))
+    size = (2 * (2.5 + 1.6 * len(scenarios)), 2.2 + 0.6 * data.comparisons["tenant"].nunique())
+    fig, axes = plt.subplots(1, 2, figsize=size, squeeze=False)
+    for ax, (metric, title, cmap) in zip(axes[0], panels):
+        grid = data.comparisons[data.comparisons["metric"] == metric].pivot(
+            index="tenant", columns="scenario", values="slowdown").reindex(columns=scenarios)
+        values = grid.to_numpy(dtype=float)
+        positive = values[np.isfinite(values) & (values > 0)]
+        reach = max(2.0, *positive, *(1 / positive))
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=LogNorm(1 / reach, reach), aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, "n/a" if np.isnan(v) else f"×{v:.2f}", ha="center", va="center", fontsize="small")
+        ax.set_xticks(range(len(scenarios)), [labels[s] for s in scenarios], rotation=20, ha="right")
+        for tick, scenario in zip(ax.get_xticklabels(), scenarios):
+            tick.set_color(colour[scenario])
+        ax.set_yticks(range(len(grid.index)), grid.index)
+        ax.set_xlabel("sharing mode (scenario)")
+        ax.set_ylabel("tenant")
+        ax.set_title(title, fontsize="medium")
+        bar = fig.colorbar(image, ax=ax, label="shared / solo (ratio, log scale)",
+                           ticks=np.geomspace(1 / reach, reach, 5), format=FuncFormatter(lambda v, _: f"{v:.2g}"))
+        bar.minorticks_off()
+    return _save(fig, out, "slowdown_heatmap")
+
+
+def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    """Per tenant with an SLO: the share of its requests that met it, alone (hatched) and shared
+    (solid), per mode."""
+    slo = data.comparisons[(data.comparisons["metric"] == "good_request_fraction")
+                           & (data.comparisons["solo"].notna() | data.comparisons["shared"].notna())]
+    tenants = sorted(slo["tenant"].unique())
+    if not tenants:
+        return []
+    labels = data.labels()
+    width = max(5.0, 1.6 * slo["scenario"].nunique())
+    fig, axes = plt.subplots(1, len(tenants), figsize=(width * len(tenants) + 2, 4), squeeze=False)
+    sides = (("solo", -0.2, {"hatch": "//", "alpha": 0.45}), ("shared", 0.2, {}))
+    for ax, tenant in zip(axes[0], tenants):
+        part = slo[slo["tenant"] == tenant].sort_values("scenario")
+        for x, row in enumerate(part.itertuples()):
+            for side, offset, style in sides:
+                value = 100 * getattr(row, side)
+                ax.bar(x + offset, value, width=0.4, color=colour[row.scenario], edgecolor="black", **style)
+                ax.annotate("n/a" if np.isnan(value) else f"{value:.0f}%", (x + offset, np.nan_to_num(value)),
+                            ha="center", va="bottom", fontsize="x-small", textcoords="offset points", xytext=(0, 2))
+        ax.set_xticks(range(len(part)), [labels[s] for s in part["scenario"]], rotation=20, ha="right")
+        ax.set_ylim(0, 110)
+        ax.set_ylabel("requests meeting the SLO (%)")
+        ax.set_xlabel("sharing mode (scenario)")
+        ax.set_title(f"{tenant}: SLO attainment, solo vs shared", fontsize="medium")
+        ax.grid(alpha=0.3, axis="y")
+    key = [Patch(facecolor="white", edgecolor="black", hatch="//"), Patch(facecolor="grey", edgecolor="black")]
+    axes[0][-1].legend(key, ["solo (tenant alone)", "shared (all tenants)"], loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    return _save(fig, out, "slo_attainment")
+
+
+def phase_requests(folder: Path, tenant: str) -> pd.DataFrame:
+    """A tenant's measured, completed requests in a complete phase; none if the phase is not."""
+    if not read_verdict(folder).complete:
+        return pd.DataFrame(columns=["ttft_s"])
+    requests = pd.read_csv(folder / "requests.csv")
+    return requests[(requests["tenant"] == tenant) & (requests["in_window"] == 1) & (requests["status"] == "ok")]
+
+
+def plot_latency_cdfs(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    """Per tenant, the TTFT distribution alone (dashed) and shared (solid), per mode: the whole
+    distribution, where the table gives only its P99."""
+    tenants = sorted(data.comparisons["tenant"].unique())
+    if not tenants:
+        return []
+    labels = data.labels()
+    folders = data.phases.set_index(["scenario", "phase"])["folder"]
+    fig, axes = plt.subplots(1, len(tenants), figsize=(4.5 * len(tenants) + 2.5, 3.8), squeeze=False, sharey=True)
+    for ax, tenant in zip(axes[0], tenants):
+        for scenario in data.scores["scenario"]:
+            for phase, side, style in ((solo_cell(tenant), "solo", "--"), (SHARED, "shared", "-")):
+                ttft = phase_requests(folders[(scenario, phase)], tenant)["ttft_s"].dropna()
+                values = np.sort(ttft.to_numpy(dtype=float)) * 1000
+                if values.size:
+                    ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", linestyle=style,
+                            color=colour[scenario], label=f"{labels[scenario]}: {side}")
+        ax.set_title(f"{tenant}: TTFT solo vs shared", fontsize="medium")
+        ax.set_xlabel("time to first token (ms)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction of requests")
+    _legend(axes[0][-1])
+    return _save(fig, out, "latency_cdf_solo_vs_shared")
+
+
+def write_isolation(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+    """The table and every figure; nothing where no scenario is complete."""
+    if data.empty:
+        return []
+    return [*write_isolation_table(data, out), *plot_noisy_neighbour(data, out, colour),
+            *plot_slowdown_heatmap(data, out, colour), *plot_slo_attainment(data, out, colour),
+            *plot_latency_cdfs(data, out, colour)]

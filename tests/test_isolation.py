@@ -1,0 +1,146 @@
+"""The isolation view of `gpushare interfere`: tidy frames, table, figures and the report's
+Isolation section, from a real interfere output (SSE test servers, two scenarios: two servers
+time-sliced, and one server both tenants share). Every number is checked against the CSVs
+interfere wrote."""
+
+import dataclasses
+import json
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+import yaml
+
+from gpushare import cli
+from gpushare.analysis import read_runs
+from gpushare.isolation import find_interference, isolation_table, read_interference
+from gpushare.report import build_pdf, isolation_observations, tex_available, write_report
+from helpers import write_config
+from test_interfere import config_file
+from test_tenants import server
+
+pytestmark = pytest.mark.timeout(240)
+
+FIGURES = ["noisy_neighbour", "slowdown_heatmap", "slo_attainment", "latency_cdf_solo_vs_shared"]
+LABELS = {"split": "split (timeslice)", "packed": "packed (baseline)"}
+
+
+@pytest.fixture(scope="module")
+def interference(tmp_path_factory):
+    """interfere's --out folder with two complete scenarios."""
+    tmp = tmp_path_factory.mktemp("isolation")
+    split = config_file(tmp, "split")
+    packed = config_file(tmp, "packed", servers=[server("one")], sharing={"mode": "baseline"})
+    doc = yaml.safe_load(packed.read_text())
+    for tenant in doc["tenants"]:
+        tenant["servers"] = ["one"]
+    write_config(packed, **doc)
+    out = tmp / "int"
+    assert cli.main(["interfere", "--configs", str(split), str(packed), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(interference, tmp_path_factory):
+    """report.tex (and, through analyze, every table and figure) from the interfere output."""
+    return write_report(read_runs([interference.parent]), tmp_path_factory.mktemp("report"))
+
+
+def csv(folder, name="interference.csv"):
+    return pd.read_csv(folder / name)
+
+
+def test_interference_files_are_found_at_or_under_the_folders(interference):
+    file = interference / "interference.json"
+    assert find_interference([interference]) == [file] == find_interference([interference.parent])
+    assert find_interference([interference / "split"]) == []
+
+
+def test_tidy_frames_hold_what_interfere_wrote(interference):
+    data = read_interference(find_interference([interference]))
+    assert not data.left_out and set(data.scores["scenario"]) == {"split", "packed"}
+    keys = ["scenario", "tenant", "metric"]
+    written = csv(interference).sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(data.comparisons.sort_values(keys).reset_index(drop=True), written,
+                                  check_dtype=False)
+    scores = csv(interference, "interference_scores.csv").sort_values("scenario").reset_index(drop=True)
+    pd.testing.assert_frame_equal(data.scores[scores.columns].reset_index(drop=True), scores, check_dtype=False)
+
+    doc = json.loads((interference / "interference.json").read_text())
+    for scenario, entry in doc["scenarios"].items():
+        for tenant, block in entry["by_step"].items():
+            mine = data.steps[(data.steps["scenario"] == scenario) & (data.steps["tenant"] == tenant)]
+            assert (mine["aggressor"] == block["aggressor"]).all() and (mine["kind"] == block["kind"]).all()
+            assert mine["level"].tolist() == [s["level"] for s in block["steps"]]
+            assert mine["p99_ttft_ms"].tolist() == pytest.approx(
+                [float("nan") if s["p99_ttft_ms"] is None else s["p99_ttft_ms"] for s in block["steps"]], nan_ok=True)
+    assert data.victims() == ["chat"]  # batch's steps are its own load: the aggressor is no victim
+
+
+def test_table_and_figures_come_with_the_analysis(interference, report):
+    figures = report.parent / "figures"
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 1000, name
+    table = csv(figures, "interference_table.csv")
+    written = csv(interference).set_index(["scenario", "tenant", "metric"]).sort_index()
+    scores = csv(interference, "interference_scores.csv").set_index("scenario")
+    assert len(table) == 4
+    md = (figures / "interference_table.md").read_text()
+    for row in table.itertuples():
+        mine = written.loc[(row.scenario, row.tenant)]
+        assert row.p99_ttft_solo_ms == pytest.approx(mine.loc["p99_ttft_ms", "solo"])
+        assert row.p99_ttft_shared_ms == pytest.approx(mine.loc["p99_ttft_ms", "shared"])
+        assert row.p99_ttft_slowdown == pytest.approx(mine.loc["p99_ttft_ms", "slowdown"])
+        assert row.p99_tpot_slowdown == pytest.approx(mine.loc["p99_tpot_ms", "slowdown"])
+        assert row.output_throughput_slowdown == pytest.approx(mine.loc["output_throughput", "slowdown"])
+        assert row.slo_met_shared == pytest.approx(mine.loc["good_request_fraction", "shared"], nan_ok=True)
+        assert row.fairness == pytest.approx(scores.loc[row.scenario, "fairness"])
+        assert row.stp == pytest.approx(scores.loc[row.scenario, "stp"])
+        ttft = (f"{row.p99_ttft_solo_ms:,.1f} → {row.p99_ttft_shared_ms:,.1f} (×{row.p99_ttft_slowdown:.2f}) "
+                f"| ×{row.p99_tpot_slowdown:.2f} | ×{row.output_throughput_slowdown:.2f} |")
+        assert f"| {row.scenario} | {row.sharing_mode} | {row.tenant} | {ttft}" in md
+    assert "| split | timeslice | chat |" in md and "100% → 100%" in md  # chat has an SLO its light load meets
+    assert "$\\rightarrow$" in (figures / "interference_table.tex").read_text()
+
+
+def test_report_names_the_mode_that_isolated_the_victim_best(interference, report):
+    tex = report.read_text()
+    assert "\\section{Isolation}" in tex and "\\input{figures/interference_table.tex}" in tex
+    for name in FIGURES:
+        assert f"figures/{name}.pdf" in tex
+    chat = csv(interference).query("tenant == 'chat' and metric == 'p99_ttft_ms'").sort_values("slowdown")
+    best, worst = chat.iloc[0], chat.iloc[-1]
+    assert (f"{LABELS[best['scenario']]} isolated chat best: its P99 TTFT shared was "
+            f"{best['slowdown']:.2f}$\\times$ its value alone") in tex
+    assert f"against {worst['slowdown']:.2f}$\\times$ under {LABELS[worst['scenario']]}, the worst" in tex
+
+
+def test_observations_state_the_isolating_modes_throughput_cost(interference):
+    data = read_interference(find_interference([interference]))
+    best = isolation_table(data).query("tenant == 'chat'").sort_values("p99_ttft_slowdown")["scenario"].iloc[0]
+    scores = data.scores.assign(stp=[1.0 if s == best else 2.0 for s in data.scores["scenario"]])
+    (line,) = isolation_observations(dataclasses.replace(data, scores=scores))
+    other = LABELS[({"split", "packed"} - {best}).pop()]
+    assert "cost -50\\% of STP against the best, 2.00 under " + other in line
+
+
+def test_scenarios_of_the_same_name_stay_apart_and_incomplete_ones_are_named(interference, tmp_path):
+    doc = json.loads((interference / "interference.json").read_text())
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "interference.json").write_text(json.dumps(doc))
+    doc["scenarios"]["packed"] = {"sharing_mode": "baseline", "complete": False,
+                                  "error": "phase(s) not complete: shared"}
+    (tmp_path / "b" / "interference.json").write_text(json.dumps(doc))
+    data = read_interference(find_interference([tmp_path]))
+    assert sorted(data.scores["scenario"]) == ["a/packed", "a/split", "b/split"]
+    assert data.left_out == [f"b/packed ({tmp_path / 'b' / 'interference.json'}): phase(s) not complete: shared"]
+
+
+@pytest.mark.skipif(not tex_available() or not shutil.which("pdftotext"), reason="TeX or pdftotext not installed")
+def test_the_report_with_an_isolation_section_builds(report):
+    text = subprocess.run(["pdftotext", str(build_pdf(report)), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "ISOLATION" in text.upper() and "isolated chat best" in " ".join(text.split())
