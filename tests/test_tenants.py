@@ -190,3 +190,21 @@ def test_an_open_loop_step_schedule_sends_at_each_steps_rate(tmp_path):
     assert 15 <= counts[1] <= 45 and 60 <= counts[2] <= 120  # Poisson counts around 30 and 90
     assert summary(folder)["duration"] > 1.0  # first send to last end spans both busy steps
     assert folder.name.endswith("_pair_r0-30-90")
+
+
+def test_analysis_reads_a_tenant_run_as_one_row_per_tenant(tmp_path):
+    from gpushare.analysis import read_runs, request_table
+
+    assert run(tmp_path, two_tenants(tmp_path)) == 0
+    folder = run_folder(tmp_path / "runs")
+    doc = summary(folder)
+    runs = read_runs([folder]).runs.set_index("tenant")
+    assert list(runs.loc[["chat", "batch"], "scenario"]) == ["pair[chat+batch]:chat", "pair[chat+batch]:batch"]
+    assert runs.loc["chat", "load_mode"] == "open_loop" and runs.loc["chat", "load"] == 25
+    assert runs.loc["batch", "load_mode"] == "steps" and runs.loc["batch", "load"] == 4  # the schedule's peak
+    for name in ("chat", "batch"):
+        assert runs.loc[name, "completed"] == doc["tenants"][name]["completed"]
+        assert runs.loc[name, "p99_ttft_ms"] == pytest.approx(doc["tenants"][name]["p99_ttft_ms"])
+    requests = request_table(runs.reset_index())
+    assert requests.groupby("scenario").size().to_dict() == {
+        f"pair[chat+batch]:{name}": doc["tenants"][name]["completed"] for name in ("chat", "batch")}

@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
+from .config import LoadConfig  # noqa: E402
 from .errors import ConfigError  # noqa: E402
 from .metric_catalog import CATALOGUE, METRICS  # noqa: E402
 from .results import SUMMARY, SummaryUnreadable, read_summary, read_verdict  # noqa: E402
@@ -79,8 +81,10 @@ def run_row(folder: Path, doc: dict) -> dict:
     row.update({key: _mapping(doc, "gpu").get(key) for key in GPU_FIELDS})
     row["prefix_cache_hit_tokens"] = prefix_cache_hits(doc)
     row["run"] = str(folder)
+    row["tenant"] = None
     row["servers"] = len(_mapping(doc, "per_endpoint"))
-    load_key = "request_rate" if doc.get("load_mode") == "open_loop" else "max_concurrency"
+    rate_led = doc.get("load_mode") == "open_loop" or (doc.get("load_mode") == "steps" and doc.get("request_rate"))
+    load_key = "request_rate" if rate_led else "max_concurrency"
     row["load"] = doc.get(load_key)
     lacking = [key for key in ("scenario", "sharing_mode", "load_mode") if not isinstance(row[key], str)]
     if isinstance(row["load"], bool) or not isinstance(row["load"], (int, float)):
@@ -88,6 +92,27 @@ def run_row(folder: Path, doc: dict) -> dict:
     if lacking:
         raise SummaryUnreadable(f"{folder / SUMMARY}: lacks {', '.join(lacking)}")
     return row
+
+
+def run_rows(folder: Path, doc: dict) -> list[dict]:
+    """A run's rows: one, or for a run of several tenants one per tenant, as a scenario of its
+    own (`scenario[tenants that loaded]:tenant`, so a tenant alone and shared are not averaged
+    together), from the tenant's block. A tenant row has no GPU figures: the GPU served them all."""
+    blocks = _mapping(doc, "tenants")
+    if not blocks:
+        return [run_row(folder, doc)]
+    rows = []
+    for name, block in blocks.items():
+        block = block if isinstance(block, dict) else {}
+        try:
+            offered = LoadConfig.model_validate(block.get("load")).summary_fields()
+        except ValidationError:
+            raise SummaryUnreadable(f"{folder / SUMMARY}: tenant {name}'s load is not readable") from None
+        row = run_row(folder, {**block, **offered, "scenario": f"{doc.get('scenario')}[{'+'.join(blocks)}]:{name}",
+                               "sharing_mode": doc.get("sharing_mode"), "complete": doc.get("complete"),
+                               "per_endpoint": dict.fromkeys(block.get("servers") or [])})
+        rows.append({**row, "tenant": name})
+    return rows
 
 
 @dataclass(frozen=True)
@@ -121,12 +146,12 @@ def read_runs(paths: Iterable[Path]) -> RunSet:
             left_out.append((folder, verdict.reason))
             continue
         try:
-            rows.append(run_row(folder, read_summary(folder)))
+            rows.extend(run_rows(folder, read_summary(folder)))
         except SummaryUnreadable as err:
             left_out.append((folder, str(err)))
     numeric = METRIC_FIELDS + GPU_FIELDS + ["prefix_cache_hit_tokens"]
     runs = pd.DataFrame(rows, columns=[*RUN_FIELDS, *METRIC_FIELDS, *GPU_FIELDS, "prefix_cache_hit_tokens",
-                                       "run", "servers", "load"])
+                                       "run", "tenant", "servers", "load"])
     runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")
     return RunSet(runs.sort_values(["scenario", "load", "run"]).reset_index(drop=True), left_out, paths)
 
@@ -233,7 +258,10 @@ def request_table(runs: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for _, run in runs.iterrows():
         requests = pd.read_csv(Path(run["run"]) / "requests.csv")
-        requests = requests[(requests["warmup"] == 0) & (requests["status"] == "ok")]
+        measured = requests["in_window"] == 1 if "in_window" in requests else requests["warmup"] == 0
+        if isinstance(run["tenant"], str):
+            measured &= requests["tenant"] == run["tenant"]
+        requests = requests[measured & (requests["status"] == "ok")]
         frames.append(requests.assign(scenario=run["scenario"], load=run["load"], run=run["run"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -296,7 +324,7 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) 
     panels = (("gpu_util_pct", "GPU utilisation (%)"), ("mem_used_mib", "memory used (GiB)"), ("power_w", "power (W)"))
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 7), sharex=True)
     drawn = 0
-    for _, run in runs.iterrows():
+    for _, run in runs.drop_duplicates("run").iterrows():  # a run of several tenants: one GPU trace
         folder = Path(run["run"])
         gpu = pd.read_csv(folder / "gpu.csv")
         gpu = gpu[~gpu["gpu"].astype(str).str.contains(":")]

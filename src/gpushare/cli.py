@@ -225,7 +225,8 @@ def print_interference(doc: dict[str, Any]) -> None:
     headline = ("p99_ttft_ms", "p99_tpot_ms", "output_throughput", "good_request_fraction")
     table = Table(title="interference: shared / solo per tenant (latency above 1 is worse, tok/s and SLO met below 1)")
     for column in ("scenario", "tenant", "P99 TTFT", "P99 TPOT", "tok/s", "SLO met", "fairness", "STP"):
-        table.add_column(column, justify="left" if column in ("scenario", "tenant") else "right")
+        table.add_column(column, justify="left" if column in ("scenario", "tenant") else "right",
+                         no_wrap=column == "scenario")
     for name, entry in doc["scenarios"].items():
         if not entry["complete"]:
             table.add_row(name, "-", entry["error"], "", "", "", "", "")

@@ -294,6 +294,12 @@ class LoadConfig(StrictModel):
     def open_loop(self) -> bool:
         return self.request_rate is not None
 
+    def summary_fields(self) -> dict[str, Any]:
+        """How the load was offered, in summary.json's keys (a step schedule: its peak)."""
+        mode = "steps" if self.steps is not None else "open_loop" if self.open_loop else "closed_loop"
+        return {"load_mode": mode, "max_concurrency": self.concurrency, "request_rate": self.request_rate,
+                "burstiness": self.burstiness}
+
 
 SloConfig = dict[Literal["ttft", "tpot", "itl", "e2el"], PositiveFloat]
 

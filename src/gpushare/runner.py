@@ -126,10 +126,8 @@ def summary_document(config: ScenarioConfig, records: list[RequestRecord], resul
         "complete": complete,
         "error": error,
         "sharing_mode": config.sharing.mode,
-        "load_mode": "open_loop" if config.load.open_loop else "closed_loop",
-        "max_concurrency": config.load.concurrency,
-        "request_rate": config.load.request_rate,
-        "burstiness": config.load.burstiness,
+        **(config.load.summary_fields() if not config.tenants else
+           {"load_mode": "tenants", "max_concurrency": None, "request_rate": None, "burstiness": None}),
         "num_prompts": len(measured),
         "warmup_requests": sum(r.warmup for r in records),
         "out_of_window": sum(not r.warmup and not r.in_window for r in records),
@@ -596,6 +594,7 @@ def tenant_blocks(loads: list[TenantLoad], records: list[RequestRecord]) -> dict
         assert tenant.name is not None
         mine = [r for r in records if r.tenant == tenant.name and r.in_window]
         block: dict[str, Any] = {
+            **tenant.load.summary_fields(),
             "servers": [e.name for e in load.endpoints],
             "load": tenant.load.model_dump(mode="json"),
             "slo_s": dict(tenant.slo),
