@@ -111,3 +111,29 @@ def test_ctrl_c_keeps_finished_phases_and_a_rerun_completes(tmp_path):
     cells = {c["cell"]: c for c in json.loads((out / "matrix.json").read_text())["cells"]}
     assert [cells[c]["status"] for c in ("solo-chat", "solo-batch", "shared")] == ["skipped", "complete", "complete"]
     assert json.loads((out / "interference.json").read_text())["scenarios"]["pair"]["complete"] is True
+
+
+def test_a_server_that_dies_in_one_phase_is_reported_and_earlier_phases_stand(tmp_path):
+    import os
+
+    cfg = config_file(tmp_path)
+    out = tmp_path / "int"
+    proc = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "interfere", "--configs", str(cfg), "--out", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "pair" / "solo-batch" / "requests.csv").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside solo-batch's window
+    started = json.loads((out / "pair" / "processes.json").read_text())
+    batch = next(p for p in started if p["name"] == "batch-s")
+    os.kill(batch["pid"], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 1, stderr
+    cells = {c["cell"]: c for c in json.loads((out / "matrix.json").read_text())["cells"]}
+    assert cells["solo-chat"]["status"] == "complete"
+    assert cells["solo-batch"]["status"] == "failed" and "server batch-s exited" in cells["solo-batch"]["error"]
+    assert cells["shared"]["status"] == "failed" and "batch-s" in cells["shared"]["error"]
+    assert summary(out / "pair" / "solo-chat")["complete"] is True  # the finished phase stands
+    entry = json.loads((out / "interference.json").read_text())["scenarios"]["pair"]
+    assert entry["complete"] is False and entry["phases"]["solo-chat"]["status"] == "complete"
+    assert not any(alive(p["pid"]) for p in started)

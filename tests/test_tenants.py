@@ -208,3 +208,18 @@ def test_analysis_reads_a_tenant_run_as_one_row_per_tenant(tmp_path):
     requests = request_table(runs.reset_index())
     assert requests.groupby("scenario").size().to_dict() == {
         f"pair[chat+batch]:{name}": doc["tenants"][name]["completed"] for name in ("chat", "batch")}
+
+
+def test_a_matrix_varies_the_tenant_that_takes_the_scenarios_load(tmp_path):
+    """The aggressor's level as the matrix's axis: the tenant without a load of its own takes
+    the scenario's, which each cell sets; the others keep theirs."""
+    doc = two_tenants(tmp_path, load={"concurrency": 2, "duration_s": 2.4, "warmup_requests": 1})
+    del doc["tenants"][1]["load"]
+    cfg = write_config(tmp_path / "pair.yaml", **doc)
+    out = tmp_path / "m"
+    assert cli.main(["matrix", "--configs", str(cfg), "--concurrency", "1", "3", "--duration", "1.2",
+                     "--out", str(out)]) == 0
+    for level in (1, 3):
+        blocks = summary(out / "pair" / f"c{level}_rep1")["tenants"]
+        assert blocks["batch"]["load"]["concurrency"] == level and blocks["batch"]["load"]["duration_s"] == 1.2
+        assert blocks["chat"]["load"]["request_rate"] == 25 and blocks["chat"]["completed"] > 0
