@@ -137,3 +137,13 @@ def test_a_server_that_dies_in_one_phase_is_reported_and_earlier_phases_stand(tm
     entry = json.loads((out / "interference.json").read_text())["scenarios"]["pair"]
     assert entry["complete"] is False and entry["phases"]["solo-chat"]["status"] == "complete"
     assert not any(alive(p["pid"]) for p in started)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "error: interfere: the following arguments are required: --configs"),
+    (["--configs"], "error: --configs: expected at least one argument"),
+    (["--configs", "a.yaml", "--repeats", "2"], "error: interfere: unknown arguments --repeats 2"),
+])
+def test_bad_interfere_flags_are_one_line_exit_2(capsys, args, expected):
+    assert cli.main(["interfere", *args]) == 2
+    assert capsys.readouterr().err.strip() == expected

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, NoReturn, Optional
 
 import click
 import typer
@@ -104,12 +104,29 @@ def note_late_signal(interrupts: Interrupts, exit_code: int) -> None:
                           "servers were stopped at once", markup=False, highlight=False, soft_wrap=True)
 
 
-MATRIX_USAGE = """usage: gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
-                       [--repeats K] [--n-requests N | --requests-per-concurrency K | --duration S] [--model M] [--out DIR]"""
+class FlagParser(argparse.ArgumentParser):
+    """argparse for the commands that take lists of files and levels; a bad flag is one line
+    (a ConfigError naming it, exit 2), never argparse's usage text and exit."""
+
+    def __init__(self, command: str):
+        super().__init__(prog=f"gpushare {command}", add_help=False, exit_on_error=False)
+        self.command = command
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.command}: {message}")
+
+    def parse(self, args: list[str]) -> argparse.Namespace:
+        try:
+            ns, unknown = self.parse_known_args(args)
+        except argparse.ArgumentError as err:
+            raise ConfigError(f"{err.argument_name or self.command}: {err.message}") from None
+        if unknown:
+            raise ConfigError(f"{self.command}: unknown arguments {' '.join(unknown)}")
+        return ns
 
 
-def matrix_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpushare matrix", usage=MATRIX_USAGE, add_help=False, exit_on_error=False)
+def matrix_parser() -> FlagParser:
+    parser = FlagParser("matrix")
     parser.add_argument("--configs", nargs="+", type=Path, required=True)
     parser.add_argument("--concurrency", nargs="+", type=int, default=[])
     parser.add_argument("--request-rate", nargs="+", type=float, default=[])
@@ -123,12 +140,7 @@ def matrix_parser() -> argparse.ArgumentParser:
 
 
 def parse_matrix_args(args: list[str]) -> argparse.Namespace:
-    try:
-        ns, unknown = matrix_parser().parse_known_args(args)
-    except argparse.ArgumentError as err:
-        raise ConfigError(f"{err.argument_name or 'matrix'}: {err.message}") from None
-    if unknown:
-        raise ConfigError(f"matrix: unknown arguments {' '.join(unknown)}")
+    ns = matrix_parser().parse(args)
     if not ns.concurrency and not ns.request_rate:
         raise ConfigError("matrix: give --concurrency and/or --request-rate levels")
     for flag, values in (("--concurrency", ns.concurrency), ("--request-rate", ns.request_rate),
@@ -171,22 +183,12 @@ def matrix(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
-INTERFERE_USAGE = "usage: gpushare interfere --configs A.yaml [B.yaml ...] [--model M] [--out DIR]"
-
-
 def parse_interfere_args(args: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="gpushare interfere", usage=INTERFERE_USAGE, add_help=False,
-                                     exit_on_error=False)
+    parser = FlagParser("interfere")
     parser.add_argument("--configs", nargs="+", type=Path, required=True)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/interference"))
-    try:
-        ns, unknown = parser.parse_known_args(args)
-    except argparse.ArgumentError as err:
-        raise ConfigError(f"{err.argument_name or 'interfere'}: {err.message}") from None
-    if unknown:
-        raise ConfigError(f"interfere: unknown arguments {' '.join(unknown)}")
-    return ns
+    return parser.parse(args)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
