@@ -4,15 +4,17 @@ NVML's API shapes, and MPS control sequencing against a stand-in control program
 import os
 import time
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gpushare.config import parse_config
+from gpushare.config import parse_config, read_config_file
 from gpushare.errors import ConfigError, RunFailure
-from gpushare.mig import H100_80GB_PROFILES, memory_fraction, mig_instances, profile_caps
+from gpushare import mig
+from gpushare.mig import H100_80GB_PROFILES, memory_fraction, mig_instances, mig_profiles, profile_caps, table_profiles
 from gpushare.mps import MpsDaemon
 from gpushare.sharing import mps_memory_limit, place_servers
 from helpers import SSE_SERVER, alive, cli, free_port, run_folder, summary, write_config
@@ -147,6 +149,106 @@ def test_mig_disabled_or_unsupported_is_one_line():
         mig_instances(FakeNvml(0, []), 0)
     with pytest.raises(ConfigError, match="not MIG-capable|needs a MIG-capable GPU"):
         mig_instances(FakeNvml(None, []), 0)
+
+
+
+class FakeGpu(FakeNvml):
+    """A whole GPU by NVML's name and memory; `driver` are the profile names the driver lists
+    (None: it lists none, as on a GPU that is not MIG-capable)."""
+
+    NVML_GPU_INSTANCE_PROFILE_COUNT = 18
+
+    def __init__(self, name, memory_mib, driver=None):
+        super().__init__(0, [])
+        self.name, self.memory_mib, self.driver = name, memory_mib, driver or []
+
+    def nvmlDeviceGetName(self, handle):
+        return self.name
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=self.memory_mib * 2**20)
+
+    def nvmlDeviceGetGpuInstanceProfileInfo(self, handle, profile_id):
+        if profile_id >= len(self.driver):
+            raise self.NVMLError("Not Supported")
+        return SimpleNamespace(name=self.driver[profile_id], sliceCount=0)
+
+
+H200_MIB = 143_771  # NVML's total on an H200
+
+
+def placed(gpu, profile, memory_mib=H200_MIB):
+    return place_servers(emulation(True, mig_profile=profile), memory_mib / 1024,
+                         profiles=mig_profiles(gpu, gpu.nvmlDeviceGetHandleByIndex(0)))[1]
+
+
+def test_an_h200_takes_its_own_profile_names_and_refuses_others_in_one_line():
+    h200 = FakeGpu("NVIDIA H200", H200_MIB)
+    b = placed(h200, "3g.71gb")
+    assert b.describe()["memory_cap_gib"] == 70.2 and b.describe()["sm_percent"] == 43
+    assert placed(h200, "4g.71gb").describe()["sm_percent"] == 57
+    assert placed(h200, "7g.141gb").caps.memory_gib == 140.4  # not 141: the name rounds up
+    with pytest.raises(ConfigError) as err:
+        placed(h200, "3g.40gb")
+    assert str(err.value) == ("servers.1.mig_profile: 3g.40gb is not a MIG profile of the NVIDIA H200 "
+                              "(its profiles: 1g.18gb, 1g.35gb, 2g.35gb, 3g.71gb, 4g.71gb, 7g.141gb)")
+
+
+@pytest.mark.parametrize("path", ["configs/h200/sharegpt_mig_emulation.yaml", "configs/h200/synthetic_mig_emulation.yaml"])
+def test_h200_configs_cap_as_their_h100_named_runs_did(path):
+    """Their runs used 3g.40gb + 4g.40gb, scaled to the H200: summary.json recorded these."""
+    root = Path(__file__).resolve().parent.parent
+    config = parse_config(read_config_file(root / path))
+    h200 = FakeGpu("NVIDIA H200", H200_MIB)
+    placements = place_servers(config, H200_MIB / 1024, profiles=mig_profiles(h200, ("gpu", 0)))
+    assert [(p.describe()["memory_cap_gib"], p.describe()["sm_percent"], p.describe()["gpu_memory_utilization"])
+            for p in placements] == [(70.2, 43, 0.4786), (70.2, 57, 0.4786)]
+
+
+def test_an_a30_has_four_slices():
+    a30 = mig_profiles(FakeGpu("NVIDIA A30", 24_576), ("gpu", 0))
+    caps = [profile_caps(p, 24.0, a30) for p in ("1g.6gb", "2g.12gb", "4g.24gb")]
+    assert [(c.memory_gib, c.sm_percent) for c in caps] == [(6.0, 25), (12.0, 50), (24.0, 100)]
+
+
+@pytest.mark.parametrize("name, memory_mib, first, last", [
+    ("NVIDIA A100-PCIE-40GB", 40_960, "1g.5gb", "7g.40gb"),
+    ("NVIDIA A100-SXM4-80GB", 81_920, "1g.10gb", "7g.80gb"),
+    ("NVIDIA H100 80GB HBM3", 81_559, "1g.10gb", "7g.80gb"),
+    ("NVIDIA H100 NVL", 95_830, "1g.12gb", "7g.94gb"),
+    ("NVIDIA B200", 183_359, "1g.23gb", "7g.180gb"),
+])
+def test_the_table_knows_a_model_by_name_and_memory(name, memory_mib, first, last):
+    table = table_profiles(name, memory_mib / 1024)
+    assert (table[0].name, table[-1].name, table[-1].gpu_slices) == (first, last, 7)
+
+
+def test_an_unknown_gpu_or_no_nvml_keeps_the_h100_names_scaled(monkeypatch):
+    assert mig_profiles(FakeGpu("NVIDIA L40S", 46_068), ("gpu", 0)) is None
+    assert table_profiles("NVIDIA GH200 480GB", 95.0) == ()  # not an H200
+    old = place_servers(emulation(True, mig_profile="3g.40gb"), H200_MIB / 1024, profiles=None)[1]
+    assert (old.caps.memory_gib, old.caps.sm_percent) == (70.2, 43)
+    with pytest.raises(ConfigError, match=r"servers.1.mig_profile: unknown profile '3g.71gb' \(allowed: 1g.10gb, "):
+        place_servers(emulation(True, mig_profile="3g.71gb"), H200_MIB / 1024)
+
+    class NoDriver:
+        def nvmlInit(self):
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setitem(sys.modules, "pynvml", NoDriver())
+    assert mig.gpu_profiles(0) is None
+
+
+def test_the_drivers_profiles_win_over_the_table(monkeypatch):
+    driver = [b"MIG 1g.18gb", "MIG 7g.144gb", "MIG 1g.18gb+me", "MIG 3g.72gb"]
+    gpu = FakeGpu("NVIDIA H200", 147_456, driver)
+    b = placed(gpu, "3g.72gb", 147_456)
+    assert (b.caps.memory_gib, b.caps.sm_percent) == (72.0, 43)
+    with pytest.raises(ConfigError, match=r"3g.71gb is not a MIG profile of the NVIDIA H200 \(its profiles: 1g.18gb, 3g.72gb, 7g.144gb\)"):
+        placed(gpu, "3g.71gb", 147_456)
+    gpu.nvmlInit = gpu.nvmlShutdown = lambda: None
+    monkeypatch.setitem(sys.modules, "pynvml", gpu)
+    assert [p.name for p in mig.gpu_profiles(0).profiles] == ["1g.18gb", "3g.72gb", "7g.144gb"]
 
 
 

@@ -94,7 +94,8 @@ def preflight(config: ScenarioConfig, say: Any) -> Prepared:
             ensure_port_free(server.host, server.port, f"servers[{i}].port")
     gpu = environment.gpus()
     mig_list = mig.discover(config.sharing.gpu) if config.sharing.mode == "mig" else None
-    placements = place_servers(config, gpu_memory_gib(gpu, config.sharing.gpu), mig_list)
+    profiles = mig.gpu_profiles(config.sharing.gpu) if any(s.mig_profile for s in config.servers) else None
+    placements = place_servers(config, gpu_memory_gib(gpu, config.sharing.gpu), mig_list, profiles)
     if config.sharing.uses_mps:
         mps.preflight(config.sharing.mps_pipe_directory)
     # The embedded model is prepared for external servers too: its folder holds the tokenizer.

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import ScenarioConfig, ServerConfig
 from .errors import ConfigError
-from .mig import Caps, MigInstance, memory_fraction, profile_caps
+from .mig import Caps, MigInstance, MigProfiles, memory_fraction, profile_caps
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,15 @@ def mps_memory_limit(gib: float) -> str:
     return f"0={int(gib)}G" if float(gib).is_integer() else f"0={round(gib * 1024)}M"
 
 
-def server_caps(server: ServerConfig, gpu_memory_gib: float | None, key: str) -> Caps | None:
+def server_caps(server: ServerConfig, gpu_memory_gib: float | None, key: str,
+                profiles: MigProfiles | None = None) -> Caps | None:
     if not server.capped:
         return None
     if gpu_memory_gib is None and (server.mig_profile is not None or server.memory_gib is not None):
         raise ConfigError(f"{key}: a memory cap needs the GPU's memory size, and NVML is not available")
     if server.mig_profile is not None:
         assert gpu_memory_gib is not None
-        return profile_caps(server.mig_profile, gpu_memory_gib)
+        return profile_caps(server.mig_profile, gpu_memory_gib, profiles, f"{key}.mig_profile")
     return Caps(memory_gib=server.memory_gib, sm_percent=server.sm_percent)
 
 
@@ -72,8 +73,9 @@ def _pick_instance(i: int, server: ServerConfig, instances: list[MigInstance]) -
 
 
 def place_servers(config: ScenarioConfig, gpu_memory_gib: float | None,
-                  mig: list[MigInstance] | None = None) -> list[Placement]:
-    """Each launched server's settings under the scenario's sharing mode."""
+                  mig: list[MigInstance] | None = None, profiles: MigProfiles | None = None) -> list[Placement]:
+    """Each launched server's settings under the scenario's sharing mode. `profiles` are the
+    GPU's MIG profiles (mig.gpu_profiles); without them `mig_profile` takes an 80 GB H100's names."""
     sharing = config.sharing
     out = []
     for i, server in enumerate(config.servers):
@@ -89,7 +91,7 @@ def place_servers(config: ScenarioConfig, gpu_memory_gib: float | None,
             env["CUDA_VISIBLE_DEVICES"] = instance.uuid
         elif gpu_memory_gib is not None:  # a machine with a GPU (none: CPU engines)
             env["CUDA_VISIBLE_DEVICES"] = str(sharing.gpu)
-        caps = server_caps(server, gpu_memory_gib, f"servers.{i}")
+        caps = server_caps(server, gpu_memory_gib, f"servers.{i}", profiles)
         if caps is not None and caps.memory_gib is not None:
             assert gpu_memory_gib is not None
             update["gpu_memory_utilization"] = memory_fraction(caps.memory_gib, gpu_memory_gib, sharing.memory_headroom_gib)
