@@ -18,12 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
 
-from .config import LoadConfig  # noqa: E402
 from .errors import ConfigError  # noqa: E402
 from .metric_catalog import CATALOGUE, METRICS  # noqa: E402
-from .results import SUMMARY, SummaryUnreadable, read_summary, read_verdict  # noqa: E402
+from .results import SUMMARY, GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run, read_verdict  # noqa: E402
 
 # Per run: what identifies it, what it measured (summary.json keys), and the gpu block's keys;
 # metric_catalog says what each key means.
@@ -60,59 +58,46 @@ def run_folders(paths: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
-def _mapping(doc: dict, key: str) -> dict:
-    """doc[key] where it is an object; {} where it is null, absent or something else."""
-    value = doc.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def prefix_cache_hits(doc: dict) -> float | None:
+def prefix_cache_hits(summary: Summary) -> float | None:
     """Prompt tokens the servers answered from their prefix cache during the window; None
     where no server counted them. Non-zero means some prompts skipped their prefill."""
-    counted = [c["prefix_cache_hits"] for c in _mapping(doc, "server_counters").values()
-               if isinstance(c, dict) and "prefix_cache_hits" in c]
+    counted = [c["prefix_cache_hits"] for c in summary.server_counters.values() if c and "prefix_cache_hits" in c]
     return sum(counted) if counted else None
 
 
-def run_row(folder: Path, doc: dict) -> dict:
-    """One complete run's row. A metric its summary lacks (every request failed, no GPU) is
-    left empty; a summary that does not say which scenario and load it measured is unreadable."""
-    row = {key: doc.get(key) for key in RUN_FIELDS + METRIC_FIELDS}
-    row.update({key: _mapping(doc, "gpu").get(key) for key in GPU_FIELDS})
-    row["prefix_cache_hit_tokens"] = prefix_cache_hits(doc)
-    row["run"] = str(folder)
-    row["tenant"] = None
-    row["servers"] = len(_mapping(doc, "per_endpoint"))
-    rate_led = doc.get("load_mode") == "open_loop" or (doc.get("load_mode") == "steps" and doc.get("request_rate"))
+def _row(folder: Path, identity: dict, metrics: MetricBlock, rest: dict) -> dict:
+    """A row: `identity` (RUN_FIELDS), the metrics' METRIC_FIELDS, and `rest`. A metric the
+    summary lacks (every request failed, no GPU) is left empty; a row without its load is
+    unreadable."""
+    row = {**identity, **metrics.pick(METRIC_FIELDS), **rest, "run": str(folder)}
+    rate_led = row["load_mode"] == "open_loop" or (row["load_mode"] == "steps" and row["request_rate"])
     load_key = "request_rate" if rate_led else "max_concurrency"
-    row["load"] = doc.get(load_key)
-    lacking = [key for key in ("scenario", "sharing_mode", "load_mode") if not isinstance(row[key], str)]
-    if isinstance(row["load"], bool) or not isinstance(row["load"], (int, float)):
-        lacking.append(load_key)
-    if lacking:
-        raise SummaryUnreadable(f"{folder / SUMMARY}: lacks {', '.join(lacking)}")
+    row["load"] = row[load_key]
+    if row["load"] is None:
+        raise SummaryUnreadable(f"{folder / SUMMARY}: lacks {load_key}")
     return row
 
 
-def run_rows(folder: Path, doc: dict) -> list[dict]:
+def run_row(folder: Path, summary: Summary) -> dict:
+    """One complete run's row."""
+    return _row(folder, summary.pick(RUN_FIELDS), summary, {
+        **(summary.gpu or GpuWindow()).pick(GPU_FIELDS), "prefix_cache_hit_tokens": prefix_cache_hits(summary),
+        "tenant": None, "servers": len(summary.per_endpoint)})
+
+
+def run_rows(folder: Path, summary: Summary) -> list[dict]:
     """A run's rows: one, or for a run of several tenants one per tenant, as a scenario of its
     own (`scenario[tenants that loaded]:tenant`, so a tenant alone and shared are not averaged
-    together), from the tenant's block. A tenant row has no GPU figures: the GPU served them all."""
-    blocks = _mapping(doc, "tenants")
-    if not blocks:
-        return [run_row(folder, doc)]
-    rows = []
-    for name, block in blocks.items():
-        block = block if isinstance(block, dict) else {}
-        try:
-            offered = LoadConfig.model_validate(block.get("load")).summary_fields()
-        except ValidationError:
-            raise SummaryUnreadable(f"{folder / SUMMARY}: tenant {name}'s load is not readable") from None
-        row = run_row(folder, {**block, **offered, "scenario": f"{doc.get('scenario')}[{'+'.join(blocks)}]:{name}",
-                               "sharing_mode": doc.get("sharing_mode"), "complete": doc.get("complete"),
-                               "per_endpoint": dict.fromkeys(block.get("servers") or [])})
-        rows.append({**row, "tenant": name})
-    return rows
+    together), from the tenant's block and the load it was offered. A tenant row has no GPU
+    figures: the GPU served them all."""
+    if not summary.tenants:
+        return [run_row(folder, summary)]
+    loaded = "+".join(summary.tenants)
+    return [_row(folder, {"scenario": f"{summary.scenario}[{loaded}]:{name}", "sharing_mode": summary.sharing_mode,
+                          "complete": summary.complete, **block.load.summary_fields()}, block,
+                 {**dict.fromkeys(GPU_FIELDS), "prefix_cache_hit_tokens": None, "tenant": name,
+                  "servers": len(set(block.servers))})
+            for name, block in summary.tenants.items()]
 
 
 @dataclass(frozen=True)
@@ -146,7 +131,7 @@ def read_runs(paths: Iterable[Path]) -> RunSet:
             left_out.append((folder, verdict.reason))
             continue
         try:
-            rows.extend(run_rows(folder, read_summary(folder)))
+            rows.extend(run_rows(folder, read_run(folder)))
         except SummaryUnreadable as err:
             left_out.append((folder, str(err)))
     numeric = METRIC_FIELDS + GPU_FIELDS + ["prefix_cache_hit_tokens"]
@@ -356,10 +341,9 @@ def plot_per_server(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> 
     """Each server's output throughput and P99 latency, for scenarios with several servers."""
     rows = []
     for _, run in runs[runs["servers"] > 1].iterrows():
-        for server, block in _mapping(read_summary(Path(run["run"])), "per_endpoint").items():
-            block = block if isinstance(block, dict) else {}
+        for server, block in read_run(Path(run["run"])).per_endpoint.items():
             rows.append({"label": f"{run['scenario']} @ {run['load']:g}: {server}", "scenario": run["scenario"],
-                         **{key: block.get(key) for key in PER_SERVER_FIELDS}})
+                         **block.pick(PER_SERVER_FIELDS)})
     if not rows:
         return []
     bars = pd.DataFrame(rows)

@@ -92,7 +92,7 @@ def run(
     outcome = run_scenario(parsed, err_console, interrupts=interrupts)
     note_late_signal(interrupts, outcome.exit_code)
     if outcome.exit_code:
-        err_console.print(f"error: {outcome.summary['error']}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {outcome.summary.error}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -173,11 +173,11 @@ def matrix(ctx: typer.Context) -> None:
     index, code = run_matrix(configs, ns.concurrency, ns.request_rate, ns.repeats, ns.out, ns.n_requests,
                              err_console, ns.requests_per_concurrency, ns.duration, interrupts)
     note_late_signal(interrupts, code)
-    counts, fraction, runs = index["counts"], index["measured_fraction"], index["invocations"]
+    counts, fraction, runs = index.counts, index.measured_fraction, index.invocations
     err_console.print(
-        f"matrix: {counts['complete']} complete, {counts['skipped']} skipped, {counts['failed']} failed, "
-        f"{counts['not_run']} not run; {index['wall_s']:.0f} s over {len(runs)} invocation(s) "
-        f"(this one {runs[-1]['wall_s']:.0f} s, of which server start-up {runs[-1]['server_start_s']:.0f} s), "
+        f"matrix: {counts.complete} complete, {counts.skipped} skipped, {counts.failed} failed, "
+        f"{counts.not_run} not run; {index.wall_s:.0f} s over {len(runs)} invocation(s) "
+        f"(this one {runs[-1].wall_s:.0f} s, of which server start-up {runs[-1].server_start_s:.0f} s), "
         f"{'-' if fraction is None else f'{fraction:.0%}'} inside measurement windows; index {ns.out / 'matrix.json'}",
         markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -212,9 +212,9 @@ def interfere(ctx: typer.Context) -> None:
     note_late_signal(interrupts, code)
     doc = write_interference(plan, ns.out)
     print_interference(doc)
-    counts = index["counts"]
-    err_console.print(f"interfere: {counts['complete']} phase(s) complete, {counts['skipped']} skipped, "
-                      f"{counts['failed']} failed, {counts['not_run']} not run; {ns.out / 'interference.csv'}",
+    counts = index.counts
+    err_console.print(f"interfere: {counts.complete} phase(s) complete, {counts.skipped} skipped, "
+                      f"{counts.failed} failed, {counts.not_run} not run; {ns.out / 'interference.csv'}",
                       markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

@@ -23,7 +23,7 @@ from .interference import (
     scores_dict,
 )
 from .matrix import PlannedCell, ScenarioPlan
-from .results import SummaryUnreadable, read_summary, verdict_of, write_json_atomic
+from .results import Summary, SummaryUnreadable, read_run, write_json_atomic
 
 SHARED = "shared"
 # What the noisy-neighbour view keeps of each step: the victim's tail latencies and throughput.
@@ -65,14 +65,14 @@ def phase_config(config: ScenarioConfig, phase: str, active: list[str] | None) -
     return parse_config(raw)
 
 
-def _phase(folder: Path) -> tuple[dict[str, Any] | None, str]:
+def _phase(folder: Path) -> tuple[Summary | None, str]:
     """A phase's summary if the phase is complete, else None and why."""
     try:
-        doc = read_summary(folder)
+        summary = read_run(folder)
     except SummaryUnreadable as err:
         return None, str(err)
-    verdict = verdict_of(doc)
-    return (doc, "complete") if verdict.complete else (None, verdict.reason)
+    verdict = summary.verdict
+    return (summary, "complete") if verdict.complete else (None, verdict.reason)
 
 
 def scenario_interference(config: ScenarioConfig, folder: Path) -> dict[str, Any]:
@@ -84,24 +84,25 @@ def scenario_interference(config: ScenarioConfig, folder: Path) -> dict[str, Any
         "sharing_mode": config.sharing.mode,
         "phases": {cell: {"run_dir": str(folder / cell), "status": status} for cell, (_, status) in phases.items()},
     }
-    missing = [cell for cell, (doc, _) in phases.items() if doc is None]
+    summaries = {cell: summary for cell, (summary, _) in phases.items()}
+    missing = [cell for cell, summary in summaries.items() if summary is None]
     if missing:
         entry["complete"] = False
         entry["error"] = f"phase(s) not complete: {', '.join(missing)}"
         return entry
-    shared_doc = phases[SHARED][0]
-    assert shared_doc is not None
-    solo = {name: phases[solo_cell(name)][0]["tenants"][name] for name in names}  # type: ignore[index]
-    shared = {name: shared_doc["tenants"][name] for name in names}
+    solo = {name: summaries[solo_cell(name)].tenants[name] for name in names}  # type: ignore[union-attr,index]
+    shared = {name: summaries[SHARED].tenants[name] for name in names}  # type: ignore[union-attr,index]
+    # interference's pure functions compare each tenant's flat keys
+    solo_metrics = {name: block.model_dump() for name, block in solo.items()}
+    shared_metrics = {name: block.model_dump() for name, block in shared.items()}
     entry["complete"] = True
-    entry["tenants"] = rows_for_csv(compare_tenants(solo, shared))
-    entry["scores"] = scores_dict(score_scenario(solo, shared))
-    entry["slo_s"] = {name: shared[name]["slo_s"] for name in names}
+    entry["tenants"] = rows_for_csv(compare_tenants(solo_metrics, shared_metrics))
+    entry["scores"] = scores_dict(score_scenario(solo_metrics, shared_metrics))
+    entry["slo_s"] = {name: shared[name].slo_s for name in names}
     entry["by_step"] = {
-        name: {"aggressor": block["by_step"]["tenant"], "kind": block["by_step"]["kind"],
-               "steps": [{"step": s["step"], "level": s["level"], **{k: s.get(k) for k in STEP_METRICS}}
-                         for s in block["by_step"]["steps"]]}
-        for name, block in shared.items() if "by_step" in block
+        name: {"aggressor": block.by_step.tenant, "kind": block.by_step.kind,
+               "steps": [{"step": s.step, "level": s.level, **s.pick(STEP_METRICS)} for s in block.by_step.steps]}
+        for name, block in shared.items() if block.by_step is not None
     }
     return entry
 

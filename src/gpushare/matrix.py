@@ -9,15 +9,12 @@ matrix goes on.
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -25,7 +22,7 @@ from rich.console import Console
 from .config import ScenarioConfig, apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
 from .interrupts import Interrupted, Interrupts
-from .results import read_verdict, verdict_of, write_json_atomic
+from .results import CellCounts, CellEntry, Invocation, MatrixIndex, read_matrix_index, read_verdict, write_matrix_index
 from .runner import INTERRUPTED_EXIT, ScenarioServers, preflight, run_scenario, say
 from .workload import load_tokenizer
 
@@ -114,55 +111,30 @@ def plan_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: li
     ]
 
 
-@dataclass
-class CellResult:
-    scenario: str
-    cell: str
-    load_kind: str
-    load: float | None
-    repeat: int
-    run_dir: str
-    status: str  # complete, skipped (complete before), failed, not_run
-    error: str | None = None
-    wall_s: float = 0.0
-    measured_s: float = 0.0
+def cell_entry(scenario: str, cell: PlannedCell, folder: Path, status: str, error: str | None = None,
+               wall_s: float = 0.0, measured_s: float = 0.0) -> CellEntry:
+    """A planned cell's entry in matrix.json."""
+    return CellEntry(scenario=scenario, cell=cell.name, load_kind=cell.load_kind, load=cell.load, repeat=cell.repeat,
+                     run_dir=str(folder), status=status, error=error, wall_s=wall_s, measured_s=measured_s)
 
 
-@dataclass
-class Invocation:
-    """Where one invocation's wall time went. A matrix resumed over several invocations keeps
-    every invocation's record, so its measured fraction counts all the time it took."""
-
-    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    wall_s: float = 0.0
-    measured_s: float = 0.0
-    server_start_s: float = 0.0
-    server_stop_s: float = 0.0
-    cells_run: int = 0
-
-
-def previous_index(out: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, Any]]]:
+def previous_index(out: Path) -> tuple[dict[tuple[str, str], CellEntry], list[Invocation]]:
     """An earlier invocation's cells (by scenario and cell) and invocation records."""
-    try:
-        old = json.loads((out / "matrix.json").read_text())
-    except (OSError, ValueError):
+    index = read_matrix_index(out)
+    if index is None:
         return {}, []
-    cells = {(c["scenario"], c["cell"]): c for c in old.get("cells", [])}
-    history = old.get("invocations")
-    if history is None:  # an index written before invocations were recorded: its own wall time only
-        history = [{"started": None, "wall_s": old.get("wall_s", 0.0), "measured_s": None}]
-    return cells, history
+    return {(c.scenario, c.cell): c for c in index.cells}, index.invocations
 
 
-def kept_cell(out: Path, earlier: dict[str, Any]) -> CellResult:
+def kept_cell(out: Path, earlier: CellEntry) -> CellEntry:
     """An earlier invocation's cell, as it stands on disk now."""
-    cell = CellResult(**{f.name: earlier[f.name] for f in fields(CellResult) if f.name in earlier})
-    cell.run_dir = str(out / cell.scenario / cell.cell)
-    if read_verdict(Path(cell.run_dir)).complete:
-        cell.status = "skipped"
-    elif cell.status in ("complete", "skipped"):
-        cell.status, cell.measured_s = "not_run", 0.0  # its folder is gone or incomplete now
-    return cell
+    folder = out / earlier.scenario / earlier.cell
+    update: dict[str, object] = {"run_dir": str(folder)}
+    if read_verdict(folder).complete:
+        update["status"] = "skipped"
+    elif earlier.status in ("complete", "skipped"):
+        update.update(status="not_run", measured_s=0.0)  # its folder is gone or incomplete now
+    return earlier.model_copy(update=update)
 
 
 def load_scenarios(paths: list[Path], model: str | None) -> list[ScenarioConfig]:
@@ -183,14 +155,14 @@ def _preload_tokenizer(path: str) -> None:
 def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
                out: Path, n_requests: int | None = None, console: Console | None = None,
                per_concurrency: int | None = None, duration_s: float | None = None,
-               interrupts: Interrupts | None = None) -> tuple[dict[str, Any], int]:
+               interrupts: Interrupts | None = None) -> tuple[MatrixIndex, int]:
     """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
     plan = plan_matrix(configs, concurrency, rates, repeats, out, n_requests, per_concurrency, duration_s)
     return run_plan(plan, out, console, interrupts)
 
 
 def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None,
-             interrupts: Interrupts | None = None) -> tuple[dict[str, Any], int]:
+             interrupts: Interrupts | None = None) -> tuple[MatrixIndex, int]:
     """The local executor: one scenario after another on this machine, each cell its own run
     folder under out/SCENARIO/CELL, indexed in out/matrix.json, resumable. A signal stops it
     after the cell it interrupts (or at once between cells); the cells it did not reach are
@@ -208,7 +180,7 @@ def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None
 
 
 def _run_cells(plan: list[ScenarioPlan], out: Path, console: Console,
-               interrupts: Interrupts) -> tuple[dict[str, Any], int]:
+               interrupts: Interrupts) -> tuple[MatrixIndex, int]:
     total = sum(len(scenario.cells) for scenario in plan)
     earlier, history = previous_index(out)
     planned = {(scenario.config.scenario, cell.name) for scenario in plan for cell in scenario.cells}
@@ -219,7 +191,7 @@ def _run_cells(plan: list[ScenarioPlan], out: Path, console: Console,
     began = time.monotonic()
     done_cells, cells_run, cell_time, exit_code, stop = 0, 0, 0.0, 0, False
 
-    def record(result: CellResult) -> None:
+    def record(result: CellEntry) -> None:
         results.append(result)
         write_index(out, results, history, now, began, indexed)
 
@@ -228,8 +200,7 @@ def _run_cells(plan: list[ScenarioPlan], out: Path, console: Console,
         done = {(r.scenario, r.cell) for r in results}
         for cell in cells:
             if (scenario, cell.name) not in done:
-                record(CellResult(scenario, cell.name, cell.load_kind, cell.load, cell.repeat,
-                                  str(out / scenario / cell.name), status, error))
+                record(cell_entry(scenario, cell, out / scenario / cell.name, status, error))
 
     for scenario_plan in plan:
         config = scenario_plan.config
@@ -238,9 +209,9 @@ def _run_cells(plan: list[ScenarioPlan], out: Path, console: Console,
         for cell in scenario_plan.cells:
             folder = scenario_dir / cell.name
             if read_verdict(folder).complete:
-                before = earlier.get((config.scenario, cell.name), {})
-                record(CellResult(config.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder),
-                                  "skipped", wall_s=before.get("wall_s", 0.0), measured_s=before.get("measured_s", 0.0)))
+                before = earlier.get((config.scenario, cell.name))
+                record(cell_entry(config.scenario, cell, folder, "skipped", wall_s=before.wall_s if before else 0.0,
+                                  measured_s=before.measured_s if before else 0.0))
                 done_cells += 1
             else:
                 todo.append(cell)
@@ -281,11 +252,10 @@ def _run_cells(plan: list[ScenarioPlan], out: Path, console: Console,
                     cells_run += 1
                     done_cells += 1
                     now.cells_run += 1
-                    verdict = verdict_of(outcome.summary)
+                    verdict = outcome.summary.verdict
                     complete = verdict.complete and outcome.exit_code == 0
-                    record(CellResult(config.scenario, cell.name, cell.load_kind, cell.load, cell.repeat, str(folder),
-                                      "complete" if complete else "failed", verdict.error, wall,
-                                      outcome.summary["duration"] if complete else 0.0))
+                    record(cell_entry(config.scenario, cell, folder, "complete" if complete else "failed",
+                                      verdict.error, wall, outcome.summary.duration if complete else 0.0))
                     if outcome.exit_code == INTERRUPTED_EXIT:
                         stop, exit_code = True, INTERRUPTED_EXIT
                     elif not complete:
@@ -313,23 +283,21 @@ def _run_cells(plan: list[ScenarioPlan], out: Path, console: Console,
     return index, exit_code
 
 
-def write_index(out: Path, results: list[CellResult], history: list[dict[str, Any]], now: Invocation,
-                began: float, total: int) -> dict[str, Any]:
+def write_index(out: Path, results: list[CellEntry], history: list[Invocation], now: Invocation,
+                began: float, total: int) -> MatrixIndex:
     """matrix.json: every cell, and the matrix's wall time over all its invocations with the
-    share inside measurement windows (cells measured in earlier invocations count there)."""
+    share inside measurement windows (cells measured in earlier invocations count there).
+    Earlier invocations are written as they were recorded."""
     now.wall_s = time.monotonic() - began
     now.measured_s = sum(r.measured_s for r in results if r.status == "complete")
-    invocations = [*history, asdict(now)]
-    wall = sum(i["wall_s"] for i in invocations)
+    wall = sum(i.wall_s for i in [*history, now])
     measured = sum(r.measured_s for r in results)
-    index = {
-        "cells": [asdict(r) for r in results],
+    return write_matrix_index(out, {
+        "cells": [r.model_dump() for r in results],
         "planned_cells": total,
         "wall_s": wall,
         "measured_s": measured,
         "measured_fraction": measured / wall if wall > 0 else None,
-        "invocations": invocations,
-        "counts": {s: sum(r.status == s for r in results) for s in ("complete", "skipped", "failed", "not_run")},
-    }
-    write_json_atomic(out / "matrix.json", index)
-    return index
+        "invocations": [*(i.model_dump(exclude_unset=True) for i in history), now.model_dump()],
+        "counts": {s: sum(r.status == s for r in results) for s in CellCounts.model_fields},
+    })

@@ -9,7 +9,7 @@ docs/metrics.md is generated from it (scripts/gen_metrics_doc.py; a test keeps i
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ class MetricSpec:
     """The one declaration that generated this key and its siblings: one row in the docs."""
     value: Callable[[RunSummary], Any] | None = field(default=None, compare=False, repr=False)
     """How flat() reads it from a RunSummary; None: the attribute named `key`."""
+    type: Any = field(default=float, compare=False, repr=False)
+    """Its value's type in summary.json (None aside: not measured), for gpushare.results' models."""
 
     @property
     def title(self) -> str:
@@ -84,9 +86,10 @@ def _latency(name: str, label: str, description: str, aiperf: str,
 def _lengths(side: str, label: str, aiperf: str) -> tuple[MetricSpec, ...]:
     """Percentiles and maximum of one side's token lengths, as metrics.token_lengths names them."""
     pattern = f"{side}_tokens_{{}}"
-    return _family(pattern, (*(f"p{q}" for q in LENGTH_PERCENTILES), "max"), label, "tokens",
-                   f"{label.capitalize()}s (the server's usage) of completed requests: the mix actually sent.",
-                   lambda s, stat: s.lengths[pattern.format(stat)], aiperf=aiperf)
+    family = _family(pattern, (*(f"p{q}" for q in LENGTH_PERCENTILES), "max"), label, "tokens",
+                     f"{label.capitalize()}s (the server's usage) of completed requests: the mix actually sent.",
+                     lambda s, stat: s.lengths[pattern.format(stat)], aiperf=aiperf)
+    return tuple(replace(m, type=int) if m.key.endswith("_max") else m for m in family)  # percentiles interpolate
 
 
 def _seconds(ms: float | None) -> float | None:
@@ -95,18 +98,19 @@ def _seconds(ms: float | None) -> float | None:
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("completed", "Completed", "requests", "Measured requests with status `ok`.",
-               vllm="completed", aiperf="request_count"),
+               vllm="completed", aiperf="request_count", type=int),
     MetricSpec("failed", "Failed", "requests", "Measured requests that failed, whatever the reason.",
-               vllm="failed", aiperf="error_request_count", table=0),
+               vllm="failed", aiperf="error_request_count", table=0, type=int),
     MetricSpec("failed_by_kind", "Failed by kind", "requests", "`failed` by status (`timeout`, `http_error`, …).",
-               value=lambda s: dict(s.failed_by_kind)),
+               value=lambda s: dict(s.failed_by_kind), type=dict[str, int]),
     MetricSpec("duration", "Duration", "s", "First `sent` to last `end` over measured requests "
                "(vLLM measures from the benchmark's start instead).", vllm="duration", aiperf="benchmark_duration"),
     MetricSpec("total_input_tokens", "Total input", "tokens",
-               "Sum of usage's `prompt_tokens` over completed requests.", vllm="total_input_tokens", aiperf="total_isl"),
+               "Sum of usage's `prompt_tokens` over completed requests.", vllm="total_input_tokens", aiperf="total_isl",
+               type=int),
     MetricSpec("total_output_tokens", "Total output", "tokens",
                "Sum of usage's `completion_tokens` over completed requests.", vllm="total_output_tokens",
-               aiperf="total_osl"),
+               aiperf="total_osl", type=int),
     MetricSpec("request_throughput", "Request throughput", "req/s", "`completed / duration`.",
                vllm="request_throughput", aiperf="request_throughput"),
     MetricSpec("output_throughput", "Output throughput", "tokens/s", "`total_output_tokens / duration`.",
@@ -129,7 +133,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
              lambda s, stat: _stat(s.queue, stat)),
     MetricSpec("good_requests", "Good requests", "requests",
                "Measured requests that completed within every SLO (see below).",
-               aiperf="good_request_count", where="slo"),
+               aiperf="good_request_count", where="slo", type=int),
     MetricSpec("request_goodput", "Request goodput", "req/s", "`good_requests / duration`.",
                vllm="request_goodput", aiperf="goodput", where="slo"),
     MetricSpec("good_request_fraction", "Good request fraction", None,
@@ -137,7 +141,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                aiperf="good_request_fraction", where="slo"),
     MetricSpec("usage_missing", "Usage missing", "requests",
                "Completed requests whose server sent no usage, so their output tokens were counted with the "
-               "tokenizer."),
+               "tokenizer.", type=int),
     *_lengths("input", "prompt length", "input_sequence_length"),
     *_lengths("output", "output length", "output_sequence_length"),
     MetricSpec("client_cpu_s", "Client CPU", "s",
@@ -148,9 +152,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                "`client_cpu_s` per measured request.", where="run"),
     MetricSpec("requests_built_in_window", "Requests built in window", "requests",
                "Measured requests whose prompt and body were built inside the measured window (see below).",
-               where="run"),
+               where="run", type=int),
     MetricSpec("gpu_samples", "GPU samples", None, "Rows of gpu.csv (whole GPUs) inside the measured window.",
-               where="gpu"),
+               where="gpu", type=int),
     MetricSpec("energy_j", "GPU energy", "J", "NVML's total-energy counter, last sample minus first in the window, "
                "summed over GPUs.", aiperf="nvidia_total_gpu_energy", where="gpu"),
     MetricSpec("energy_per_output_token_j", "Energy per output token", "J/token",
@@ -167,7 +171,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("max_mem_used_mib", "Max memory used", "MiB", "Largest device memory in use in the window.",
                where="gpu"),
     MetricSpec("peak_server_memory_mib", "Peak server memory", "MiB",
-               "Per server, the most GPU memory its process group held in the window.", where="gpu"),
+               "Per server, the most GPU memory its process group held in the window.", where="gpu",
+               type=dict[str, float | None]),
 )
 
 METRICS: dict[str, MetricSpec] = {m.key: m for m in CATALOGUE}

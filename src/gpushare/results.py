@@ -1,10 +1,16 @@
-"""The run folder's verdict and summary: one writer, one reader.
+"""The run folder's files and the matrix index, typed: one writer and one reader each.
 
 A run folder gets a `summary.json` that says `"complete": false` the moment it exists, and
 the real summary replaces it atomically when the run ends. So a folder whose run was killed
 (SIGKILL, power loss) still says, truthfully, that it is not complete, and a summary is never
 read half-written. Everything that decides whether a run counts (`analyze`, `report`, the
 matrix's resume) asks `read_verdict`.
+
+What the files hold is declared here as pydantic models (`Summary`, `MatrixIndex`), their
+metric keys generated from metric_catalog. The writers validate a document through its model
+and then write the document itself, so the files stay as they were and whatever is written
+reads back; the readers return the models, so callers read attributes, not string keys. A key
+a model does not declare (an older or newer run's) is kept, not refused.
 """
 
 from __future__ import annotations
@@ -12,11 +18,21 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic_core import PydanticCustomError
+
+from .config import LoadConfig
+from .metric_catalog import CATALOGUE, Where
 
 SUMMARY = "summary.json"
+INDEX = "matrix.json"
 UNFINISHED = "the run did not finish (it was killed, or is still running)"
+IDENTITY = ("scenario", "sharing_mode", "load_mode")
+"""What a complete summary must say it measured; analysis cannot place a run without them."""
 
 
 @dataclass(frozen=True)
@@ -26,13 +42,205 @@ class Verdict:
     complete: bool
     error: str | None
 
+    @classmethod
+    def of(cls, complete: Any, error: Any) -> "Verdict":
+        """Complete only when the summary says so and records no error."""
+        ok = complete is True and not error
+        return cls(ok, None if ok else str(error or "marked incomplete"))
+
     @property
     def reason(self) -> str:
         return "complete" if self.complete else (self.error or "incomplete")
 
 
 class SummaryUnreadable(Exception):
-    """summary.json is missing, not JSON, or not a JSON object; the message names the file."""
+    """summary.json is missing, not JSON, not a JSON object, or not a summary; the message names the file."""
+
+
+# --- the models ---------------------------------------------------------------------------------
+
+
+class Record(BaseModel):
+    """A block of a results file: strict types (an int stays an int, a bool is no number); a key
+    it does not declare is kept."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    def pick(self, keys: Iterable[str]) -> dict[str, Any]:
+        """These keys' values in the order given (a table's columns); a key not declared fails."""
+        keys = list(keys)
+        dump = self.model_dump(include=set(keys))
+        return {key: dump[key] for key in keys}
+
+
+def _catalogued(name: str, where: tuple[Where, ...], base: type[Record], doc: str) -> Any:
+    """A model whose fields are the catalogue's keys written `where`, each absent or null
+    where nothing was measured: the catalogue stays the one declaration of the keys."""
+    fields: dict[str, Any] = {m.key: (m.type | None, None) for m in CATALOGUE if m.where in where}
+    return create_model(name, __base__=base, __doc__=doc, **fields)
+
+
+MetricBlock = _catalogued("MetricBlock", ("summary", "slo"), Record,
+                          "RunSummary.flat()'s keys: the whole run, one endpoint, one tenant or one step.")
+GpuWindow = _catalogued("GpuWindow", ("gpu",), Record, "The `gpu` block (metrics.gpu_window).")
+
+
+class ServerEntry(Record):
+    """One of `servers`: where a server listened, its process, start-up time and KV cache."""
+
+    name: str
+    base_url: str | None = None
+    pid: int | None = None
+    startup_s: float | None = None
+    kv_cache_tokens: int | None = None
+    exit_code: int | None = None
+
+
+class StepBlock(MetricBlock):
+    """A tenant's metrics over one step of the aggressor's schedule."""
+
+    step: int
+    level: float
+
+
+class ByStep(Record):
+    """A tenant's metrics per step of the schedule every tenant is binned by (its aggressor's)."""
+
+    tenant: str | None
+    step_s: float
+    kind: Literal["concurrency", "request_rate"]
+    steps: list[StepBlock]
+
+
+class Measured(MetricBlock):
+    """What the whole run and each tenant have: metrics, the load offered, the requests left
+    out of the window. Old tenant blocks lack the load keys: their `load` says it."""
+
+    load_mode: str | None = None
+    max_concurrency: int | None = None
+    request_rate: float | None = None
+    burstiness: float | None = None
+    slo_s: dict[str, float] = {}
+    workload: dict[str, Any] | None = None
+    warmup_requests: int | None = None
+    out_of_window: int | None = None
+
+
+class TenantBlock(Measured):
+    """One of `tenants` (runner.tenant_blocks): over the common window, the tenant's requests only."""
+
+    servers: list[str] = []
+    load: LoadConfig
+    seed: int | None = None
+    by_step: ByStep | None = None
+
+
+RunMetrics = _catalogued("RunMetrics", ("run",), Measured, "A run's metrics and the runner's own (top level only).")
+
+
+class Summary(RunMetrics):
+    """summary.json, as runner.summary_document and _measure write it, or the placeholder that
+    says a run has not finished (scenario, complete, error only)."""
+
+    scenario: str
+    complete: bool
+    error: str | None = None
+    sharing_mode: str | None = None
+    num_prompts: int | None = None
+    endpoint_type: str | None = None
+    stream: bool | None = None
+    token_counting: str | None = None
+    servers: list[ServerEntry] = []
+    per_endpoint: dict[str, MetricBlock] = {}
+    tenants: dict[str, TenantBlock] | None = None
+    server_counters: dict[str, dict[str, float] | None] = {}
+    placements: dict[str, dict[str, Any]] = {}
+    mps: dict[str, Any] | None = None
+    gpu: GpuWindow | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _identified(cls, doc: Any) -> Any:
+        """A complete run must say what it measured; a placeholder need not."""
+        if isinstance(doc, dict) and verdict_of(doc).complete:
+            lacking = [key for key in IDENTITY if not isinstance(doc.get(key), str)]
+            if lacking:
+                raise PydanticCustomError("lacks", "lacks {keys}", {"keys": ", ".join(lacking)})
+        return doc
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.of(self.complete, self.error)
+
+
+class CellEntry(Record):
+    """One of matrix.json's `cells`: which cell, its run folder, how it ended, and its time.
+    Keys it does not declare are dropped, as an older index's were."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    scenario: str
+    cell: str
+    load_kind: Literal["concurrency", "request_rate", "phase"]
+    load: float | None
+    repeat: int
+    run_dir: str
+    status: Literal["complete", "skipped", "failed", "not_run"]  # skipped: complete before
+    error: str | None = None
+    wall_s: float = 0.0
+    measured_s: float = 0.0
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Invocation(Record):
+    """Where one invocation's wall time went. A matrix resumed over several invocations keeps
+    every invocation's record, as it was recorded, so its measured fraction counts all the time
+    it took."""
+
+    model_config = ConfigDict(frozen=False)  # the invocation under way adds up its time
+
+    started: str | None = Field(default_factory=_utc_now)
+    wall_s: float = 0.0
+    measured_s: float | int | None = 0.0  # an invocation that measured nothing recorded the integer 0
+    server_start_s: float = 0.0
+    server_stop_s: float = 0.0
+    cells_run: int = 0
+
+
+class CellCounts(Record):
+    """How many cells ended each way."""
+
+    complete: int = 0
+    skipped: int = 0
+    failed: int = 0
+    not_run: int = 0
+
+
+class MatrixIndex(Record):
+    """matrix.json: every cell, and the wall time over all invocations with its share inside
+    measurement windows."""
+
+    cells: list[CellEntry] = []
+    planned_cells: int | None = None
+    wall_s: float = 0.0
+    measured_s: float = 0.0
+    measured_fraction: float | None = None
+    invocations: list[Invocation]
+    counts: CellCounts = CellCounts()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_invocation(cls, doc: Any) -> Any:
+        """An index written before invocations were recorded: its own wall time, as one."""
+        if isinstance(doc, dict) and "invocations" not in doc:
+            return {**doc, "invocations": [{"started": None, "wall_s": doc.get("wall_s", 0.0), "measured_s": None}]}
+        return doc
+
+
+# --- writing and reading -----------------------------------------------------------------------
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
@@ -45,16 +253,21 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_summary(folder: Path, doc: dict[str, Any]) -> Summary:
+    """summary.json: the document, once `Summary` has read it (a defect here fails the run's
+    writer, not a later reader)."""
+    summary = Summary.model_validate(doc)
+    write_json_atomic(folder / SUMMARY, doc)
+    return summary
+
+
 def write_unfinished(folder: Path, scenario: str) -> None:
     """The summary a run folder holds until its run ends: not complete."""
-    write_json_atomic(folder / SUMMARY, {"scenario": scenario, "complete": False, "error": UNFINISHED})
-
-
-def write_summary(folder: Path, doc: dict[str, Any]) -> None:
-    write_json_atomic(folder / SUMMARY, doc)
+    write_summary(folder, {"scenario": scenario, "complete": False, "error": UNFINISHED})
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
+    """summary.json as JSON, whatever it says: enough for a verdict."""
     path = folder / SUMMARY
     try:
         doc = json.loads(path.read_text())
@@ -67,13 +280,27 @@ def read_summary(folder: Path) -> dict[str, Any]:
     return doc
 
 
+def _problem(err: ValidationError) -> str:
+    """What is wrong, by key: the keys missing, else the first problem."""
+    problems = err.errors()
+    missing = [".".join(map(str, p["loc"])) for p in problems if p["type"] == "missing"]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    where = ".".join(map(str, problems[0]["loc"]))
+    return f"{where}: {problems[0]['msg']}" if where else problems[0]["msg"]
+
+
+def read_run(folder: Path) -> Summary:
+    """summary.json as a `Summary`; SummaryUnreadable names the file and what is wrong."""
+    try:
+        return Summary.model_validate(read_summary(folder))
+    except ValidationError as err:
+        raise SummaryUnreadable(f"{folder / SUMMARY}: {_problem(err)}") from None
+
+
 def verdict_of(doc: dict[str, Any]) -> Verdict:
-    """Complete only when the summary says so and records no error."""
-    error = doc.get("error")
-    complete = doc.get("complete") is True and not error
-    if not complete and not error:
-        error = "marked incomplete"
-    return Verdict(complete, None if complete else str(error))
+    """The verdict of a summary document, however little else it says."""
+    return Verdict.of(doc.get("complete"), doc.get("error"))
 
 
 def read_verdict(folder: Path) -> Verdict:
@@ -83,3 +310,18 @@ def read_verdict(folder: Path) -> Verdict:
         if not (folder / SUMMARY).exists():
             return Verdict(False, f"no {SUMMARY}: {UNFINISHED}")
         return Verdict(False, str(err))
+
+
+def write_matrix_index(folder: Path, doc: dict[str, Any]) -> MatrixIndex:
+    """matrix.json: the document, once `MatrixIndex` has read it."""
+    index = MatrixIndex.model_validate(doc)
+    write_json_atomic(folder / INDEX, doc)
+    return index
+
+
+def read_matrix_index(folder: Path) -> MatrixIndex | None:
+    """matrix.json as a `MatrixIndex`; None where there is none readable (the matrix starts afresh)."""
+    try:
+        return MatrixIndex.model_validate(json.loads((folder / INDEX).read_text()))
+    except (OSError, ValueError):  # ValidationError is a ValueError
+        return None

@@ -34,7 +34,7 @@ from .monitor import GpuMonitor
 from .mps import MpsDaemon
 from .records import RequestRecord
 from .request_log import RequestLog
-from .results import write_summary, write_unfinished
+from .results import Summary, write_summary, write_unfinished
 from .servers import ServerFleet, ensure_port_free, process_alive
 from .sharegpt import with_max_model_len
 from .sharing import Placement, place_servers
@@ -46,7 +46,7 @@ INTERRUPTED_EXIT = 130
 @dataclass
 class RunOutcome:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: Summary
     exit_code: int
 
 
@@ -175,34 +175,34 @@ def ms_or_dash(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def print_summary(console: Console, doc: dict[str, Any], run_dir: Path) -> None:
-    def ms(key: str) -> str:
-        return ms_or_dash(doc.get(key))
-
-    table = Table(title=f"{doc['scenario']} ({'complete' if doc['complete'] else 'INCOMPLETE'})", show_header=True)
+def print_summary(console: Console, summary: Summary, run_dir: Path) -> None:
+    table = Table(title=f"{summary.scenario} ({'complete' if summary.complete else 'INCOMPLETE'})", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("requests completed / failed", f"{doc['completed']} / {doc['failed']}")
-    table.add_row("duration (s)", f"{doc['duration']:.2f}")
-    table.add_row("request throughput (req/s)", f"{doc['request_throughput']:.2f}")
-    table.add_row("output throughput (tok/s)", f"{doc['output_throughput']:,.1f}")
-    table.add_row("total token throughput (tok/s)", f"{doc['total_token_throughput']:,.1f}")
+    table.add_row("requests completed / failed", f"{summary.completed} / {summary.failed}")
+    table.add_row("duration (s)", f"{summary.duration:.2f}")
+    table.add_row("request throughput (req/s)", f"{summary.request_throughput:.2f}")
+    table.add_row("output throughput (tok/s)", f"{summary.output_throughput:,.1f}")
+    table.add_row("total token throughput (tok/s)", f"{summary.total_token_throughput:,.1f}")
     for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E latency")):
-        table.add_row(f"{label} mean / p50 / p99 (ms)", f"{ms(f'mean_{name}_ms')} / {ms(f'p50_{name}_ms')} / {ms(f'p99_{name}_ms')}")
-    gpu = doc.get("gpu") or {}
-    if gpu.get("energy_j") is not None:
-        table.add_row("GPU energy (J) / per output token (J)", f"{gpu['energy_j']:,.0f} / {gpu['energy_per_output_token_j']:.3f}")
-        table.add_row("GPU power avg / max (W)", f"{gpu['avg_power_w']:.0f} / {gpu['max_power_w'] or 0:.0f}")
-    if "request_goodput" in doc:
-        table.add_row("goodput (req/s) / good fraction", f"{doc['request_goodput']:.2f} / {doc['good_request_fraction'] or 0:.2%}")
-    for name, block in (doc.get("tenants") or {}).items():
-        met = block.get("good_request_fraction")
+        stats = summary.pick(f"{stat}_{name}_ms" for stat in ("mean", "p50", "p99")).values()
+        table.add_row(f"{label} mean / p50 / p99 (ms)", " / ".join(map(ms_or_dash, stats)))
+    gpu = summary.gpu
+    if gpu is not None and gpu.energy_j is not None:
+        table.add_row("GPU energy (J) / per output token (J)",
+                      f"{gpu.energy_j:,.0f} / {gpu.energy_per_output_token_j:.3f}")
+        table.add_row("GPU power avg / max (W)", f"{gpu.avg_power_w:.0f} / {gpu.max_power_w or 0:.0f}")
+    if summary.request_goodput is not None:  # only with SLOs
+        table.add_row("goodput (req/s) / good fraction",
+                      f"{summary.request_goodput:.2f} / {summary.good_request_fraction or 0:.2%}")
+    for name, block in (summary.tenants or {}).items():
+        met = block.good_request_fraction
         table.add_row(f"tenant {name}: done / failed / tok/s / TTFT p99 (ms) / SLO met",
-                      f"{block['completed']} / {block['failed']} / {block['output_throughput']:,.1f} / "
-                      f"{ms_or_dash(block.get('p99_ttft_ms'))} / {'-' if met is None else f'{met:.0%}'}")
-    if doc["completed"] or doc["failed"]:
+                      f"{block.completed} / {block.failed} / {block.output_throughput:,.1f} / "
+                      f"{ms_or_dash(block.p99_ttft_ms)} / {'-' if met is None else f'{met:.0%}'}")
+    if summary.completed or summary.failed:
         console.print(table)
-    state = "" if doc["complete"] else " (incomplete)"
+    state = "" if summary.complete else " (incomplete)"
     console.print(f"Run folder: {run_dir}{state}", soft_wrap=True, highlight=False)
 
 
@@ -558,12 +558,12 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
         doc["workload"] = loads[0].source.describe()
     doc["gpu"] = gpu_summary(run_dir / "gpu.csv", [r for r in records if r.in_window], doc["total_output_tokens"],
                              fleet)
-    write_summary(run_dir, doc)
+    summary = write_summary(run_dir, doc)
     try:
-        print_summary(console, doc, run_dir)
+        print_summary(console, summary, run_dir)
     except OSError:
         pass
-    return RunOutcome(run_dir, doc, exit_code)
+    return RunOutcome(run_dir, summary, exit_code)
 
 
 def tenants_verdict(error: str | None, loads: list[TenantLoad], records: list[RequestRecord]) -> tuple[bool, str | None]:
