@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
 import numpy as np
 import yaml
@@ -242,6 +242,16 @@ class StepSchedule(StrictModel):
         """The step that holds `elapsed` seconds into the window (the last one past its end)."""
         return min(len(self.levels) - 1, max(0, int(elapsed // self.step_s)))
 
+    def step_end(self, step: int) -> float:
+        """Seconds into the window at which `step` ends."""
+        return (step + 1) * self.step_s
+
+
+def step_clock(loads: Iterable[LoadConfig]) -> StepSchedule | None:
+    """The schedule every tenant's requests are binned by: the first stepped load's (the
+    aggressor's), so a victim's latency can be read against the aggressor's level."""
+    return next((load.steps for load in loads if load.steps is not None), None)
+
 
 class LoadConfig(StrictModel):
     """Closed loop at `concurrency`, or open loop at `request_rate` (then concurrency caps in-flight),
@@ -413,7 +423,7 @@ class ScenarioConfig(StrictModel):
         for name in self.active_tenants or []:
             if name not in names:
                 raise ValueError(f"active_tenants: no tenant is named '{name}' (tenants: {', '.join(names)})")
-        active = [i for i, t in enumerate(self.tenants) if self.active_tenants is None or t.name in self.active_tenants]
+        active = [i for i, t in enumerate(self.tenants) if self.loads(t)]
         for i in active if len(active) > 1 else []:
             if (self.tenants[i].load or self.load).duration_s is None:
                 raise ValueError(f"tenants.{i}.load: tenants that load together share one window bounded by time; "
@@ -431,13 +441,16 @@ class ScenarioConfig(StrictModel):
             return [Tenant(None, tuple(range(len(self.servers))), self.workload, self.load, self.api,
                            dict(self.slo), self.seed)]
         position = {name: i for i, name in enumerate(self.server_names())}
-        active = [t for t in self.tenants if self.active_tenants is None or t.name in self.active_tenants]
         return [
             Tenant(t.name, tuple(position[s] for s in t.servers), t.workload or self.workload, t.load or self.load,
                    t.api or self.api, dict(self.slo if t.slo is None else t.slo),
                    tenant_seed(self.seed, t.name) if t.seed is None else t.seed)
-            for t in active
+            for t in self.tenants if self.loads(t)
         ]
+
+    def loads(self, tenant: TenantConfig) -> bool:
+        """Whether the tenant sends load in this run (every tenant, unless active_tenants says)."""
+        return self.active_tenants is None or tenant.name in self.active_tenants
 
 
 _UNION_TAGS = {"synthetic", "dataset", "sharegpt", "fixed", "uniform", "normal"}

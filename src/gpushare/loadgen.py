@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import aiohttp
 
-from .config import ApiConfig, LoadConfig, StepSchedule
+from .config import ApiConfig, LoadConfig, StepSchedule, step_clock
 from .events import Listener, PhaseChanged, RequestFinished
 from .records import RequestRecord, RequestSpec
 
@@ -497,7 +497,7 @@ class LoadGenerator:
         self._prepared = 0
         self._window: tuple[float, float | None] = (0.0, None)
         self._common_end = math.inf
-        self._step_clock: StepSchedule | None = None
+        self._binned_by: StepSchedule | None = None
 
     @property
     def aborted(self) -> str:
@@ -543,7 +543,7 @@ class LoadGenerator:
         if not warmup:
             started = self._window[0]
             rec.in_window = started <= scheduled <= self._common_end
-            rec.step = None if self._step_clock is None else self._step_clock.step_at(scheduled - started)
+            rec.step = None if self._binned_by is None else self._binned_by.step_at(scheduled - started)
         self.records.append(rec)
         self._publish(RequestFinished(rec))
 
@@ -553,19 +553,13 @@ class LoadGenerator:
         task.add_done_callback(self._in_flight.discard)
         return task
 
-    def _step_at(self, t: float) -> int | None:
-        steps = self.load.steps
-        return None if steps is None else steps.step_at(t - self._window[0])
+    def _level_now(self, steps: StepSchedule) -> float:
+        """The step schedule's level now."""
+        return steps.levels[steps.step_at(clock() - self._window[0])]
 
-    def _level_now(self) -> float | None:
-        """The step schedule's level now (None: no schedule)."""
-        step = self._step_at(clock())
-        return None if step is None else self.load.steps.levels[step]  # type: ignore[union-attr]
-
-    async def _until_next_step(self) -> None:
-        steps, (started, deadline) = self.load.steps, self._window
-        assert steps is not None
-        boundary = started + (steps.step_at(clock() - started) + 1) * steps.step_s
+    async def _until_next_step(self, steps: StepSchedule) -> None:
+        started, deadline = self._window
+        boundary = started + steps.step_end(steps.step_at(clock() - started))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), max(0.0, min(boundary, deadline or boundary) - clock()))
 
@@ -575,14 +569,14 @@ class LoadGenerator:
         while the step's level is above k, so the number in flight follows the schedule."""
         indices = itertools.count(first)
         last = None if count is None else first + count
-        stepped = self.load.steps is not None and not warmup
+        steps = None if warmup else self.load.steps
 
         async def worker(k: int) -> None:
             while not self._stop.is_set():
                 if deadline is not None and clock() >= deadline:
                     return
-                if stepped and (self._level_now() or 0) <= k:
-                    await self._until_next_step()
+                if steps is not None and self._level_now(steps) <= k:
+                    await self._until_next_step(steps)
                     continue
                 index = next(indices)
                 if last is not None and index >= last:
@@ -615,7 +609,7 @@ class LoadGenerator:
             gap = next(self._arrivals)
             while steps is not None:
                 step = steps.step_at(due - started)
-                boundary = started + (step + 1) * steps.step_s
+                boundary = started + steps.step_end(step)
                 rate = steps.levels[step]
                 if rate > 0 and (due + gap / rate < boundary or step == len(steps.levels) - 1):
                     gap /= rate
@@ -645,13 +639,13 @@ class LoadGenerator:
         self.prebuild(warm, self._prepared)
 
     async def measure(self, session: aiohttp.ClientSession, started: float, common_end: float = math.inf,
-                      step_clock: StepSchedule | None = None) -> int:
+                      binned_by: StepSchedule | None = None) -> int:
         """The measured window, from `started` (shared by every tenant of a group): requests
         scheduled after `common_end` are flagged out of it, and each request is given its step
-        of `step_clock`. Returns how many of its requests had to be built inside it."""
+        of `binned_by`. Returns how many of its requests had to be built inside it."""
         load, warm = self.load, self.load.warmup_requests
         deadline = None if load.duration_s is None else started + load.duration_s
-        self._window, self._common_end, self._step_clock = (started, deadline), common_end, step_clock
+        self._window, self._common_end, self._binned_by = (started, deadline), common_end, binned_by
         if not self._stop.is_set():
             if load.open_loop:
                 await self._until_aborted([self._track(self._open_loop(session, warm, load.n_requests, deadline))])
@@ -696,11 +690,11 @@ class LoadGroup:
             self._publish(PhaseChanged("warmup", clock()))
             await asyncio.gather(*(g.warm(s) for g, s in zip(generators, sessions)))
             self._publish(PhaseChanged("measure", clock()))
-            step_clock = next((g.load.steps for g in generators if g.load.steps is not None), None)
+            binned_by = step_clock(g.load for g in generators)
             with paused_gc():
                 cpu0, started = time.process_time(), clock()
                 common_end = started + min(g.load.duration_s or math.inf for g in generators)
-                late = await asyncio.gather(*(g.measure(s, started, common_end, step_clock)
+                late = await asyncio.gather(*(g.measure(s, started, common_end, binned_by)
                                               for g, s in zip(generators, sessions)))
                 ended, cpu = clock(), time.process_time() - cpu0
         self._publish(PhaseChanged("done", clock()))

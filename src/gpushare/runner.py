@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import environment, mig, mps
-from .config import ScenarioConfig, StepSchedule, Tenant, dump_config
+from .config import ScenarioConfig, Tenant, dump_config, step_clock
 from .engines import ENGINES, LaunchPlan, redact, redact_env
 from .errors import ConfigError, GpushareError, RunFailure
 from .events import Event, PhaseChanged, Publisher, RequestFinished
@@ -577,17 +577,11 @@ def tenants_verdict(error: str | None, loads: list[TenantLoad], records: list[Re
     return True, None
 
 
-def step_clock(loads: list[TenantLoad]) -> StepSchedule | None:
-    """The schedule every tenant's requests are binned by: the first stepped tenant's (the
-    aggressor's), so a victim's latency can be read against the aggressor's level."""
-    return next((load.tenant.load.steps for load in loads if load.tenant.load.steps is not None), None)
-
-
 def tenant_blocks(loads: list[TenantLoad], records: list[RequestRecord]) -> dict[str, Any]:
     """summary.json's block per tenant: the top level's metric keys over the tenant's requests
     in the common window, its load and workload, and, under a step schedule, the same keys
     per step of the aggressor's schedule."""
-    steps = step_clock(loads)
+    steps = step_clock(load.tenant.load for load in loads)
     aggressor = next((load.tenant.name for load in loads if load.tenant.load.steps is steps), None)
     blocks: dict[str, Any] = {}
     for load in loads:
