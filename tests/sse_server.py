@@ -136,7 +136,9 @@ def main() -> None:
         print(f"child pid {child.pid}", flush=True)
     print(f"server pid {os.getpid()}", flush=True)
     time.sleep(args.startup_delay)
-    web.run_app(SseServer(Behaviour(token_delay=args.token_delay)).app, host=args.host, port=args.port, print=None)
+    # aiohttp would install its own SIGTERM handler over the ignored one.
+    web.run_app(SseServer(Behaviour(token_delay=args.token_delay)).app, host=args.host, port=args.port, print=None,
+                handle_signals=not args.ignore_sigterm)
 
 
 if __name__ == "__main__":

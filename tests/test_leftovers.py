@@ -163,7 +163,7 @@ def test_a_server_handle_records_and_forgets_its_group(tmp_path, cache):
 
 
 def test_a_leftover_mps_daemon_is_asked_to_quit(standin, tmp_path, cache):
-    with MpsDaemon(tmp_path, say=lambda m: None) as daemon:
+    with MpsDaemon(tmp_path, 0, say=lambda m: None) as daemon:
         assert json.loads((cache / "processes" / f"{daemon.process.pid}.json").read_text())["kind"] == "mps"
     assert list((cache / "processes").iterdir()) == []
 
@@ -178,12 +178,15 @@ def test_a_leftover_mps_daemon_is_asked_to_quit(standin, tmp_path, cache):
     assert daemon.wait(10) == 0 and standin.read_text().splitlines()[-2:] == ["quit clients_alive=0", "daemon exit"]
 
 
-def test_a_killed_gpushare_run_leaves_a_server_doctor_finds_and_cleans(tmp_path, cache):
+def killed_run(tmp_path, cache, *server_flags):
+    """A `gpushare run` killed outright (SIGKILL) under load; returns its config, port, run
+    folder and its server's PID."""
     if (USER_MODELS / "smollm2").exists():  # else `gpushare run` prepares it in the private cache
         cache.mkdir()
         (cache / "models").symlink_to(USER_MODELS)
     port = free_port()
-    server = {"name": "fake", "command": [*SSE_SERVER, "--token-delay", "0.2"], "port": port, "ready_timeout_s": 30}
+    server = {"name": "fake", "command": [*SSE_SERVER, "--token-delay", "0.2", *server_flags], "port": port,
+              "ready_timeout_s": 30}
     cfg = write_config(tmp_path / "scenario.yaml", scenario="t", servers=[server],
                        workload={"kind": "synthetic", "input_tokens": 8, "output_tokens": 4},
                        load={"concurrency": 2, "n_requests": 500, "warmup_requests": 1}, out=str(tmp_path / "runs"))
@@ -197,6 +200,19 @@ def test_a_killed_gpushare_run_leaves_a_server_doctor_finds_and_cleans(tmp_path,
         proc.wait()
     folder = run_folder(tmp_path / "runs")
     (pid,) = server_pids(folder / "server-0.log")
+    return cfg, port, folder, pid
+
+
+def test_a_server_ends_with_the_gpushare_run_killed_outright(tmp_path, cache):
+    """Its parent's death sends it SIGTERM (leftovers.end_with_parent): nothing to clean."""
+    _, _, _, pid = killed_run(tmp_path, cache)
+    wait_until(lambda: not alive(pid), timeout=30)
+
+
+def test_a_killed_gpushare_run_leaves_a_server_doctor_finds_and_cleans(tmp_path, cache):
+    """A server that ignores SIGTERM outlives its killed parent: doctor finds and stops it."""
+    cfg, port, folder, pid = killed_run(tmp_path, cache, "--ignore-sigterm")
+    time.sleep(1)
     assert alive(pid)
 
     doctor = run_cli("doctor", "--json")

@@ -2,6 +2,7 @@
 NVML's API shapes, and MPS control sequencing against a stand-in control program."""
 
 import os
+import subprocess
 import time
 import sys
 from pathlib import Path
@@ -253,7 +254,7 @@ def test_the_drivers_profiles_win_over_the_table(monkeypatch):
 
 
 def test_mps_daemon_lifecycle(standin, tmp_path):
-    with MpsDaemon(tmp_path, say=lambda m: None) as daemon:
+    with MpsDaemon(tmp_path, 0, say=lambda m: None) as daemon:
         pipe = daemon.pipe_directory
         assert oct(pipe.stat().st_mode)[-3:] == "700"
         assert daemon.client_env == {"CUDA_MPS_PIPE_DIRECTORY": str(pipe)}
@@ -261,29 +262,62 @@ def test_mps_daemon_lifecycle(standin, tmp_path):
         assert alive(pid)
     assert not alive(pid) and not pipe.exists()
     lines = standin.read_text().splitlines()
-    assert f"daemon start log_dir={tmp_path / 'mps-log'}" in lines
+    assert f"daemon start log_dir={tmp_path / 'mps-log'} gpus=0" in lines
     assert lines[-2:] == ["quit clients_alive=0", "daemon exit"]
 
 
 def test_mps_daemon_that_fails_reports_its_log(standin, tmp_path, monkeypatch):
     monkeypatch.setenv("MPS_STANDIN_FAIL", "1")
     with pytest.raises(RunFailure, match="did not start; last log lines: control.log: fatal: no CUDA-capable device"):
-        MpsDaemon(tmp_path, say=lambda m: None).__enter__()
+        MpsDaemon(tmp_path, 0, say=lambda m: None).__enter__()
 
 
 def test_an_mps_daemon_we_did_not_start_is_neither_used_nor_stopped(standin, tmp_path):
-    other = MpsDaemon(tmp_path / "other", say=lambda m: None)
+    other = MpsDaemon(tmp_path / "other", 0, say=lambda m: None, gpu_uuid="GPU-a")
     (tmp_path / "other").mkdir()
     with other:
         from gpushare import environment
 
         assert other.process.pid in environment.mps()["control_daemons"]  # what doctor shows
-        with pytest.raises(ConfigError, match=r"already running \(pid \d+\); gpushare neither uses nor stops it"):
-            MpsDaemon(tmp_path, say=lambda m: None).__enter__()
-        with MpsDaemon(tmp_path, existing_pipe_directory=other.pipe_directory, say=lambda m: None) as borrowed:
+        with pytest.raises(ConfigError, match=r"already serves GPU 0 \(pid \d+\); gpushare neither uses nor stops it"):
+            MpsDaemon(tmp_path, 0, say=lambda m: None).__enter__()
+        with MpsDaemon(tmp_path, 0, existing_pipe_directory=other.pipe_directory, say=lambda m: None) as borrowed:
             assert borrowed.client_env["CUDA_MPS_PIPE_DIRECTORY"] == str(other.pipe_directory)
         assert alive(other.process.pid)  # left running
         assert not any(line.startswith("quit") for line in standin.read_text().splitlines())
+
+
+def test_one_mps_daemon_per_gpu_side_by_side(standin, tmp_path, monkeypatch):
+    """Scenarios on two GPUs each run their own daemon, each seeing its GPU only; a daemon
+    started without CUDA_VISIBLE_DEVICES (it serves every GPU) blocks both."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with MpsDaemon(tmp_path / "a", 0, say=lambda m: None) as first, \
+            MpsDaemon(tmp_path / "b", 1, say=lambda m: None) as second:
+        assert first.pipe_directory != second.pipe_directory
+        assert alive(first.process.pid) and alive(second.process.pid)
+    starts = [line for line in standin.read_text().splitlines() if line.startswith("daemon start")]
+    assert [line.split()[-1] for line in starts] == ["gpus=0", "gpus=1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for name, visible, blocked, free in (("every", None, [(0, None), (1, None)], []),
+                                         ("by-uuid", "GPU-a", [(3, "GPU-a")], [(3, "GPU-b"), (0, None)])):
+        pipe = tmp_path / name
+        pipe.mkdir()
+        env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(pipe), "CUDA_MPS_LOG_DIRECTORY": str(pipe),
+               **({"CUDA_VISIBLE_DEVICES": visible} if visible else {})}
+        foreign = subprocess.Popen(["nvidia-cuda-mps-control", "-f"], env=env)
+        try:
+            while not (pipe / "control").exists():
+                time.sleep(0.05)
+            for gpu, uuid in blocked:
+                with pytest.raises(ConfigError, match=f"already serves GPU {gpu} \\(pid {foreign.pid}\\)"):
+                    MpsDaemon(tmp_path / "a", gpu, say=lambda m: None, gpu_uuid=uuid).__enter__()
+            for gpu, uuid in free:
+                with MpsDaemon(tmp_path / "a", gpu, say=lambda m: None, gpu_uuid=uuid) as ours:
+                    assert alive(ours.process.pid)
+        finally:
+            (pipe / "quit").write_text("")
+            foreign.wait(10)
 
 
 def test_mps_run_stops_servers_before_quitting_the_daemon(standin, tmp_path):

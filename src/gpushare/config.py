@@ -44,6 +44,10 @@ class FixedLength(StrictModel):
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return np.full(n, self.value, dtype=np.int64)
 
+    @property
+    def label(self) -> str:
+        return str(self.value)
+
 
 class UniformLength(StrictModel):
     dist: Literal["uniform"]
@@ -59,6 +63,10 @@ class UniformLength(StrictModel):
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.integers(self.low, self.high + 1, size=n, dtype=np.int64)
 
+    @property
+    def label(self) -> str:
+        return f"U[{self.low},{self.high}]"
+
 
 class NormalLength(StrictModel):
     """Normal lengths, rounded and clipped to [min, max] so every length stays usable."""
@@ -72,6 +80,10 @@ class NormalLength(StrictModel):
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         values = np.rint(rng.normal(self.mean, self.std, size=n)).astype(np.int64)
         return np.clip(values, self.min, self.max if self.max is not None else None)
+
+    @property
+    def label(self) -> str:
+        return f"N({self.mean:g},{self.std:g})[{self.min},{'' if self.max is None else self.max}]"
 
 
 def _int_is_fixed(value: Any) -> Any:
@@ -95,6 +107,11 @@ class SyntheticWorkload(StrictModel):
 
     _coerce = field_validator("input_tokens", "output_tokens", mode="before")(_int_is_fixed)
 
+    @property
+    def label(self) -> str:
+        """What analysis names the workload by: equal for equal workloads, e.g. synthetic 512/128."""
+        return f"synthetic {self.input_tokens.label}/{self.output_tokens.label}"
+
 
 class DatasetWorkload(StrictModel):
     """Prompts from a JSONL file: ShareGPT-style conversations or {prompt, max_tokens} rows."""
@@ -105,6 +122,11 @@ class DatasetWorkload(StrictModel):
     """Used for rows that do not say how many tokens to generate."""
 
     _coerce = field_validator("output_tokens", mode="before")(_int_is_fixed)
+
+    @property
+    def label(self) -> str:
+        out = "" if self.output_tokens is None else f", out {self.output_tokens.label}"
+        return f"dataset {self.path.name}{out}"
 
 
 class ShareGPTWorkload(StrictModel):
@@ -121,6 +143,14 @@ class ShareGPTWorkload(StrictModel):
     max_model_len: PositiveInt | None = None
     """Prompt + output limit; default: the servers' smallest --max-model-len, else the model's
     max_position_embeddings, else 4096."""
+
+    @property
+    def label(self) -> str:
+        parts = [f"{name} {value}" for name, value in (("file", self.path and self.path.name),
+                                                        ("out", self.output_tokens),
+                                                        ("max out", self.max_output_tokens),
+                                                        ("ctx", self.max_model_len)) if value]
+        return ", ".join(["sharegpt", *parts]) if parts else "sharegpt"
 
 
 Workload = Annotated[Union[SyntheticWorkload, DatasetWorkload, ShareGPTWorkload], Field(discriminator="kind")]
@@ -139,7 +169,8 @@ class ServerConfig(StrictModel):
     url: str | None = None
     """Base URL of an `external` server, e.g. http://127.0.0.1:8000."""
     host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Default: a free port, allocated when the run starts (recorded in summary.json's servers)."""
     command: list[str] | None = None
     """Replaces the engine's launcher, e.g. [python3, -m, vllm.entrypoints.cli.main, serve]."""
     args: list[str] = []
@@ -377,7 +408,7 @@ class ScenarioConfig(StrictModel):
 
     @model_validator(mode="after")
     def _servers_distinct(self) -> "ScenarioConfig":
-        launched = [(s.host, s.port) for s in self.servers if s.engine != "external"]
+        launched = [(s.host, s.port) for s in self.servers if s.engine != "external" and s.port is not None]
         if len(set(launched)) != len(launched):
             raise ValueError("servers: two launched servers share a host and port")
         mode = self.sharing.mode

@@ -143,4 +143,8 @@ def redact_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def server_environment(plan: LaunchPlan) -> dict[str, str]:
-    return {**os.environ, **plan.env}
+    """gpushare's environment plus the plan's, except the GPU choice: a server sees the GPU
+    its placement names (sharing.gpu, a MIG instance, or its MPS daemon's), never one
+    inherited from whoever started gpushare (a Ray worker is given one, for instance)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    return {**inherited, **plan.env}

@@ -9,6 +9,7 @@ processes gpushare did not start are never touched.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from . import mps, servers
 from .engines import redact
@@ -43,6 +45,27 @@ class Leftover:
     port: int | None
     pipe_directory: str | None
     owner_pid: int
+
+
+def _parent_death_signal() -> Callable[[], None]:
+    """`end_with_parent`, made before any fork: the child must not load a library."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # not Linux: the registry and `doctor --clean` remain
+        return lambda: None
+    pr_set_pdeathsig = 1
+
+    def end_with_parent() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+    return end_with_parent
+
+
+end_with_parent = _parent_death_signal()
+"""For Popen's preexec_fn: the child gets SIGTERM when the thread that started it dies, so a
+server or MPS daemon never outlives a gpushare process killed outright (SIGKILL, or a Ray
+worker killed with its driver); SIGTERM lets vLLM stop its own engine processes."""
 
 
 def registry() -> Path:

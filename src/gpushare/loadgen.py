@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 import itertools
 import json
 import math
@@ -445,23 +446,42 @@ def new_session(api: ApiConfig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=_READ_BUFFER)
 
 
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """No garbage-collector pauses inside the measured window.
+class _GcPause:
+    """The collector is one per process, so windows that overlap (loads run side by side in
+    threads of one process) share one pause: the first window in freezes and disables it,
+    the last one out restores it."""
 
-    A full collection over the prepared requests takes tens of milliseconds and stalls
-    every request in flight, which shows up as client-made latency. Objects alive now are
-    frozen out of later collections and collection is paused until the window ends."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        if was_enabled:
-            gc.enable()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._was_enabled = True
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._open == 0:
+                self._was_enabled = gc.isenabled()
+                gc.collect()
+                gc.freeze()
+                gc.disable()
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                if self._open == 0:
+                    gc.unfreeze()
+                    if self._was_enabled:
+                        gc.enable()
+
+
+paused_gc = _GcPause()
+"""No garbage-collector pauses inside the measured window.
+
+A full collection over the prepared requests takes tens of milliseconds and stalls every
+request in flight, which shows up as client-made latency. Objects alive now are frozen out
+of later collections and collection is paused until the window ends."""
 
 
 class LoadGenerator:

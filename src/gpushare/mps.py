@@ -1,6 +1,9 @@
-"""CUDA MPS control for one run: a private daemon, started before the servers, quit after them.
+"""CUDA MPS control for one run: a private daemon per GPU, started before the servers, quit after them.
 
-The daemon runs in the foreground as our own child (`nvidia-cuda-mps-control -f`), so its
+The daemon is started with CUDA_VISIBLE_DEVICES naming the run's GPU only, so it serves that
+GPU and no other: scenarios on other GPUs of the machine run their own daemons beside it. Its
+clients (the servers) count devices among those the daemon sees, so they name device 0. The
+daemon runs in the foreground as our own child (`nvidia-cuda-mps-control -f`), so its
 PID is known and it can be checked gone. Its pipe directory is private (mode 0700) and its
 log directory is in the run folder. A daemon already running on the machine is neither
 used nor stopped, unless the user names its pipe directory; then gpushare uses it and
@@ -23,6 +26,25 @@ from .errors import ConfigError, RunFailure
 CONTROL = "nvidia-cuda-mps-control"
 READY_TIMEOUT_S = 30.0
 QUIT_TIMEOUT_S = 30.0
+
+
+def visible_devices(pid: int) -> set[str] | None:
+    """The CUDA_VISIBLE_DEVICES entries a process started with; None if it had none (it sees
+    every GPU) or its environment cannot be read (assume the worst)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"CUDA_VISIBLE_DEVICES="):
+            return {part.strip() for part in item.split(b"=", 1)[1].decode(errors="replace").split(",")}
+    return None
+
+
+def daemons_on(gpu_ids: set[str]) -> list[int]:
+    """Control daemons that may serve a GPU known by any of `gpu_ids` (its index, its UUID)."""
+    return [pid for pid in running_control_daemons()
+            if (seen := visible_devices(pid)) is None or seen & gpu_ids]
 
 
 def running_control_daemons() -> list[int]:
@@ -50,18 +72,21 @@ def send(pipe_directory: Path, command: str, timeout: float = 10.0) -> bool:
     return out.returncode == 0
 
 
-def preflight(existing_pipe_directory: Path | None) -> None:
-    """Refuse, before anything starts, what this machine cannot do or what is not ours."""
+def preflight(existing_pipe_directory: Path | None, gpu_ids: set[str]) -> None:
+    """Refuse, before anything starts, what this machine cannot do or what is not ours: a
+    daemon (anyone's, another scenario's too) that serves the run's GPU. `gpu_ids` are the
+    names of the run's GPU (index, and UUID where NVML gives it)."""
     if shutil.which(CONTROL) is None:
         raise ConfigError(f"sharing.mode: MPS needs {CONTROL} on PATH; it was not found")
     if existing_pipe_directory is not None:
         if not send(existing_pipe_directory, "get_server_list"):
             raise ConfigError(f"sharing.mps_pipe_directory: no MPS daemon answers at {existing_pipe_directory}")
         return
-    others = running_control_daemons()
+    others = daemons_on(gpu_ids)
     if others:
         raise ConfigError(
-            f"sharing.mode: an MPS control daemon is already running (pid {', '.join(map(str, others))}); "
+            f"sharing.mode: an MPS control daemon already serves GPU {min(gpu_ids, key=len)} "
+            f"(pid {', '.join(map(str, others))}); "
             "gpushare neither uses nor stops it: name its pipe directory in sharing.mps_pipe_directory to use it"
         )
 
@@ -69,9 +94,11 @@ def preflight(existing_pipe_directory: Path | None) -> None:
 class MpsDaemon:
     """Context manager: `with MpsDaemon(run_dir) as mps: env = mps.client_env`."""
 
-    def __init__(self, run_dir: Path, existing_pipe_directory: Path | None = None,
-                 say: Callable[[str], None] = print):
+    def __init__(self, run_dir: Path, gpu: int, existing_pipe_directory: Path | None = None,
+                 say: Callable[[str], None] = print, gpu_uuid: str | None = None):
         self.run_dir = run_dir
+        self.gpu = gpu
+        self.gpu_ids = {str(gpu), *([gpu_uuid] if gpu_uuid else [])}
         self.existing = existing_pipe_directory
         self.say = say
         self.process: subprocess.Popen[bytes] | None = None
@@ -85,7 +112,7 @@ class MpsDaemon:
         return {"CUDA_MPS_PIPE_DIRECTORY": str(self.pipe_directory)}
 
     def __enter__(self) -> "MpsDaemon":
-        preflight(self.existing)
+        preflight(self.existing, self.gpu_ids)
         if self.existing is not None:
             self.pipe_directory = self.existing
             self.say(f"MPS: using the running daemon at {self.existing} (it will be left running)")
@@ -94,11 +121,12 @@ class MpsDaemon:
         os.chmod(self.pipe_directory, 0o700)
         self.log_directory.mkdir(mode=0o700, exist_ok=True)
         env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(self.pipe_directory),
-               "CUDA_MPS_LOG_DIRECTORY": str(self.log_directory)}
+               "CUDA_MPS_LOG_DIRECTORY": str(self.log_directory), "CUDA_VISIBLE_DEVICES": str(self.gpu)}
         with open(self.log_directory / "daemon-stdout.log", "ab") as out:
             try:
                 self.process = subprocess.Popen([CONTROL, "-f"], stdin=subprocess.DEVNULL, stdout=out,
-                                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                                preexec_fn=leftovers.end_with_parent)
             except OSError as err:
                 raise RunFailure(f"MPS: cannot start {CONTROL}: {err.strerror}") from None
         try:
@@ -114,7 +142,7 @@ class MpsDaemon:
                 self.__exit__(None, None, None)
                 raise RunFailure(f"MPS: the control daemon did not start; last log lines: {tail}")
             time.sleep(0.2)
-        self.say(f"MPS: control daemon pid {self.process.pid}, pipe directory {self.pipe_directory}")
+        self.say(f"MPS: control daemon pid {self.process.pid} for GPU {self.gpu}, pipe directory {self.pipe_directory}")
         return self
 
     def log_tail(self, lines: int = 6) -> str:

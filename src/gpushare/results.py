@@ -22,10 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
-from .config import LoadConfig
+from .config import ConfigError, LoadConfig, ScenarioConfig, parse_config
 from .metric_catalog import CATALOGUE, Where
 
 SUMMARY = "summary.json"
@@ -96,6 +97,23 @@ class ServerEntry(Record):
     exit_code: int | None = None
 
 
+class Location(Record):
+    """Where a run measured: the node and the GPU (None where there is no NVML, e.g. a CPU run
+    or a fake GPU of a test cluster). Cells of one matrix may run on different GPUs and nodes,
+    so each run records its own."""
+
+    node: str
+    gpu_index: int | None = None
+    gpu_name: str | None = None
+    gpu_uuid: str | None = None
+    gpu_memory_mib: int | None = None
+
+    @property
+    def gpu_model(self) -> str:
+        """What analysis groups by: the GPU's name, or "CPU" where the run had none."""
+        return self.gpu_name or "CPU"
+
+
 class StepBlock(MetricBlock):
     """A tenant's metrics over one step of the aggressor's schedule."""
 
@@ -157,6 +175,8 @@ class Summary(RunMetrics):
     placements: dict[str, dict[str, Any]] = {}
     mps: dict[str, Any] | None = None
     gpu: GpuWindow | None = None
+    location: Location | None = None
+    """Absent in runs recorded before it was; analysis then reads env.json (run_location)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -189,6 +209,8 @@ class CellEntry(Record):
     error: str | None = None
     wall_s: float = 0.0
     measured_s: float = 0.0
+    location: Location | None = None
+    """Where the cell ran; None for a cell never run, or one indexed before cells said."""
 
 
 def _utc_now() -> str:
@@ -325,3 +347,45 @@ def read_matrix_index(folder: Path) -> MatrixIndex | None:
         return MatrixIndex.model_validate(json.loads((folder / INDEX).read_text()))
     except (OSError, ValueError):  # ValidationError is a ValueError
         return None
+
+
+def location_of(gpu: dict[str, Any], node: str, gpu_index: int) -> Location:
+    """A run's `Location` from what `environment.gpus()` read and the GPU the run used."""
+    device = next((d for d in gpu.get("devices") or [] if d.get("index") == gpu_index), None)
+    if device is None:
+        return Location(node=node)
+    return Location(node=node, gpu_index=gpu_index, gpu_name=device.get("name"), gpu_uuid=device.get("uuid"),
+                    gpu_memory_mib=device.get("memory_mib"))
+
+
+def run_location(folder: Path, summary: Summary) -> Location | None:
+    """Where a run measured: its summary's `location`, or, for a run recorded before there was
+    one, its env.json (host and devices) and config.yaml (sharing.gpu; GPU 0 where it does not
+    read). None without env.json."""
+    if summary.location is not None:
+        return summary.location
+    try:
+        env = json.loads((folder / "env.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = read_run_config(folder)
+    if not isinstance(env, dict) or not isinstance(env.get("host"), str):
+        return None
+    return location_of(env.get("gpu") or {}, env["host"], config.sharing.gpu if config else 0)
+
+
+def read_run_config(folder: Path) -> ScenarioConfig | None:
+    """The configuration a run ran (its config.yaml), typed; None where it is missing or no
+    longer reads under this version's schema."""
+    try:
+        raw = yaml.safe_load((folder / "config.yaml").read_text())
+        return parse_config(raw) if isinstance(raw, dict) else None
+    except (OSError, ValueError, yaml.YAMLError, ConfigError):  # ValueError: not UTF-8
+        return None
+
+
+def workload_labels(config: ScenarioConfig | None) -> dict[str | None, str]:
+    """Each tenant's workload label (the key None: a run without tenants), from its config."""
+    if config is None:
+        return {}
+    return {tenant.name: tenant.workload.label for tenant in config.resolved_tenants()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import socket
 import time
 import traceback
 from contextlib import ExitStack
@@ -34,8 +35,8 @@ from .monitor import GpuMonitor
 from .mps import MpsDaemon
 from .records import RequestRecord
 from .request_log import RequestLog
-from .results import Summary, write_summary, write_unfinished
-from .servers import ServerFleet, ensure_port_free, process_alive
+from .results import Summary, location_of, write_summary, write_unfinished
+from .servers import ServerFleet, ensure_port_free, free_port, process_alive
 from .sharegpt import with_max_model_len
 from .sharing import Placement, place_servers
 from .workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
@@ -86,18 +87,39 @@ def gpu_memory_gib(gpu: dict[str, Any], index: int) -> float | None:
     raise ConfigError(f"sharing.gpu: there is no GPU {index} (found {len(gpu['devices'])})")
 
 
+def gpu_ids(gpu: dict[str, Any], index: int) -> set[str]:
+    """The names CUDA knows a GPU by: its index, and its UUID where NVML gives it."""
+    return {str(index), *(d["uuid"] for d in gpu.get("devices") or [] if d.get("index") == index)}
+
+
+def with_ports(config: ScenarioConfig) -> ScenarioConfig:
+    """The scenario with a free port for every launched server whose config names none."""
+    taken = {s.port for s in config.servers if s.port is not None}
+    servers = []
+    for server in config.servers:
+        if server.engine != "external" and server.port is None:
+            port = free_port(server.host, taken)
+            taken.add(port)
+            server = server.model_copy(update={"port": port})
+        servers.append(server)
+    return config.model_copy(update={"servers": servers})
+
+
 def preflight(config: ScenarioConfig, say: Any) -> Prepared:
-    """Everything that can be checked before a folder or a process exists."""
+    """Everything that can be checked before a folder or a process exists. Servers without a
+    port get one here; the launch plans carry it."""
+    config = with_ports(config)
     for i, server in enumerate(config.servers):
         ENGINES[server.engine].check_installed(server)
         if server.engine != "external":
+            assert server.port is not None
             ensure_port_free(server.host, server.port, f"servers[{i}].port")
     gpu = environment.gpus()
     mig_list = mig.discover(config.sharing.gpu) if config.sharing.mode == "mig" else None
     profiles = mig.gpu_profiles(config.sharing.gpu) if any(s.mig_profile for s in config.servers) else None
     placements = place_servers(config, gpu_memory_gib(gpu, config.sharing.gpu), mig_list, profiles)
     if config.sharing.uses_mps:
-        mps.preflight(config.sharing.mps_pipe_directory)
+        mps.preflight(config.sharing.mps_pipe_directory, gpu_ids(gpu, config.sharing.gpu))
     # The embedded model is prepared for external servers too: its folder holds the tokenizer.
     models = {
         i: resolve_model(server.model or config.model, config.served_model_name, say=say)
@@ -364,6 +386,7 @@ class ScenarioServers:
                  interrupts: Interrupts | None = None):
         self.config = config
         self.plans = prepared.plans
+        self.gpu_info = prepared.gpu
         self.log_dir = log_dir
         self.console = console
         self.interrupts = interrupts or Interrupts()
@@ -377,12 +400,14 @@ class ScenarioServers:
     def __enter__(self) -> "ScenarioServers":
         try:
             if self.config.sharing.uses_mps:
+                gpu = self.config.sharing.gpu
+                uuid = next(iter(gpu_ids(self.gpu_info, gpu) - {str(gpu)}), None)
                 daemon = self._stack.enter_context(
-                    MpsDaemon(self.log_dir, self.config.sharing.mps_pipe_directory, say=self._say))
+                    MpsDaemon(self.log_dir, gpu, self.config.sharing.mps_pipe_directory, say=self._say, gpu_uuid=uuid))
                 self.mps = {"pipe_directory": str(daemon.pipe_directory),
                             "started_by_gpushare": daemon.process is not None,
-                            "control_pid": daemon.process.pid if daemon.process else None}
-                self.plans = [replace(p, env={**p.env, **daemon.client_env}) if p.argv is not None else p
+                            "control_pid": daemon.process.pid if daemon.process else None, "gpu": gpu}
+                self.plans = [replace(p, env=mps_client_env(p.env, daemon)) if p.argv is not None else p
                               for p in self.plans]
             self.fleet = fleet = ServerFleet(self.plans, self.log_dir)
             self._stack.callback(self._stop_fleet, fleet)
@@ -408,6 +433,16 @@ class ScenarioServers:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def mps_client_env(env: dict[str, str], daemon: MpsDaemon) -> dict[str, str]:
+    """A server's environment under the scenario's MPS daemon. A client counts devices among
+    those its daemon sees, and ours sees the run's GPU only: the server names device 0 (on an
+    H200 host, a client of a daemon on GPU 1 that named 1, or none, found no usable GPU). A
+    daemon someone else runs is used as it is, with the GPU the placement chose."""
+    if daemon.process is None:
+        return {**env, **daemon.client_env}
+    return {**env, "CUDA_VISIBLE_DEVICES": "0", **daemon.client_env}
 
 
 def say(console: Console, message: str) -> None:
@@ -554,6 +589,7 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
     doc["server_counters"] = counters.deltas() if counters else {}
     doc["placements"] = {plan.name: p.describe() for plan, p in zip(prepared.plans, prepared.placements)}
     doc["mps"] = scenario_servers.mps if scenario_servers else None
+    doc["location"] = location_of(prepared.gpu, socket.gethostname(), config.sharing.gpu).model_dump()
     if not config.tenants:
         doc["workload"] = loads[0].source.describe()
     doc["gpu"] = gpu_summary(run_dir / "gpu.csv", [r for r in records if r.in_window], doc["total_output_tokens"],

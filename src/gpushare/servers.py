@@ -41,6 +41,17 @@ def ensure_port_free(host: str, port: int, key: str) -> None:
             raise ConfigError(f"{key}: port {port} on {host} is already in use{by}") from None
 
 
+def free_port(host: str, taken: set[int]) -> int:
+    """A port the OS says is free on `host` now, not in `taken`: for a server whose config
+    names none, so that scenarios running side by side never race for one fixed port."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
+
+
 def answers(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -114,6 +125,7 @@ class ServerHandle:
                     stderr=subprocess.STDOUT,
                     env=server_environment(self.plan),
                     start_new_session=True,
+                    preexec_fn=leftovers.end_with_parent,
                 )
             except OSError as err:
                 raise RunFailure(f"server {self.name}: cannot start {self.plan.argv[0]}: {err.strerror}") from None
