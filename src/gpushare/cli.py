@@ -136,6 +136,9 @@ def matrix_parser() -> FlagParser:
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/matrix"))
+    parser.add_argument("--gpus", default=None)
+    parser.add_argument("--ray", nargs="?", const="auto", default=None)
+    parser.add_argument("--shared-out", action="store_true")
     return parser
 
 
@@ -149,7 +152,31 @@ def parse_matrix_args(args: list[str]) -> argparse.Namespace:
                          ("--duration", [ns.duration or 1])):
         if not all(0 < v < math.inf for v in values):
             raise ConfigError(f"{flag}: must be a finite number greater than 0")
+    if ns.gpus is not None and ns.ray is not None:
+        raise ConfigError("--gpus: give either --gpus (this machine) or --ray (a cluster), not both")
+    if ns.shared_out and ns.ray is None:
+        raise ConfigError("--shared-out: only with --ray (on one machine every worker writes into --out anyway)")
+    if ns.ray is not None and not (ns.ray in ("auto", "local") or ns.ray.startswith("ray://") or ":" in ns.ray):
+        raise ConfigError(f"--ray: give auto, local, HOST:PORT or ray://HOST:PORT, not {ns.ray!r}")
     return ns
+
+
+def matrix_executor(ns: argparse.Namespace, interrupts: Interrupts) -> Any:
+    """Where the matrix runs: here, one scenario after another (None); side by side on this
+    machine's GPUs (--gpus); or on a Ray cluster (--ray)."""
+    if ns.gpus is not None:
+        from .environment import gpus
+        from .fleet.local_gpus import LocalGpusExecutor, parse_gpus
+
+        found = gpus()
+        return LocalGpusExecutor(parse_gpus(ns.gpus, len(found["devices"]) if found["nvml"] else None), err_console,
+                                 interrupts)
+    if ns.ray is not None:
+        from .fleet.ray_cluster import RayExecutor, import_ray
+
+        import_ray()  # one line now, not after the plan, if Ray is not installed
+        return RayExecutor(ns.ray, err_console, interrupts, ns.shared_out)
+    return None
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -159,9 +186,18 @@ def matrix(ctx: typer.Context) -> None:
 
     gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
     [--repeats K] [--n-requests N | --requests-per-concurrency K | --duration S] [--model M] [--out DIR]
+    [--gpus 0,1|all | --ray [auto|local|HOST:PORT|ray://HOST:PORT] [--shared-out]]
 
     --requests-per-concurrency K sizes each closed-loop cell as K x concurrency requests
     (at least --n-requests); --duration S bounds every cell by time instead. A rerun with the same --out skips complete cells and redoes incomplete ones.
+
+    Scenarios run one after another on their own sharing.gpu, unless: --gpus runs them side by
+    side, one per GPU of this machine (each in its own worker process; consoles in
+    OUT/fleet-logs); --ray places each on one whole GPU of a Ray cluster (auto: the cluster this
+    machine belongs to; local: start one here), its load running on the node of its servers,
+    its run folders shipped back into --out (or written there directly with --shared-out, when
+    every node mounts --out at the same path). Ray is an extra: pip install 'gpushare[cluster]'.
+    See docs/fleet.md.
     """
     from .matrix import load_scenarios, run_matrix
 
@@ -170,8 +206,9 @@ def matrix(ctx: typer.Context) -> None:
     if ns.duration is not None and (ns.n_requests is not None or ns.requests_per_concurrency is not None):
         raise ConfigError("--duration: give either --duration or a request count (--n-requests, --requests-per-concurrency)")
     interrupts = command_interrupts(ctx)
+    executor = matrix_executor(ns, interrupts)
     index, code = run_matrix(configs, ns.concurrency, ns.request_rate, ns.repeats, ns.out, ns.n_requests,
-                             err_console, ns.requests_per_concurrency, ns.duration, interrupts)
+                             err_console, ns.requests_per_concurrency, ns.duration, interrupts, executor)
     note_late_signal(interrupts, code)
     counts, fraction, runs = index.counts, index.measured_fraction, index.invocations
     err_console.print(

@@ -1,4 +1,5 @@
-"""Typed events of a run, published by the load generator to whoever listens.
+"""Typed events of a run (published by the load generator) and of a matrix (by its executor),
+to whoever listens.
 
 Progress, the server watch, the request log and the servers' counters each subscribe to
 what they need instead of being wired into the generator one callback at a time.
@@ -7,9 +8,12 @@ what they need instead of being wired into the generator one callback at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
 from .records import RequestRecord
+
+if TYPE_CHECKING:
+    from .results import CellEntry
 
 Phase = Literal["warmup", "measure", "done"]
 
@@ -33,15 +37,46 @@ Event = Union[RequestFinished, PhaseChanged]
 Listener = Callable[[Event], None]
 
 
+# --- a matrix's events: what executors report, wherever the cells run -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CellStarted:
+    """A cell's load is about to start on `where` (a GPU, a node)."""
+
+    scenario: str
+    cell: str
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class CellFinished:
+    """A cell ended: its matrix.json entry (a cell never run gets one too) and exit code."""
+
+    entry: "CellEntry"
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServersTimed:
+    """A scenario's servers took `seconds` to start or to stop."""
+
+    what: Literal["start", "stop"]
+    seconds: float
+
+
+MatrixEvent = Union[CellStarted, CellFinished, ServersTimed]
+
+
 class Publisher:
     """Delivers each event to every listener, in the order they subscribed."""
 
-    def __init__(self, listeners: list[Listener] | tuple[Listener, ...] = ()):
+    def __init__(self, listeners: list[Callable[[Any], None]] | tuple[Callable[[Any], None], ...] = ()):
         self._listeners = list(listeners)
 
-    def subscribe(self, listener: Listener) -> None:
+    def subscribe(self, listener: Callable[[Any], None]) -> None:
         self._listeners.append(listener)
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: Any) -> None:
         for listener in self._listeners:
             listener(event)

@@ -10,20 +10,24 @@ matrix goes on.
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 from rich.console import Console
 
 from .config import ScenarioConfig, apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
+from .events import CellFinished, CellStarted, MatrixEvent, ServersTimed
 from .interrupts import Interrupted, Interrupts
-from .results import CellCounts, CellEntry, Invocation, MatrixIndex, read_matrix_index, read_verdict, write_matrix_index
-from .runner import INTERRUPTED_EXIT, ScenarioServers, preflight, run_scenario, say
+from .results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, location_of, read_matrix_index,
+                      read_verdict, write_matrix_index)
+from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
 from .workload import load_tokenizer
 
 DRAIN_S = 2.0  # at most, between cells: until every server says it holds no request
@@ -112,10 +116,11 @@ def plan_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: li
 
 
 def cell_entry(scenario: str, cell: PlannedCell, folder: Path, status: str, error: str | None = None,
-               wall_s: float = 0.0, measured_s: float = 0.0) -> CellEntry:
+               wall_s: float = 0.0, measured_s: float = 0.0, location: Location | None = None) -> CellEntry:
     """A planned cell's entry in matrix.json."""
     return CellEntry(scenario=scenario, cell=cell.name, load_kind=cell.load_kind, load=cell.load, repeat=cell.repeat,
-                     run_dir=str(folder), status=status, error=error, wall_s=wall_s, measured_s=measured_s)
+                     run_dir=str(folder), status=status, error=error, wall_s=wall_s, measured_s=measured_s,
+                     location=location)
 
 
 def previous_index(out: Path) -> tuple[dict[tuple[str, str], CellEntry], list[Invocation]]:
@@ -152,21 +157,36 @@ def _preload_tokenizer(path: str) -> None:
         pass  # the first cell loads it again and reports the error there
 
 
+def on_gpu(plan: ScenarioPlan, gpu: int) -> ScenarioPlan:
+    """The scenario moved to GPU `gpu` (sharing.gpu), every cell with it: what an executor
+    that owns several GPUs runs."""
+    def moved(config: ScenarioConfig) -> ScenarioConfig:
+        return config.model_copy(update={"sharing": config.sharing.model_copy(update={"gpu": gpu})})
+
+    return ScenarioPlan(moved(plan.config), [replace(cell, config=moved(cell.config)) for cell in plan.cells])
+
+
 def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
                out: Path, n_requests: int | None = None, console: Console | None = None,
                per_concurrency: int | None = None, duration_s: float | None = None,
-               interrupts: Interrupts | None = None) -> tuple[MatrixIndex, int]:
+               interrupts: Interrupts | None = None, executor: "Executor | None" = None) -> tuple[MatrixIndex, int]:
     """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
     plan = plan_matrix(configs, concurrency, rates, repeats, out, n_requests, per_concurrency, duration_s)
-    return run_plan(plan, out, console, interrupts)
+    return run_plan(plan, out, console, interrupts, executor)
+
+
+class Executor(Protocol):
+    """Runs a plan's scenarios, each on one whole GPU, reporting every cell to the book."""
+
+    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: "MatrixBook") -> None: ...
 
 
 def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None,
-             interrupts: Interrupts | None = None) -> tuple[MatrixIndex, int]:
-    """The local executor: one scenario after another on this machine, each cell its own run
-    folder under out/SCENARIO/CELL, indexed in out/matrix.json, resumable. A signal stops it
-    after the cell it interrupts (or at once between cells); the cells it did not reach are
-    indexed as not run."""
+             interrupts: Interrupts | None = None, executor: Executor | None = None) -> tuple[MatrixIndex, int]:
+    """Run a plan with an executor (default: here, one scenario after another), each cell its
+    own run folder under out/SCENARIO/CELL, indexed in out/matrix.json, resumable. A signal
+    stops it after the cell it interrupts (or at once between cells); the cells it did not
+    reach are indexed as not run."""
     console = console or Console(stderr=True)
     interrupts = interrupts or Interrupts()
     try:
@@ -175,112 +195,234 @@ def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None
         (out / ".write-check").unlink()
     except OSError as err:
         raise ConfigError(f"--out: cannot write to {out}: {err.strerror or err}") from None
-    with interrupts.deferred():  # signals act only at the checkpoints below, never mid-bookkeeping
-        return _run_cells(plan, out, console, interrupts)
+    with interrupts.deferred():  # signals act only at checkpoints, never mid-bookkeeping
+        book = MatrixBook(out, plan, console)
+        work = [(scenario, book.todo(scenario)) for scenario in plan]
+        (executor or HereExecutor(console, interrupts)).run([(s, cells) for s, cells in work if cells], book)
+        return book.close(), book.exit_code
 
 
-def _run_cells(plan: list[ScenarioPlan], out: Path, console: Console,
-               interrupts: Interrupts) -> tuple[MatrixIndex, int]:
-    total = sum(len(scenario.cells) for scenario in plan)
-    earlier, history = previous_index(out)
-    planned = {(scenario.config.scenario, cell.name) for scenario in plan for cell in scenario.cells}
-    # Cells of earlier invocations that this one does not plan (other configs or levels) stay indexed.
-    results = [kept_cell(out, c) for key, c in earlier.items() if key not in planned]
-    indexed = total + len(results)
-    now = Invocation()
-    began = time.monotonic()
-    done_cells, cells_run, cell_time, exit_code, stop = 0, 0, 0.0, 0, False
+class MatrixBook:
+    """The driver's side of a matrix: matrix.json and progress. Executors, wherever their cells
+    run, report typed events (`publish`); the book records each finished cell at once, so an
+    invocation killed at any point leaves an index of what it finished. Thread-safe: executors
+    that run scenarios side by side report from several threads."""
 
-    def record(result: CellEntry) -> None:
-        results.append(result)
-        write_index(out, results, history, now, began, indexed)
+    def __init__(self, out: Path, plan: list[ScenarioPlan], console: Console):
+        self.out = out
+        self.console = console
+        self.earlier, self.history = previous_index(out)
+        planned = {(scenario.config.scenario, cell.name) for scenario in plan for cell in scenario.cells}
+        # Cells of earlier invocations that this one does not plan (other configs or levels) stay indexed.
+        self.results = [kept_cell(out, c) for key, c in self.earlier.items() if key not in planned]
+        self.total = sum(len(scenario.cells) for scenario in plan)
+        self.indexed = self.total + len(self.results)
+        self.now = Invocation()
+        self.began = time.monotonic()
+        self.exit_code = 0
+        self.stopped = False
+        self.done_cells = 0
+        self._cells_run, self._cell_time = 0, 0.0
+        self._running: dict[str, str] = {}  # scenario -> where it runs and which cell, while one runs
+        self._lock = threading.RLock()
 
-    def record_rest(scenario: str, cells: list[PlannedCell], status: str, error: str) -> None:
-        """Cells of a scenario that got no result of their own."""
-        done = {(r.scenario, r.cell) for r in results}
-        for cell in cells:
-            if (scenario, cell.name) not in done:
-                record(cell_entry(scenario, cell, out / scenario / cell.name, status, error))
+    def folder(self, scenario: str, cell: str) -> Path:
+        return self.out / scenario / cell
 
-    for scenario_plan in plan:
-        config = scenario_plan.config
-        scenario_dir = out / config.scenario
-        todo = []
-        for cell in scenario_plan.cells:
-            folder = scenario_dir / cell.name
+    def todo(self, scenario: ScenarioPlan) -> list[PlannedCell]:
+        """The scenario's cells still to run; complete ones are recorded as skipped."""
+        name, todo = scenario.config.scenario, []
+        for cell in scenario.cells:
+            folder = self.folder(name, cell.name)
             if read_verdict(folder).complete:
-                before = earlier.get((config.scenario, cell.name))
-                record(cell_entry(config.scenario, cell, folder, "skipped", wall_s=before.wall_s if before else 0.0,
-                                  measured_s=before.measured_s if before else 0.0))
-                done_cells += 1
+                before = self.earlier.get((name, cell.name))
+                self._record(cell_entry(name, cell, folder, "skipped", wall_s=before.wall_s if before else 0.0,
+                                        measured_s=before.measured_s if before else 0.0,
+                                        location=before.location if before else None))
+                self.done_cells += 1
             else:
                 todo.append(cell)
-        if not todo:
-            continue
-        if stop:
-            record_rest(config.scenario, todo, "not_run", "the matrix was interrupted")
-            continue
-        scenario_dir.mkdir(parents=True, exist_ok=True)
-        mark = interrupts.mark()
-        try:
-            interrupts.checkpoint()  # a signal that came during the last scenario's clean-up
-            prepared = preflight(config, lambda m: say(console, m))
-            # The tokenizer loads (seconds, the first time in a process) while the servers start.
-            tokenizer = threading.Thread(target=_preload_tokenizer, daemon=True,
-                                         args=(config.tokenizer or prepared.models[0].path,))
-            tokenizer.start()
-            t_start = time.monotonic()
-            with ScenarioServers(config, prepared, scenario_dir, console, interrupts) as servers:
-                now.server_start_s += time.monotonic() - t_start
-                tokenizer.join()
-                assert servers.fleet is not None
-                for position, cell in enumerate(todo):
-                    if stop:
-                        record_rest(config.scenario, todo, "not_run", "the matrix was interrupted")
-                        break
-                    interrupts.checkpoint()  # a signal that came while the last cell was ending
-                    folder = scenario_dir / cell.name
-                    eta = "" if not cells_run else f", ETA {(total - done_cells) * cell_time / cells_run:.0f} s"
-                    what = cell.name if cell.load is None else f"{cell.load_kind} {cell.load:g} repeat {cell.repeat}"
-                    console.print(f"[{done_cells + 1}/{total}] {config.scenario} {what}{eta}", markup=False,
-                                  highlight=False)
-                    shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
-                    t0 = time.monotonic()
-                    outcome = run_scenario(cell.config, console, servers, folder, prepared, interrupts)
-                    wall = time.monotonic() - t0
-                    cell_time += wall
-                    cells_run += 1
-                    done_cells += 1
-                    now.cells_run += 1
-                    verdict = outcome.summary.verdict
-                    complete = verdict.complete and outcome.exit_code == 0
-                    record(cell_entry(config.scenario, cell, folder, "complete" if complete else "failed",
-                                      verdict.error, wall, outcome.summary.duration if complete else 0.0))
-                    if outcome.exit_code == INTERRUPTED_EXIT:
-                        stop, exit_code = True, INTERRUPTED_EXIT
-                    elif not complete:
-                        exit_code = exit_code or 1
-                    if position + 1 < len(todo):
-                        with interrupts.interruptible():
-                            servers.fleet.wait_idle(DRAIN_S)  # the cell's last requests leave the servers
-                t_stop = time.monotonic()
-            now.server_stop_s += time.monotonic() - t_stop
-        except Interrupted:
-            stop, exit_code = True, INTERRUPTED_EXIT
-            record_rest(config.scenario, todo, "not_run", "the matrix was interrupted")
-        except Exception as err:  # this scenario failed (a defect included): record it, go on
-            if not isinstance(err, GpushareError):
-                (scenario_dir / "traceback.txt").write_text(traceback.format_exc())
-            if interrupts.signal_since(mark):  # an Interrupted that came out wrapped
-                stop, exit_code = True, INTERRUPTED_EXIT
-                record_rest(config.scenario, todo, "not_run", "the matrix was interrupted")
+        return todo
+
+    def publish(self, event: MatrixEvent) -> None:
+        with self._lock:
+            if isinstance(event, CellStarted):
+                eta = "" if not self._cells_run else \
+                    f", ETA {(self.total - self.done_cells) * self._cell_time / self._cells_run:.0f} s"
+                where = f" on {event.where}" if event.where else ""
+                self._running[event.scenario] = f"{event.where}: {event.scenario} {event.cell}"
+                others = [line for name, line in self._running.items() if name != event.scenario]
+                also = f" | also running: {'; '.join(others)}" if others else ""
+                say(self.console,
+                    f"[{self.done_cells + 1}/{self.total}] {event.scenario} {event.cell}{where}{eta}{also}")
+            elif isinstance(event, CellFinished):
+                entry = event.entry.model_copy(update={"run_dir": str(self.folder(event.entry.scenario,
+                                                                                  event.entry.cell))})
+                if entry.status in ("complete", "failed") and entry.wall_s > 0:
+                    self._cell_time += entry.wall_s
+                    self._cells_run += 1
+                    self.now.cells_run += 1
+                self.done_cells += entry.status in ("complete", "failed")
+                self._running.pop(entry.scenario, None)
+                self._record(entry)
+                if event.exit_code == INTERRUPTED_EXIT:
+                    self.stopped, self.exit_code = True, INTERRUPTED_EXIT
+                elif event.exit_code:
+                    self.exit_code = self.exit_code or event.exit_code
+            elif event.what == "start":
+                self.now.server_start_s += event.seconds
+            else:
+                self.now.server_stop_s += event.seconds
+
+    def stop(self) -> None:
+        """A signal: cells not started from now on are recorded as not run."""
+        with self._lock:
+            self.stopped, self.exit_code = True, INTERRUPTED_EXIT
+
+    def _record(self, entry: CellEntry) -> None:
+        with self._lock:
+            self.results.append(entry)
+            write_index(self.out, self.results, self.history, self.now, self.began, self.indexed)
+
+    def close(self) -> MatrixIndex:
+        with self._lock:
+            return write_index(self.out, self.results, self.history, self.now, self.began, self.indexed)
+
+
+def not_reached(scenario: str, cells: list[PlannedCell], status: str, error: str,
+                exit_code: int = 0) -> list[CellFinished]:
+    """Events for cells that got no run of their own."""
+    return [CellFinished(cell_entry(scenario, cell, Path(scenario) / cell.name, status, error), exit_code)
+            for cell in cells]
+
+
+class ScenarioSession:
+    """One scenario on this machine: its servers, started once, and the cells they serve, one
+    after another, each into root/SCENARIO/CELL. Used by every executor, here or on a node
+    of a cluster; what happens is told through `publish`."""
+
+    def __init__(self, plan: ScenarioPlan, root: Path, console: Console, interrupts: Interrupts,
+                 publish: Callable[[MatrixEvent], None], where: str = ""):
+        self.config = plan.config
+        self.root = root
+        self.console = console
+        self.interrupts = interrupts
+        self.publish = publish
+        self.where = where
+        self.location: Location | None = None
+        self.servers: ScenarioServers | None = None
+        self.prepared: Prepared | None = None
+
+    @property
+    def scenario_dir(self) -> Path:
+        return self.root / self.config.scenario
+
+    def __enter__(self) -> "ScenarioSession":
+        config = self.config
+        self.scenario_dir.mkdir(parents=True, exist_ok=True)
+        self.prepared = prepared = preflight(config, lambda m: say(self.console, m))
+        self.location = location_of(prepared.gpu, socket.gethostname(), config.sharing.gpu)
+        # The tokenizer loads (seconds, the first time in a process) while the servers start.
+        tokenizer = threading.Thread(target=_preload_tokenizer, daemon=True,
+                                     args=(config.tokenizer or prepared.models[0].path,))
+        tokenizer.start()
+        t_start = time.monotonic()
+        self.servers = ScenarioServers(config, prepared, self.scenario_dir, self.console, self.interrupts)
+        self.servers.__enter__()
+        self.publish(ServersTimed("start", time.monotonic() - t_start))
+        tokenizer.join()
+        return self
+
+    def run_cell(self, cell: PlannedCell) -> CellFinished:
+        """One cell, into its own folder (an incomplete earlier attempt is removed first)."""
+        assert self.servers is not None and self.prepared is not None
+        self.interrupts.checkpoint()  # a signal that came while the last cell was ending
+        folder = self.scenario_dir / cell.name
+        what = cell.name if cell.load is None else f"{cell.load_kind} {cell.load:g} repeat {cell.repeat}"
+        self.publish(CellStarted(self.config.scenario, what, self.where))
+        shutil.rmtree(folder, ignore_errors=True)
+        t0 = time.monotonic()
+        outcome = run_scenario(cell.config, self.console, self.servers, folder, self.prepared, self.interrupts)
+        wall = time.monotonic() - t0
+        verdict = outcome.summary.verdict
+        complete = verdict.complete and outcome.exit_code == 0
+        finished = CellFinished(
+            cell_entry(self.config.scenario, cell, folder, "complete" if complete else "failed", verdict.error, wall,
+                       outcome.summary.duration if complete else 0.0, self.location),
+            outcome.exit_code or (0 if complete else 1))
+        self.publish(finished)
+        return finished
+
+    def drain(self) -> None:
+        """Between cells: the last cell's requests leave the servers."""
+        assert self.servers is not None and self.servers.fleet is not None
+        with self.interrupts.interruptible():
+            self.servers.fleet.wait_idle(DRAIN_S)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.servers is not None:
+            t_stop = time.monotonic()
+            self.servers.close()
+            self.publish(ServersTimed("stop", time.monotonic() - t_stop))
+
+
+def run_scenario_here(plan: ScenarioPlan, todo: list[PlannedCell], root: Path, console: Console,
+                      interrupts: Interrupts, publish: Callable[[MatrixEvent], None], where: str = "") -> None:
+    """A scenario's cells on this machine, each reported as it ends. A failed scenario (its
+    servers did not start, a defect) fails its remaining cells and is recorded; a signal
+    stops it after the cell it interrupts, the rest recorded as not run."""
+    name = plan.config.scenario
+    finished: set[str] = set()
+
+    def report(event: MatrixEvent) -> None:
+        if isinstance(event, CellFinished):
+            finished.add(event.entry.cell)
+        publish(event)
+
+    def rest(status: str, error: str, exit_code: int) -> None:
+        for event in not_reached(name, [c for c in todo if c.name not in finished], status, error, exit_code):
+            report(event)
+
+    mark = interrupts.mark()
+    session = ScenarioSession(plan, root, console, interrupts, report, where)
+    try:
+        interrupts.checkpoint()  # a signal that came during the last scenario's clean-up
+        with session:
+            for position, cell in enumerate(todo):
+                if session.run_cell(cell).exit_code == INTERRUPTED_EXIT:
+                    break
+                if position + 1 < len(todo):
+                    session.drain()
+        if interrupts.since(mark):
+            rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
+    except Interrupted:
+        rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
+    except Exception as err:  # this scenario failed (a defect included): record it, go on
+        if not isinstance(err, GpushareError):
+            session.scenario_dir.mkdir(parents=True, exist_ok=True)
+            (session.scenario_dir / "traceback.txt").write_text(traceback.format_exc())
+        if interrupts.signal_since(mark):  # an Interrupted that came out wrapped
+            rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
+            return
+        reason = str(err) if isinstance(err, GpushareError) else f"{type(err).__name__}: {err}"
+        say(console, f"scenario {name} failed: {reason}")
+        rest("failed", reason, 1)
+
+
+class HereExecutor:
+    """This machine, one scenario after another, on each scenario's own sharing.gpu."""
+
+    def __init__(self, console: Console, interrupts: Interrupts):
+        self.console = console
+        self.interrupts = interrupts
+
+    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
+        for plan, todo in work:
+            if book.stopped:
+                for event in not_reached(plan.config.scenario, todo, "not_run", "the matrix was interrupted"):
+                    book.publish(event)
                 continue
-            reason = str(err) if isinstance(err, GpushareError) else f"{type(err).__name__}: {err}"
-            exit_code = exit_code or 1
-            say(console, f"scenario {config.scenario} failed: {reason}")
-            record_rest(config.scenario, todo, "failed", reason)
-    index = write_index(out, results, history, now, began, indexed)
-    return index, exit_code
+            run_scenario_here(plan, todo, book.out, self.console, self.interrupts, book.publish)
 
 
 def write_index(out: Path, results: list[CellEntry], history: list[Invocation], now: Invocation,
@@ -293,7 +435,7 @@ def write_index(out: Path, results: list[CellEntry], history: list[Invocation], 
     wall = sum(i.wall_s for i in [*history, now])
     measured = sum(r.measured_s for r in results)
     return write_matrix_index(out, {
-        "cells": [r.model_dump() for r in results],
+        "cells": [r.model_dump(exclude_unset=True) for r in results],
         "planned_cells": total,
         "wall_s": wall,
         "measured_s": measured,

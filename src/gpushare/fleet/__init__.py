@@ -1,0 +1,69 @@
+"""Running a matrix on more than one GPU: one whole GPU per scenario, side by side.
+
+A scenario owns its GPU's sharing state (its MPS daemon, its caps, its servers), so the unit
+of scheduling is a scenario on a whole GPU. Executors differ only in where the scenario runs:
+`local_gpus` starts a worker process per GPU of this machine, `ray_cluster` places a Ray actor
+per scenario on a GPU anywhere in a cluster. Either way the driver's `MatrixBook` keeps the
+single matrix.json, fed by the typed events (`CellStarted`, `CellFinished`, `ServersTimed`)
+that the workers send back; this module turns plans and events into JSON and back for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from ..config import parse_config
+from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
+from ..matrix import PlannedCell, ScenarioPlan
+from ..results import CellEntry
+
+
+def plan_doc(plan: ScenarioPlan) -> dict[str, Any]:
+    """A scenario's plan as JSON, for a worker in another process."""
+    return {
+        "config": plan.config.model_dump(mode="json"),
+        "cells": [{"name": c.name, "load_kind": c.load_kind, "load": c.load, "repeat": c.repeat,
+                   "config": c.config.model_dump(mode="json")} for c in plan.cells],
+    }
+
+
+def plan_from_doc(doc: dict[str, Any]) -> ScenarioPlan:
+    return ScenarioPlan(parse_config(doc["config"]), [
+        PlannedCell(c["name"], c["load_kind"], c["load"], c["repeat"], parse_config(c["config"])) for c in doc["cells"]
+    ])
+
+
+def event_doc(event: MatrixEvent) -> dict[str, Any]:
+    if isinstance(event, CellFinished):
+        return {"event": "cell_finished", "entry": event.entry.model_dump(mode="json"), "exit_code": event.exit_code}
+    if isinstance(event, CellStarted):
+        return {"event": "cell_started", **asdict(event)}
+    return {"event": "servers_timed", **asdict(event)}
+
+
+def event_from_doc(doc: dict[str, Any]) -> MatrixEvent:
+    kind = doc.pop("event")
+    if kind == "cell_finished":
+        return CellFinished(CellEntry.model_validate(doc["entry"]), int(doc["exit_code"]))
+    if kind == "cell_started":
+        return CellStarted(**doc)
+    return ServersTimed(**doc)
+
+
+SERVER_START_S = 60.0
+"""What one vLLM start costs, for ordering only: 60-67 s for a 7B shape on an H200 with a warm
+compile cache (results/h200/fleet, 2026-11-30); servers of a scenario start one after another."""
+
+
+def longest_first(work: list[tuple[ScenarioPlan, list[PlannedCell]]]) -> list[tuple[ScenarioPlan, list[PlannedCell]]]:
+    """The longest scenarios first: whole-GPU jobs of unequal length finish soonest when the
+    longest start first (list scheduling, longest processing time first). A scenario's length
+    is its servers' start-ups plus its cells' time bounds; cells bounded by a request count
+    are ranked by their number. Ties keep --configs' order."""
+    def length(item: tuple[ScenarioPlan, list[PlannedCell]]) -> tuple[float, int]:
+        plan, cells = item
+        starts = SERVER_START_S * sum(s.engine != "external" for s in plan.config.servers)
+        return starts + sum(c.config.load.duration_s or 0.0 for c in cells), len(cells)
+
+    return sorted(work, key=length, reverse=True)

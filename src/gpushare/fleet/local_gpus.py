@@ -1,0 +1,133 @@
+"""`matrix --gpus`: the scenarios of a matrix side by side on this machine's GPUs, one per GPU.
+
+Each GPU takes the next scenario (longest first) and runs it in a worker process of its own
+(`gpushare.fleet.worker`), so that each load has its own event loop, collector and signal
+handling and nothing of one scenario's run is shared with another's. Workers are started in
+sessions of their own: the driver is the only process the terminal signals, and it forwards
+each signal it gets to every worker, which then stops as a one-GPU matrix does. A worker
+also gets SIGTERM if the driver dies outright. Worker consoles go to OUT/fleet-logs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .. import leftovers
+from ..interrupts import Interrupts
+from ..matrix import MatrixBook, PlannedCell, ScenarioPlan, not_reached
+from ..runner import say
+from . import event_from_doc, longest_first, plan_doc
+
+FORWARDED = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGTERM}
+
+
+def parse_gpus(value: str, available: int | None) -> list[int]:
+    """`--gpus 0,1` or `--gpus all` (every GPU NVML lists). One line naming the flag otherwise."""
+    from ..errors import ConfigError
+
+    if value.strip() == "all":
+        if not available:
+            raise ConfigError("--gpus: 'all' needs NVML to list the GPUs, and it lists none here; name them: --gpus 0,1")
+        return list(range(available))
+    try:
+        gpus = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--gpus: give GPU indices separated by commas (e.g. 0,1) or 'all', not {value!r}") from None
+    if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise ConfigError(f"--gpus: give distinct GPU indices (0 or more) separated by commas, or 'all', not {value!r}")
+    if available is not None and available and max(gpus) >= available:
+        raise ConfigError(f"--gpus: there is no GPU {max(gpus)} (NVML lists {available})")
+    return gpus
+
+
+class LocalGpusExecutor:
+    def __init__(self, gpus: list[int], console: Console, interrupts: Interrupts):
+        self.gpus = gpus
+        self.console = console
+        self.interrupts = interrupts
+        self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
+        jobs: queue.Queue[tuple[ScenarioPlan, list[PlannedCell]]] = queue.Queue()
+        for item in longest_first(work):
+            jobs.put(item)
+        logs = book.out / "fleet-logs"
+        logs.mkdir(exist_ok=True)
+        threads = [threading.Thread(target=self._gpu_loop, args=(gpu, jobs, book, logs), daemon=True)
+                   for gpu in self.gpus]
+        for thread in threads:
+            thread.start()
+        forwarded = self.interrupts.mark()
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(0.1)
+            for name in self.interrupts.received[forwarded:]:  # recorded, not raised: we run deferred
+                forwarded += 1
+                book.stop()
+                self._forward(FORWARDED.get(name, signal.SIGTERM))
+
+    def _forward(self, signum: int) -> None:
+        with self._lock:
+            for process in self._workers.values():
+                if process.poll() is None:
+                    os.kill(process.pid, signum)
+
+    def _gpu_loop(self, gpu: int, jobs: "queue.Queue[tuple[ScenarioPlan, list[PlannedCell]]]", book: MatrixBook,
+                  logs: Path) -> None:
+        while True:
+            try:
+                plan, todo = jobs.get_nowait()
+            except queue.Empty:
+                return
+            if book.stopped:
+                for event in not_reached(plan.config.scenario, todo, "not_run", "the matrix was interrupted"):
+                    book.publish(event)
+                continue
+            self._run_worker(gpu, plan, todo, book, logs / f"gpu{gpu}-{plan.config.scenario}.log")
+
+    def _run_worker(self, gpu: int, plan: ScenarioPlan, todo: list[PlannedCell], book: MatrixBook,
+                    log_path: Path) -> None:
+        name = plan.config.scenario
+        job = {"plan": plan_doc(plan), "todo": [c.name for c in todo], "root": str(book.out.resolve()), "gpu": gpu,
+               "where": f"GPU {gpu}"}
+        say(self.console, f"GPU {gpu}: scenario {name} ({len(todo)} cell(s)); its console: {log_path}")
+        reported: set[str] = set()
+        with open(log_path, "ab") as log:
+            with self._lock:
+                if book.stopped:
+                    process = None
+                else:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "gpushare.fleet.worker"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                        preexec_fn=leftovers.end_with_parent)
+                    self._workers[gpu] = process
+            if process is not None:
+                assert process.stdin is not None and process.stdout is not None
+                process.stdin.write(json.dumps(job).encode())
+                process.stdin.close()
+                for line in process.stdout:
+                    event = event_from_doc(json.loads(line))
+                    if hasattr(event, "entry"):
+                        reported.add(event.entry.cell)  # type: ignore[union-attr]
+                    book.publish(event)
+                code = process.wait()
+                with self._lock:
+                    self._workers.pop(gpu, None)
+        missing = [c for c in todo if c.name not in reported]
+        if missing:  # a worker that died (or was never started) reports nothing more
+            why = ("the matrix was interrupted" if process is None or book.stopped
+                   else f"the worker on GPU {gpu} exited with code {code}; see {log_path}")
+            for event in not_reached(name, missing, "not_run" if book.stopped else "failed", why,
+                                     0 if book.stopped else 1):
+                book.publish(event)

@@ -1,0 +1,242 @@
+"""`matrix --ray`: each scenario on one whole GPU anywhere in a Ray cluster.
+
+Per scenario the driver reserves a placement group of one bundle (1 GPU, 1 CPU) and starts a
+`ScenarioActor` in it. The actor is the scenario's session on that node: it starts the
+servers there and runs each cell's load there, in one asyncio process beside them, so no
+request crosses the network. The driver asks for one cell at a time; each answer carries the
+cell's events and its run folder (packed, unless --shared-out says every node writes into
+the driver's --out itself), which the driver unpacks into --out and records in matrix.json
+at once. So:
+
+- a node lost mid-scenario costs only the cells it had not handed back: the cell under way
+  is indexed as failed, the rest as not run, and a rerun (resume) redoes them;
+- actors die with the driver (Ray ends the actors a driver owns), and a dying actor's servers
+  get SIGTERM (leftovers.end_with_parent), so a killed driver leaves nothing running;
+- a signal to the driver ends every actor, and the cells under way are indexed as not run.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..errors import ConfigError, GpushareError
+from ..events import MatrixEvent
+from ..interrupts import Interrupts
+from ..matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioSession, not_reached, on_gpu
+from ..runner import say
+from . import longest_first
+
+INSTALL_HINT = "pip install 'gpushare[cluster]'"
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--ray: Ray is not installed; install it with: {INSTALL_HINT}") from None
+    return ray
+
+
+def pack(folder: Path, skip: set[str] = frozenset()) -> bytes:  # type: ignore[assignment]
+    """A folder as a gzipped tar (its top-level entries in `skip` left out)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        if folder.exists():
+            for entry in sorted(folder.iterdir()):
+                if entry.name not in skip:
+                    tar.add(entry, arcname=entry.name)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(folder, filter="data")
+
+
+class ScenarioActor:
+    """One scenario's session on the node Ray placed it on (made a Ray actor at run time, so
+    that this module imports without Ray). Every call answers; none raises for a fault of
+    the run: the driver learns it from the events."""
+
+    def __init__(self) -> None:
+        self.events: list[MatrixEvent] = []
+        self.session: ScenarioSession | None = None
+        self.shared = False
+        self.root = Path()
+        self.failed_dir: Path | None = None
+
+    def _collect(self, event: MatrixEvent) -> None:
+        self.events.append(event)
+
+    def _answer(self, packed: bytes | None = None) -> dict[str, Any]:
+        events, self.events = self.events, []
+        return {"events": events, "packed": packed}
+
+    def open(self, plan: ScenarioPlan, shared_root: str | None) -> dict[str, Any]:
+        import ray
+
+        gpu_ids = ray.get_gpu_ids()
+        gpu = int(gpu_ids[0]) if gpu_ids else 0
+        where = f"GPU {gpu} of {socket.gethostname()}"
+        self.shared = shared_root is not None
+        self.root = Path(shared_root) if shared_root else Path(tempfile.mkdtemp(prefix="gpushare-ray-"))
+        log = self.root / plan.config.scenario / "console.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        console = Console(file=open(log, "a"), width=120)
+        self.session = ScenarioSession(on_gpu(plan, gpu), self.root, console, Interrupts(), self._collect, where)
+        try:
+            self.session.__enter__()
+        except Exception as err:  # the scenario failed: the driver records its cells, close() ships its logs
+            self.failed_dir = self.session.scenario_dir
+            self.session = None
+            reason = str(err) if isinstance(err, GpushareError) else f"{type(err).__name__}: {err}"
+            return {**self._answer(), "error": reason, "where": where}
+        return {**self._answer(), "error": None, "where": where}
+
+    def run_cell(self, cell: PlannedCell) -> dict[str, Any]:
+        assert self.session is not None
+        self.session.run_cell(cell)
+        return self._answer(None if self.shared else pack(self.session.scenario_dir / cell.name))
+
+    def drain(self) -> None:
+        assert self.session is not None
+        self.session.drain()
+
+    def close(self, cells: list[str]) -> dict[str, Any]:
+        """Stop the servers; hand back the scenario's own files (server logs, console)."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.__exit__(None, None, None)
+        folder = session.scenario_dir if session is not None else self.failed_dir
+        packed = None if self.shared or folder is None else pack(folder, skip=set(cells))
+        if not self.shared:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return self._answer(packed)
+
+
+class RayExecutor:
+    def __init__(self, address: str, console: Console, interrupts: Interrupts, shared_out: bool = False):
+        self.address = address
+        self.console = console
+        self.interrupts = interrupts
+        self.shared_out = shared_out
+        self._actors: list[Any] = []
+        self._lock = threading.Lock()
+
+    def connect(self) -> Any:
+        ray = import_ray()
+        try:
+            if self.address == "local":
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise ConfigError(f"--ray: cannot connect to the Ray cluster at {self.address}: {err}") from None
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < 1:
+            ray.shutdown()
+            raise ConfigError(f"--ray: the Ray cluster at {self.address} has no GPU (start its nodes with --num-gpus)")
+        say(self.console, f"Ray: {len(ray.nodes())} node(s), {gpus:g} GPU(s) at {self.address}")
+        return ray
+
+    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
+        ray = self.connect()
+        try:
+            actor_class = ray.remote(ScenarioActor)
+            threads = [threading.Thread(target=self._scenario, args=(ray, actor_class, plan, todo, book), daemon=True)
+                       for plan, todo in longest_first(work)]
+            for thread in threads:
+                thread.start()
+                time.sleep(0.05)  # requests reach Ray's queue in this (longest first) order
+            seen = self.interrupts.mark()
+            while any(thread.is_alive() for thread in threads):
+                time.sleep(0.1)
+                if self.interrupts.since(seen):  # recorded, not raised: we run deferred
+                    seen = self.interrupts.mark()
+                    book.stop()
+                    with self._lock:
+                        for actor in self._actors:
+                            ray.kill(actor)
+        finally:
+            ray.shutdown()
+
+    def _scenario(self, ray: Any, actor_class: Any, plan: ScenarioPlan, todo: list[PlannedCell],
+                  book: MatrixBook) -> None:
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        name = plan.config.scenario
+        finished: set[str] = set()
+
+        def publish(answer: dict[str, Any], cell: str | None = None) -> None:
+            if answer.get("packed") is not None:
+                target = book.out / name / cell if cell else book.out / name
+                if cell:
+                    shutil.rmtree(target, ignore_errors=True)
+                unpack(answer["packed"], target)
+            for event in answer["events"]:
+                if hasattr(event, "entry"):
+                    finished.add(event.entry.cell)
+                book.publish(event)
+
+        def rest(status: str, error: str, exit_code: int) -> None:
+            for event in not_reached(name, [c for c in todo if c.name not in finished], status, error, exit_code):
+                book.publish(event)
+
+        group = placement_group([{"GPU": 1, "CPU": 1}])
+        actor, current = None, None
+        try:
+            while not book.stopped:
+                ready, _ = ray.wait([group.ready()], timeout=0.5)
+                if ready:
+                    break
+            if book.stopped:
+                rest("not_run", "the matrix was interrupted", 0)
+                return
+            with self._lock:
+                actor = actor_class.options(
+                    num_gpus=1, num_cpus=1, max_restarts=0,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote()
+                self._actors.append(actor)
+            opened = ray.get(actor.open.remote(plan, str(book.out.resolve()) if self.shared_out else None))
+            publish(opened)
+            if opened["error"]:
+                say(self.console, f"scenario {name} failed on {opened['where']}: {opened['error']}")
+                rest("failed", opened["error"], 1)
+                publish(ray.get(actor.close.remote([c.name for c in todo])))
+                return
+            for position, cell in enumerate(todo):
+                if book.stopped:
+                    break
+                current = cell
+                publish(ray.get(actor.run_cell.remote(cell)), cell.name)
+                current = None
+                if position + 1 < len(todo):
+                    ray.get(actor.drain.remote())
+            publish(ray.get(actor.close.remote([c.name for c in todo])))
+            rest("not_run", "the matrix was interrupted", 0)
+        except ray.exceptions.RayError as err:
+            if book.stopped:
+                rest("not_run", "the matrix was interrupted", 0)
+            else:  # the cell under way failed with its worker; the cells after it were never begun
+                reason = f"lost its Ray worker or node: {type(err).__name__}: {str(err).splitlines()[0]}"
+                say(self.console, f"scenario {name} {reason}")
+                if current is not None:
+                    book.publish(not_reached(name, [current], "failed", reason, 1)[0])
+                    finished.add(current.name)
+                rest("not_run", f"not begun: scenario {name} {reason}", 1)
+        finally:
+            if actor is not None:
+                ray.kill(actor)
+            remove_placement_group(group)

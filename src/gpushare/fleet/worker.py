@@ -1,0 +1,39 @@
+"""A worker process of `matrix --gpus`: one scenario on the GPU it is given.
+
+Reads its job (the scenario's plan, the cells to run, the matrix folder, the GPU) as JSON on
+stdin and writes one JSON line per event on stdout; its own console goes to stderr, which the
+driver sends to a log file. It is its own command-line edge: it handles the signals the
+driver forwards to it exactly as a one-GPU matrix would (the load stops, the folder is
+written, the servers stop), and reports the cells it did not reach as not run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..interrupts import Interrupts
+from ..matrix import on_gpu, run_scenario_here
+from . import event_doc, plan_from_doc
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    plan = on_gpu(plan_from_doc(job["plan"]), int(job["gpu"]))
+    todo = [cell for cell in plan.cells if cell.name in set(job["todo"])]
+    console = Console(file=sys.stderr, width=120)
+
+    def publish(event: object) -> None:
+        sys.stdout.write(json.dumps(event_doc(event)) + "\n")  # type: ignore[arg-type]
+        sys.stdout.flush()
+
+    with Interrupts().installed() as interrupts:
+        run_scenario_here(plan, todo, Path(job["root"]), console, interrupts, publish, job["where"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""A matrix over several GPUs: side by side on this machine (--gpus) and on a real local Ray
+cluster with two (fake) GPUs (--ray). Servers are the SSE test server: launched by gpushare
+for --gpus (their ports allocated), external engines for Ray. test_e2e.py runs a real vLLM
+cell through Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gpushare.fleet.local_gpus import parse_gpus
+from gpushare.errors import ConfigError
+from helpers import SSE_SERVER, alive, cli, error_line, free_port, summary, wait_until, write_config
+
+WORKLOAD = {"kind": "synthetic", "input_tokens": 8, "output_tokens": 4}
+
+
+def launched(tmp_path: Path, name: str) -> Path:
+    """A scenario whose server gpushare starts, on a port it allocates (the config names none)."""
+    server = {"name": "s", "command": [*SSE_SERVER, "--token-delay", "0.01"], "ready_timeout_s": 30}
+    return write_config(tmp_path / f"{name}.yaml", scenario=name, servers=[server], workload=WORKLOAD,
+                        load={"concurrency": 1, "n_requests": 4, "warmup_requests": 1})
+
+
+@pytest.fixture
+def external_servers(tmp_path):
+    """Two SSE servers this test starts and stops: the Ray scenarios' external engines."""
+    procs, urls = [], []
+    for i in range(2):
+        port = free_port()
+        procs.append(subprocess.Popen([*SSE_SERVER, "--port", str(port), "--token-delay", "0.01"],
+                                      stdout=open(tmp_path / f"sse-{i}.log", "wb"), stderr=subprocess.STDOUT))
+        urls.append(f"http://127.0.0.1:{port}")
+    yield urls
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def external(tmp_path: Path, name: str, url: str) -> Path:
+    return write_config(tmp_path / f"{name}.yaml", scenario=name, servers=[{"name": "x", "engine": "external",
+                                                                          "url": url}],
+                        model="smollm2", workload=WORKLOAD, load={"concurrency": 2, "warmup_requests": 1})
+
+
+def windows(out: Path, scenario: str) -> tuple[float, float]:
+    """When a scenario's measured requests were sent, over all its cells (perf_counter: the
+    machine's monotonic clock, one for every process of this machine)."""
+    frames = [pd.read_csv(cell / "requests.csv") for cell in sorted((out / scenario).glob("c*_rep*"))]
+    requests = pd.concat(frames)
+    measured = requests[requests["warmup"] == 0]
+    return measured["sent"].min(), measured["sent"].max()
+
+
+def shape(out: Path) -> dict:
+    """What a matrix folder holds, without its values: files per cell, summary keys, index keys."""
+    index = json.loads((out / "matrix.json").read_text())
+    cells = {}
+    for entry in index["cells"]:
+        folder = out / entry["scenario"] / entry["cell"]
+        cells[(entry["scenario"], entry["cell"])] = (
+            sorted(p.name for p in folder.iterdir()), sorted(summary(folder)), sorted(entry), entry["status"])
+    return {"counts": index["counts"], "cells": cells}
+
+
+def test_gpus_flag_is_checked_in_one_line():
+    assert parse_gpus("0,1", None) == [0, 1] and parse_gpus("all", 4) == [0, 1, 2, 3]
+    for value, message in (("0,0", "distinct"), ("a", "separated by commas"), ("3", "there is no GPU 3"),
+                           ("all", "needs NVML")):
+        with pytest.raises(ConfigError, match=f"--gpus: .*{message}"):
+            parse_gpus(value, 2 if value == "3" else None)
+
+
+def test_scenarios_run_side_by_side_on_two_gpus(tmp_path):
+    configs = [launched(tmp_path, "a"), launched(tmp_path, "b")]
+    args = ["--concurrency", "1", "2", "--duration", "2"]
+    out = tmp_path / "two"
+    started = time.time()
+    proc = cli("matrix", "--configs", *map(str, configs), *args, "--gpus", "0,1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "on GPU 0" in proc.stderr and "on GPU 1" in proc.stderr
+    a, b = windows(out, "a"), windows(out, "b")
+    assert a[0] < b[1] and b[0] < a[1], (a, b)  # their measured windows overlapped
+    ports = {summary(out / name / "c1_rep1")["servers"][0]["base_url"] for name in ("a", "b")}
+    assert len(ports) == 2  # allocated, one each
+    for name in ("a", "b"):
+        pid = summary(out / name / "c1_rep1")["servers"][0]["pid"]
+        assert not alive(pid)
+        assert (out / "fleet-logs").glob(f"gpu*-{name}.log")
+
+    here = tmp_path / "here"  # the same plan, one scenario after another
+    assert cli("matrix", "--configs", *map(str, configs), *args, "--out", str(here)).returncode == 0
+    assert shape(out) == shape(here)
+    assert time.time() - started < 120
+
+
+def test_a_signal_to_the_driver_reaches_every_gpu_worker(tmp_path):
+    configs = [launched(tmp_path, "a"), launched(tmp_path, "b")]
+    out = tmp_path / "m"
+    driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", *map(str, configs),
+                               "--concurrency", "1", "2", "--duration", "30", "--gpus", "0,1", "--out", str(out)],
+                              stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: all((out / name / "c1_rep1" / "requests.csv").exists() for name in ("a", "b")), 60)
+    time.sleep(1)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130, stderr
+    index = json.loads((out / "matrix.json").read_text())
+    by_cell = {(c["scenario"], c["cell"]): c for c in index["cells"]}
+    for name in ("a", "b"):
+        first = summary(out / name / "c1_rep1")
+        assert not first["complete"] and "interrupted by SIGINT" in first["error"]
+        assert by_cell[(name, "c2_rep1")]["status"] == "not_run"
+        assert not alive(first["servers"][0]["pid"])
+
+
+@pytest.mark.timeout(600)
+def test_ray_matrix_overlaps_and_matches_a_local_run(tmp_path, ray_cluster, external_servers):
+    configs = [external(tmp_path, "a", external_servers[0]), external(tmp_path, "b", external_servers[1])]
+    args = ["--concurrency", "1", "2", "--duration", "2"]
+    out = tmp_path / "ray"
+    proc = cli("matrix", "--configs", *map(str, configs), *args, "--ray", ray_cluster, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    a, b = windows(out, "a"), windows(out, "b")
+    assert a[0] < b[1] and b[0] < a[1], (a, b)
+    gpus = {line.rsplit(" on ", 1)[1].split(" of ")[0] for line in proc.stderr.splitlines() if " on GPU " in line}
+    assert gpus == {"GPU 0", "GPU 1"}
+    index = json.loads((out / "matrix.json").read_text())
+    assert {c["location"]["node"] for c in index["cells"]} == {os.uname().nodename}
+    assert (out / "a" / "console.log").exists()  # the scenario's own files came back too
+
+    here = tmp_path / "here"
+    assert cli("matrix", "--configs", *map(str, configs), *args, "--out", str(here)).returncode == 0
+    ray_shape, here_shape = shape(out), shape(here)
+    for cell, (files, keys, entry, status) in here_shape["cells"].items():
+        assert ray_shape["cells"][cell] == (files, keys, entry, status)
+    assert ray_shape["counts"] == here_shape["counts"] == {"complete": 4, "skipped": 0, "failed": 0, "not_run": 0}
+
+
+def actor_pids() -> list[int]:
+    """This machine's Ray worker processes that hold a scenario (Ray names them ray::ScenarioActor)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"ScenarioActor" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_driver_leaves_nothing_running_and_the_matrix_resumes(tmp_path, ray_cluster, external_servers):
+    configs = [external(tmp_path, "a", external_servers[0]), external(tmp_path, "b", external_servers[1])]
+    args = ["matrix", "--configs", *map(str, configs), "--concurrency", "1", "2", "3", "--duration", "3",
+            "--ray", ray_cluster, "--out", str(tmp_path / "m")]
+    index_path = tmp_path / "m" / "matrix.json"
+
+    def complete_cells() -> int:
+        try:
+            return json.loads(index_path.read_text())["counts"]["complete"]
+        except (OSError, ValueError):
+            return 0
+
+    driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", *args], stderr=subprocess.DEVNULL)
+    wait_until(lambda: complete_cells() >= 1, 120)
+    wait_until(lambda: len(actor_pids()) == 2, 30)
+    driver.kill()
+    driver.wait()
+    wait_until(lambda: not actor_pids(), 60)  # Ray ends the actors of a driver that died
+    done_before = complete_cells()
+    assert 1 <= done_before < 6
+
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads(index_path.read_text())
+    assert index["counts"] == {"complete": 6 - done_before, "skipped": done_before, "failed": 0, "not_run": 0}
+    assert len(index["invocations"]) == 2
+    assert not actor_pids()
+
+
+@pytest.mark.timeout(600)
+def test_a_lost_worker_fails_only_its_scenarios_unfinished_cells(tmp_path, ray_cluster, external_servers):
+    configs = [external(tmp_path, "a", external_servers[0]), external(tmp_path, "b", external_servers[1])]
+    args = ["matrix", "--configs", *map(str, configs), "--concurrency", "1", "2", "--duration", "4",
+            "--ray", ray_cluster, "--out", str(tmp_path / "m")]
+    driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", *args], stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(actor_pids()) == 2, 60)
+    wait_until(lambda: (tmp_path / "m" / "a" / "c1_rep1" / "requests.csv").exists()
+               or (tmp_path / "m" / "b" / "c1_rep1" / "requests.csv").exists(), 60)
+    victim = min(actor_pids())
+    os.kill(victim, signal.SIGKILL)  # as a node going away does to its workers
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 1, stderr
+    index = json.loads((tmp_path / "m" / "matrix.json").read_text())
+    by_status = {}
+    for cell in index["cells"]:
+        by_status.setdefault(cell["status"], []).append(cell)
+    lost = {c["scenario"] for c in by_status.get("failed", [])}
+    assert len(lost) == 1 and "lost its Ray worker or node" in by_status["failed"][0]["error"]
+    assert len(by_status["complete"]) >= 2  # the other scenario finished
+    assert by_status["failed"][0]["cell"] == "c1_rep1" and len(by_status.get("not_run", [])) == 1
+
+    proc = cli(*args)  # resume redoes what the lost worker did not hand back
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "m" / "matrix.json").read_text())["counts"]["complete"] == 2
+
+
+def test_ray_without_ray_installed_says_how_to_install_it(tmp_path):
+    shim = tmp_path / "shim" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    config = launched(tmp_path, "a")
+    proc = cli("matrix", "--configs", str(config), "--concurrency", "1", "--ray", "--out", str(tmp_path / "m"),
+               env={**os.environ, "PYTHONPATH": f"{tmp_path / 'shim'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert proc.returncode == 2
+    assert error_line(proc.stderr) == "error: --ray: Ray is not installed; install it with: pip install 'gpushare[cluster]'"
+    assert not (tmp_path / "m").exists()
+
+
+def test_longest_scenarios_are_placed_first():
+    """Start-ups count: a scenario of two servers goes before one of one with the same cells;
+    longer cells go first; ties keep the order of --configs."""
+    from gpushare.config import parse_config
+    from gpushare.fleet import longest_first
+    from gpushare.matrix import plan_matrix
+
+    def config(name, servers):
+        return parse_config({"scenario": name, "sharing": {"mode": "timeslice"},
+                             "servers": [{"name": f"s{i}"} for i in range(servers)]})
+
+    configs = [config("one-a", 1), config("two", 2), config("one-b", 1)]
+    plan = plan_matrix(configs, [1, 2], [], 1, Path("out"), duration_s=30)
+    order = [p.config.scenario for p, _ in longest_first([(p, p.cells) for p in plan])]
+    assert order == ["two", "one-a", "one-b"]
+    longer = plan_matrix([config("short", 1)], [1], [], 1, Path("out"), duration_s=30) + \
+        plan_matrix([config("long", 1)], [1], [], 1, Path("out"), duration_s=300)
+    assert [p.config.scenario for p, _ in longest_first([(p, p.cells) for p in longer])] == ["long", "short"]
