@@ -21,7 +21,8 @@ import pandas as pd  # noqa: E402
 
 from .errors import ConfigError  # noqa: E402
 from .metric_catalog import CATALOGUE, METRICS  # noqa: E402
-from .results import SUMMARY, GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run, read_verdict  # noqa: E402
+from .results import (SUMMARY, GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run,  # noqa: E402
+                      read_run_config, read_verdict, run_location, workload_labels)
 
 # Per run: what identifies it, what it measured (summary.json keys), and the gpu block's keys;
 # metric_catalog says what each key means.
@@ -31,6 +32,10 @@ METRIC_FIELDS = [
     "p50_latency_s", "p95_latency_s", "p99_latency_s", "p99_ttft_ms", "p99_tpot_ms", "mean_tpot_ms", "p99_itl_ms",
 ]
 GPU_FIELDS = ["energy_per_output_token_j", "avg_power_w", "mean_gpu_util_pct", "max_mem_used_mib"]
+LOCATION_FIELDS = ["gpu_model", "node"]
+UNKNOWN = "unknown"
+"""A run's GPU model and node where its folder does not say (results.run_location gave None),
+and its workload where its summary does not (recorded before summaries said)."""
 
 # The summary table's metric columns: those the catalogue marks with their decimals.
 TABLE_METRICS = tuple(m for m in CATALOGUE if m.table is not None)
@@ -78,11 +83,21 @@ def _row(folder: Path, identity: dict, metrics: MetricBlock, rest: dict) -> dict
     return row
 
 
+def location_fields(folder: Path, summary: Summary) -> dict:
+    """The GPU model and node a run measured on: runs of different GPU models are never
+    averaged together."""
+    location = run_location(folder, summary)
+    if location is None:
+        return dict.fromkeys(LOCATION_FIELDS, UNKNOWN)
+    return {"gpu_model": location.gpu_model, "node": location.node}
+
+
 def run_row(folder: Path, summary: Summary) -> dict:
     """One complete run's row."""
     return _row(folder, summary.pick(RUN_FIELDS), summary, {
         **(summary.gpu or GpuWindow()).pick(GPU_FIELDS), "prefix_cache_hit_tokens": prefix_cache_hits(summary),
-        "tenant": None, "servers": len(summary.per_endpoint)})
+        "tenant": None, "servers": len(summary.per_endpoint), **location_fields(folder, summary),
+        "workload": workload_labels(read_run_config(folder)).get(None, UNKNOWN)})
 
 
 def run_rows(folder: Path, summary: Summary) -> list[dict]:
@@ -93,10 +108,12 @@ def run_rows(folder: Path, summary: Summary) -> list[dict]:
     if not summary.tenants:
         return [run_row(folder, summary)]
     loaded = "+".join(summary.tenants)
+    location = location_fields(folder, summary)
+    workloads = workload_labels(read_run_config(folder))
     return [_row(folder, {"scenario": f"{summary.scenario}[{loaded}]:{name}", "sharing_mode": summary.sharing_mode,
                           "complete": summary.complete, **block.load.summary_fields()}, block,
                  {**dict.fromkeys(GPU_FIELDS), "prefix_cache_hit_tokens": None, "tenant": name,
-                  "servers": len(set(block.servers))})
+                  "servers": len(set(block.servers)), **location, "workload": workloads.get(name, UNKNOWN)})
             for name, block in summary.tenants.items()]
 
 
@@ -136,16 +153,17 @@ def read_runs(paths: Iterable[Path]) -> RunSet:
             left_out.append((folder, str(err)))
     numeric = METRIC_FIELDS + GPU_FIELDS + ["prefix_cache_hit_tokens"]
     runs = pd.DataFrame(rows, columns=[*RUN_FIELDS, *METRIC_FIELDS, *GPU_FIELDS, "prefix_cache_hit_tokens",
-                                       "run", "tenant", "servers", "load"])
+                                       "run", "tenant", "servers", "load", *LOCATION_FIELDS, "workload"])
     runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")
     return RunSet(runs.sort_values(["scenario", "load", "run"]).reset_index(drop=True), left_out, paths)
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation per (scenario, load), with the number of runs."""
+    """Mean and standard deviation per (scenario, GPU model, load), with the number of runs: a
+    scenario name run on two GPU models is two rows, never one average."""
     numeric = [c for c in runs.columns if c not in ("scenario", "load", "run", "sharing_mode", "load_mode", "complete")
                and pd.api.types.is_numeric_dtype(runs[c])]
-    grouped = runs.groupby(["scenario", "load"], sort=True)
+    grouped = runs.groupby(["scenario", "gpu_model", "load"], sort=True)
     mean = grouped[numeric].mean()
     std = grouped[numeric].std(ddof=1).add_suffix("_std")
     out = pd.concat([mean, std], axis=1)
@@ -156,7 +174,11 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def table(summary: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({"Scenario": summary["scenario"], "Concurrency": summary["load"]})
+    """The summary for reading; a GPU column only where the runs span several GPU models."""
+    out = pd.DataFrame({"Scenario": summary["scenario"]})
+    if summary["gpu_model"].nunique() > 1:
+        out["GPU"] = summary["gpu_model"]
+    out["Concurrency"] = summary["load"]
     for m in TABLE_METRICS:
         out[m.title] = summary[m.key].map(lambda v, d=m.table: "" if pd.isna(v) else f"{v:,.{d}f}")
     out["Runs"] = summary["runs"]
@@ -175,6 +197,79 @@ def write_tables(summary: pd.DataFrame, out: Path) -> list[Path]:
     summary.to_csv(paths[0], index=False)
     paths[1].write_text(markdown(shown))
     paths[2].write_text(shown.to_latex(index=False, escape=True, column_format="l" + "r" * (len(shown.columns) - 1)))
+    return paths
+
+
+# --- across GPU models -------------------------------------------------------------------------
+
+CROSS_GPU_KEYS = ["sharing_mode", "workload", "load_mode", "load"]
+CROSS_GPU_METRICS = ["output_throughput", "p99_ttft_ms", "p99_tpot_ms"]
+RATIO = " / "
+
+
+def cross_gpu_table(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Per sharing mode, workload and load: each GPU model's mean output throughput, P99 TTFT
+    and P99 TPOT, its mean measurement window (`duration`), runs and the scenarios that measured
+    it, then each later model's ratio to the first (models sorted by name). Columns are (model
+    or "later / first", field). Rows go by sharing mode because each GPU's scenarios carry its
+    own name, and by workload because only the same requests compare (runs of two workloads
+    under one mode are two rows, never one average); the scenarios are named so that a cell
+    averaging two of one model's scenarios shows it. Whole runs only: a tenant's figures are its
+    share of the GPU, not what the GPU did. None where fewer than two models ran whole runs:
+    nothing to compare."""
+    whole = runs[runs["tenant"].isna()]
+    models = sorted(whole["gpu_model"].unique())
+    if len(models) < 2:
+        return None
+    grouped = whole.groupby([*CROSS_GPU_KEYS, "gpu_model"])
+    per_model = grouped[[*CROSS_GPU_METRICS, "duration"]].mean()
+    per_model["runs"] = grouped.size()
+    per_model["scenarios"] = grouped["scenario"].agg(lambda names: ", ".join(sorted(set(names))))
+    wide = per_model.unstack("gpu_model")
+    columns = {(model, field): wide[(field, model)] for model in models
+               for field in ("scenarios", *CROSS_GPU_METRICS, "duration", "runs")}
+    first = models[0]
+    columns |= {(f"{model}{RATIO}{first}", key): wide[(key, model)] / wide[(key, first)]
+                for model in models[1:] for key in CROSS_GPU_METRICS}
+    return pd.DataFrame(columns)
+
+
+def _rounded(values: pd.Series, decimals: int) -> pd.Series:
+    return values.map(lambda v: "" if pd.isna(v) else f"{v:,.{decimals}f}")
+
+
+def cross_gpu_shown(cross: pd.DataFrame) -> pd.DataFrame:
+    """The cross-GPU table for reading: rounded and titled (a ratio without a unit); the runs
+    are left to the CSV."""
+    rows = cross.index.to_frame(index=False)
+    out = {("", "Sharing mode"): rows["sharing_mode"], ("", "Workload"): rows["workload"],
+           ("", "Load"): [f"{load:g} ({mode})" for mode, load in zip(rows["load_mode"], rows["load"])]}
+    for group, field in cross.columns:
+        values = cross[(group, field)].reset_index(drop=True)
+        if field == "scenarios":
+            out[(group, "Scenarios")] = values.fillna("")
+        elif field == "duration":
+            out[(group, "Window (s)")] = _rounded(values, 0)
+        elif field in CROSS_GPU_METRICS and RATIO in group:
+            out[(group, METRICS[field].label)] = _rounded(values, 2)
+        elif field in CROSS_GPU_METRICS:
+            out[(group, METRICS[field].title)] = _rounded(values, METRICS[field].table)
+    return pd.DataFrame(out)
+
+
+def write_cross_gpu(runs: pd.DataFrame, out: Path) -> list[Path]:
+    """cross_gpu.csv, .md and .tex where the runs span several GPU models; nothing otherwise."""
+    cross = cross_gpu_table(runs)
+    if cross is None:
+        return []
+    paths = [out / "cross_gpu.csv", out / "cross_gpu.md", out / "cross_gpu.tex"]
+    flat = cross.set_axis([f"{group} {field}" for group, field in cross.columns], axis=1)
+    flat.reset_index().to_csv(paths[0], index=False)
+    shown = cross_gpu_shown(cross)
+    paths[1].write_text(markdown(shown.set_axis([f"{g}: {t}" if g else t for g, t in shown.columns], axis=1)))
+    text = ("Sharing mode", "Workload", "Load", "Scenarios")
+    paths[2].write_text(shown.to_latex(index=False, escape=True, multicolumn_format="c",
+                                       column_format="".join("l" if t in text else "r" for _, t in shown.columns)))
     return paths
 
 
@@ -371,26 +466,36 @@ def writable_folder(out: Path) -> None:
         raise ConfigError(f"--out: cannot write to {out}: {err.strerror or err}") from None
 
 
+def figure_series(runs: pd.DataFrame) -> pd.Series:
+    """What a figure draws as one series: the scenario, named with its GPU model where the runs
+    span several, so that one scenario name run on two GPU models is two lines, never one."""
+    if runs["gpu_model"].nunique() < 2:
+        return runs["scenario"]
+    return runs["scenario"] + " (" + runs["gpu_model"] + ")"
+
+
 def analyze(found: RunSet, out: Path) -> list[Path]:
     """Write the tidy table, the summary tables and every figure from the complete runs; return
-    what was written. With no complete run, nothing is written. Where `interfere`'s outputs lie
-    under the searched folders, their isolation table and figures come too."""
+    what was written. With no complete run, nothing is written. Where the runs span several GPU
+    models, the cross-GPU table comes too, and where `interfere`'s outputs lie under the
+    searched folders, their isolation table and figures."""
     from .isolation import find_interference, read_interference, write_isolation  # it draws with this module
 
     runs = found.complete_runs()
     writable_folder(out)
     runs.to_csv(out / "runs.csv", index=False)
-    summary = summarize_runs(runs)
+    written = [out / "runs.csv", *write_tables(summarize_runs(runs), out), *write_cross_gpu(runs, out)]
+    drawn = runs.assign(scenario=figure_series(runs))
+    summary = summarize_runs(drawn)
     isolation = read_interference(find_interference(found.paths))
-    colour = colours([*runs["scenario"], *isolation.scores["scenario"]])
-    written = [out / "runs.csv", *write_tables(summary, out)]
-    written += plot_versus_load(summary, runs, "output_throughput", "throughput_tokens_per_s", out, colour)
-    written += plot_versus_load(summary, runs, "p99_latency_s", "p99_latency_s", out, colour)
+    colour = colours([*drawn["scenario"], *isolation.scores["scenario"]])
+    written += plot_versus_load(summary, drawn, "output_throughput", "throughput_tokens_per_s", out, colour)
+    written += plot_versus_load(summary, drawn, "p99_latency_s", "p99_latency_s", out, colour)
     written += plot_tradeoff(summary, out, colour)
-    requests = request_table(runs)
-    written += plot_cdfs(requests, runs, out, colour)
+    requests = request_table(drawn)
+    written += plot_cdfs(requests, drawn, out, colour)
     written += plot_token_lengths(requests, out, colour)
-    written += plot_gpu_timelines(runs, out, colour)
-    written += plot_per_server(runs, out, colour)
+    written += plot_gpu_timelines(drawn, out, colour)
+    written += plot_per_server(drawn, out, colour)
     written += write_isolation(isolation, out, colour)
     return written
