@@ -252,3 +252,24 @@ def test_interference_of_two_tenants_on_real_vllm(tmp_path):
     assert 0.5 <= scores["fairness"] <= 1.0 and scores["stp"] > 0
     pids = [s["pid"] for s in phases["shared"]["servers"]]
     assert pids and not any(alive(pid) for pid in pids)
+
+
+def test_a_matrix_cell_on_real_vllm_through_ray(tmp_path, ray_cluster):
+    """The Ray executor end to end: the actor starts vLLM's CPU server on a port it allocates,
+    runs the cell's load beside it, and ships the run folder back to --out."""
+    server = {**CPU_SERVER, "name": "cpu-0"}  # no port: allocated on the node
+    cfg = write_config(tmp_path / "ray.yaml", scenario="ray-e2e", model="smollm2", servers=[server],
+                       workload={"kind": "synthetic", "input_tokens": 32, "output_tokens": 8},
+                       load={"concurrency": 2, "n_requests": 8, "warmup_requests": 1})
+    out = tmp_path / "matrix"
+    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", str(cfg), "--concurrency", "2",
+                           "--ray", ray_cluster, "--out", str(out)], capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = json.loads((out / "matrix.json").read_text())
+    (cell,) = index["cells"]
+    assert cell["status"] == "complete" and cell["location"]["node"] == os.uname().nodename
+    doc = summary(out / "ray-e2e" / "c2_rep1")
+    assert doc["complete"] and doc["completed"] == 8 and doc["failed"] == 0
+    assert doc["server_counters"]["cpu-0"]["generation_tokens"] == 8 * 8
+    assert (out / "ray-e2e" / "server-0.log").stat().st_size > 0  # the scenario's own files came back
+    assert not alive(doc["servers"][0]["pid"])

@@ -159,7 +159,7 @@ def actor_pids() -> list[int]:
 def test_a_killed_driver_leaves_nothing_running_and_the_matrix_resumes(tmp_path, ray_cluster, external_servers):
     configs = [external(tmp_path, "a", external_servers[0]), external(tmp_path, "b", external_servers[1])]
     args = ["matrix", "--configs", *map(str, configs), "--concurrency", "1", "2", "3", "--duration", "3",
-            "--ray", ray_cluster, "--out", str(tmp_path / "m")]
+            "--ray", ray_cluster, "--shared-out", "--out", str(tmp_path / "m")]  # the workers write into --out
     index_path = tmp_path / "m" / "matrix.json"
 
     def complete_cells() -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import leftovers
+from ..events import CellFinished
 from ..interrupts import Interrupts
 from ..matrix import MatrixBook, PlannedCell, ScenarioPlan, not_reached
 from ..runner import say
@@ -114,12 +115,15 @@ class LocalGpusExecutor:
                     self._workers[gpu] = process
             if process is not None:
                 assert process.stdin is not None and process.stdout is not None
-                process.stdin.write(json.dumps(job).encode())
-                process.stdin.close()
+                try:
+                    process.stdin.write(json.dumps(job).encode())
+                    process.stdin.close()
+                except BrokenPipeError:  # it died at once; its log says why
+                    pass
                 for line in process.stdout:
                     event = event_from_doc(json.loads(line))
-                    if hasattr(event, "entry"):
-                        reported.add(event.entry.cell)  # type: ignore[union-attr]
+                    if isinstance(event, CellFinished):
+                        reported.add(event.entry.cell)
                     book.publish(event)
                 code = process.wait()
                 with self._lock:

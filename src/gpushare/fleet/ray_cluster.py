@@ -30,7 +30,7 @@ from typing import Any
 from rich.console import Console
 
 from ..errors import ConfigError, GpushareError
-from ..events import MatrixEvent
+from ..events import CellFinished, MatrixEvent
 from ..interrupts import Interrupts
 from ..matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioSession, not_reached, on_gpu
 from ..runner import say
@@ -75,6 +75,7 @@ class ScenarioActor:
         self.shared = False
         self.root = Path()
         self.failed_dir: Path | None = None
+        self.log: Any = None
 
     def _collect(self, event: MatrixEvent) -> None:
         self.events.append(event)
@@ -93,7 +94,8 @@ class ScenarioActor:
         self.root = Path(shared_root) if shared_root else Path(tempfile.mkdtemp(prefix="gpushare-ray-"))
         log = self.root / plan.config.scenario / "console.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        console = Console(file=open(log, "a"), width=120)
+        self.log = open(log, "a")
+        console = Console(file=self.log, width=120)
         self.session = ScenarioSession(on_gpu(plan, gpu), self.root, console, Interrupts(), self._collect, where)
         try:
             self.session.__enter__()
@@ -118,6 +120,8 @@ class ScenarioActor:
         session, self.session = self.session, None
         if session is not None:
             session.__exit__(None, None, None)
+        if self.log is not None:
+            self.log.close()
         folder = session.scenario_dir if session is not None else self.failed_dir
         packed = None if self.shared or folder is None else pack(folder, skip=set(cells))
         if not self.shared:
@@ -152,13 +156,16 @@ class RayExecutor:
 
     def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
         ray = self.connect()
+        from ray.util.placement_group import placement_group
+
         try:
             actor_class = ray.remote(ScenarioActor)
-            threads = [threading.Thread(target=self._scenario, args=(ray, actor_class, plan, todo, book), daemon=True)
-                       for plan, todo in longest_first(work)]
+            # Reserved here, longest first, so that Ray's queue holds them in that order.
+            ordered = [(plan, todo, placement_group([{"GPU": 1, "CPU": 1}])) for plan, todo in longest_first(work)]
+            threads = [threading.Thread(target=self._scenario, args=(ray, actor_class, plan, todo, group, book),
+                                        daemon=True) for plan, todo, group in ordered]
             for thread in threads:
                 thread.start()
-                time.sleep(0.05)  # requests reach Ray's queue in this (longest first) order
             seen = self.interrupts.mark()
             while any(thread.is_alive() for thread in threads):
                 time.sleep(0.1)
@@ -171,9 +178,9 @@ class RayExecutor:
         finally:
             ray.shutdown()
 
-    def _scenario(self, ray: Any, actor_class: Any, plan: ScenarioPlan, todo: list[PlannedCell],
+    def _scenario(self, ray: Any, actor_class: Any, plan: ScenarioPlan, todo: list[PlannedCell], group: Any,
                   book: MatrixBook) -> None:
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.placement_group import remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         name = plan.config.scenario
@@ -186,7 +193,7 @@ class RayExecutor:
                     shutil.rmtree(target, ignore_errors=True)
                 unpack(answer["packed"], target)
             for event in answer["events"]:
-                if hasattr(event, "entry"):
+                if isinstance(event, CellFinished):
                     finished.add(event.entry.cell)
                 book.publish(event)
 
@@ -194,7 +201,6 @@ class RayExecutor:
             for event in not_reached(name, [c for c in todo if c.name not in finished], status, error, exit_code):
                 book.publish(event)
 
-        group = placement_group([{"GPU": 1, "CPU": 1}])
         actor, current = None, None
         try:
             while not book.stopped:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..events import MatrixEvent
 from ..interrupts import Interrupts
 from ..matrix import on_gpu, run_scenario_here
 from . import event_doc, plan_from_doc
@@ -26,8 +27,8 @@ def main() -> int:
     todo = [cell for cell in plan.cells if cell.name in set(job["todo"])]
     console = Console(file=sys.stderr, width=120)
 
-    def publish(event: object) -> None:
-        sys.stdout.write(json.dumps(event_doc(event)) + "\n")  # type: ignore[arg-type]
+    def publish(event: MatrixEvent) -> None:
+        sys.stdout.write(json.dumps(event_doc(event)) + "\n")
         sys.stdout.flush()
 
     with Interrupts().installed() as interrupts:
