@@ -41,7 +41,7 @@ import urllib.request
 from pathlib import Path
 
 from gpushare.config import EMBEDDED_MODEL
-from gpushare.models import embedded_folder, is_prepared
+from gpushare.serving.models import embedded_folder, is_prepared
 
 MODEL = "bench"
 OUTPUT_TOKENS = 128
@@ -177,10 +177,10 @@ def worker_ours(port: int, n: int, concurrency: int, rate: float | None) -> dict
     import uvloop
 
     from gpushare.config import ApiConfig, LoadConfig
-    from gpushare.loadgen import Endpoint, LoadGenerator
-    from gpushare.metrics import queue_time, summarize
-    from gpushare.records import RequestSpec
-    from gpushare.workload import inter_arrival_gaps
+    from gpushare.load.loadgen import Endpoint, LoadGenerator
+    from gpushare.measure.metrics import queue_time, summarize
+    from gpushare.load.records import RequestSpec
+    from gpushare.load.workload import inter_arrival_gaps
 
     specs = [RequestSpec(index=i, prompt="hello world", max_tokens=OUTPUT_TOKENS) for i in range(n + WARMUP)]
     endpoint = Endpoint("nginx", f"http://127.0.0.1:{port}", MODEL)

@@ -19,8 +19,8 @@ import numpy as np
 
 from gpushare.config import EMBEDDED_MODEL, ApiConfig, SyntheticWorkload
 from gpushare.environment import cpu_model
-from gpushare.models import embedded_folder
-from gpushare.workload import RequestSource, load_tokenizer
+from gpushare.serving.models import embedded_folder
+from gpushare.load.workload import RequestSource, load_tokenizer
 
 
 def prompts_per_s(tokenizer, prompts: int, tokens: int) -> float:

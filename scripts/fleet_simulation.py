@@ -3,7 +3,7 @@
 
     python scripts/fleet_simulation.py [--root REPO] [--gpus 1 8 16 64]
 
-Inputs, all read through gpushare.results from committed indexes:
+Inputs, all read through gpushare.measure.results from committed indexes:
   results/h100/matrix/matrix.json        70 s windows, 3 scenarios x 3 levels (required)
   results/h100/matrix-long/matrix.json   310 s windows, same scenarios (if present)
   results/h200/interference/matrix.json  two-tenant phases (if present; where its cells
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpushare.fleet.simulate import Cell, Scenario, Schedule, simulate
-from gpushare.results import INDEX, MatrixIndex, read_matrix_index
+from gpushare.measure.results import INDEX, MatrixIndex, read_matrix_index
 
 LEVELS = 8
 MIX = (("short", 15), ("long", 5), ("tenants", 5))  # 25 scenarios

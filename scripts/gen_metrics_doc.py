@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrite the generated table of docs/metrics.md from gpushare.metric_catalog, keeping the
+"""Rewrite the generated table of docs/metrics.md from gpushare.measure.metric_catalog, keeping the
 prose around it; run it after changing the catalogue (tests/test_metric_catalog.py checks).
 
     python scripts/gen_metrics_doc.py
@@ -7,7 +7,7 @@ prose around it; run it after changing the catalogue (tests/test_metric_catalog.
 
 from pathlib import Path
 
-from gpushare.metric_catalog import with_generated_table
+from gpushare.measure.metric_catalog import with_generated_table
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

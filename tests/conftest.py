@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gpushare.models import cache_root
+from gpushare.serving.models import cache_root
 from helpers import MPS_STANDIN
 
 

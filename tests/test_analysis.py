@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gpushare import cli
-from gpushare.analysis import analyze, read_runs, summarize_runs
+from gpushare.reporting.analysis import analyze, read_runs, summarize_runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"
 PROOF_RUNS = sorted(RESULTS.glob("2026*"))  # the six single runs, one per sharing mode
@@ -99,7 +99,7 @@ def test_the_script_wrapper_keeps_its_flags(tmp_path):
 
 
 def test_prefix_cache_hits_are_counted_where_servers_report_them(tmp_path):
-    from gpushare.report import observations
+    from gpushare.reporting.report import observations
 
     assert read_runs(PROOF_RUNS).runs["prefix_cache_hit_tokens"].isna().all()  # counters not recorded then
     matrix = read_runs([RESULTS / "matrix"]).runs

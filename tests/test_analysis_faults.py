@@ -12,13 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from gpushare import cli, report
-from gpushare.analysis import read_runs
-from gpushare.metrics import e2el, queue_time, summarize, tpot, ttft
-from gpushare.monitor import GPU_COLUMNS
-from gpushare.records import RequestRecord
-from gpushare.report import write_report
-from gpushare.results import UNFINISHED, write_unfinished
+from gpushare import cli
+
+from gpushare.reporting import report
+from gpushare.reporting.analysis import read_runs
+from gpushare.measure.metrics import e2el, queue_time, summarize, tpot, ttft
+from gpushare.measure.monitor import GPU_COLUMNS
+from gpushare.load.records import RequestRecord
+from gpushare.reporting.report import write_report
+from gpushare.measure.results import UNFINISHED, write_unfinished
 from helpers import error_line
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"

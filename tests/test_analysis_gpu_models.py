@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from gpushare.analysis import analyze, cross_gpu_table, figure_series, read_runs, summarize_runs, write_cross_gpu
+from gpushare.reporting.analysis import analyze, cross_gpu_table, figure_series, read_runs, summarize_runs, write_cross_gpu
 from gpushare.config import DatasetWorkload, ScenarioConfig, ShareGPTWorkload, SyntheticWorkload
-from gpushare.report import observations, write_report
-from gpushare.results import read_run_config
+from gpushare.reporting.report import observations, write_report
+from gpushare.measure.results import read_run_config
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 MATRIX = RESULTS / "h100" / "matrix"

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from gpushare.config import ApiConfig, ShareGPTWorkload
-from gpushare.models import embedded_folder
-from gpushare.servers import group_members
-from gpushare.workload import RequestSource, load_tokenizer, random_streams
+from gpushare.serving.models import embedded_folder
+from gpushare.serving.servers import group_members
+from gpushare.load.workload import RequestSource, load_tokenizer, random_streams
 from helpers import alive, free_port, run_folder, summary, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

@@ -11,8 +11,8 @@ import pytest
 
 from fault_server import FaultServer
 from gpushare.config import ApiConfig, LoadConfig
-from gpushare.loadgen import Endpoint, LoadGenerator
-from gpushare.metrics import summarize
+from gpushare.load.loadgen import Endpoint, LoadGenerator
+from gpushare.measure.metrics import summarize
 from helpers import FAULT_SERVER, free_port
 from sse_server import SseServer
 from test_loadgen import serving, specs

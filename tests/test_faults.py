@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gpushare.results import read_verdict
-from gpushare.servers import group_members
+from gpushare.measure.results import read_verdict
+from gpushare.serving.servers import group_members
 from helpers import SSE_SERVER, alive, free_port, server_pids, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(300)

@@ -64,7 +64,7 @@ def test_interference_compares_each_tenant_alone_and_shared(tmp_path):
 
 def test_phases_salt_the_prefix_cache_per_phase(tmp_path):
     from gpushare.config import parse_config, read_config_file
-    from gpushare.interference_protocol import plan_interference
+    from gpushare.experiment.interference_protocol import plan_interference
 
     config = parse_config(read_config_file(config_file(tmp_path)))
     (scenario,) = plan_interference([config])

@@ -6,7 +6,7 @@ import math
 import pytest
 from hypothesis import assume, given, strategies as st
 
-from gpushare.interference import (
+from gpushare.measure.interference import (
     INTERFERENCE_METRICS,
     compare_tenants,
     jain_fairness,

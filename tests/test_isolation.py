@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from gpushare import cli
-from gpushare.analysis import read_runs
-from gpushare.isolation import find_interference, isolation_table, read_interference
-from gpushare.report import build_pdf, isolation_observations, tex_available, write_report
+from gpushare.reporting.analysis import read_runs
+from gpushare.reporting.isolation import find_interference, isolation_table, read_interference
+from gpushare.reporting.report import build_pdf, isolation_observations, tex_available, write_report
 from helpers import write_config
 from test_interfere import config_file
 from test_tenants import server

@@ -15,12 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpushare import cli, leftovers
-from gpushare.engines import LaunchPlan
+from gpushare import cli
+
+from gpushare.serving import leftovers
+from gpushare.serving.engines import LaunchPlan
 from gpushare.errors import ConfigError
-from gpushare.models import cache_root
-from gpushare.mps import MpsDaemon
-from gpushare.servers import ServerHandle, ensure_port_free
+from gpushare.serving.models import cache_root
+from gpushare.serving.mps import MpsDaemon
+from gpushare.serving.servers import ServerHandle, ensure_port_free
 from helpers import (SSE_SERVER, alive, cli as run_cli, error_line, free_port, run_folder, server_pids, wait_until,
                      write_config)
 
@@ -87,7 +89,7 @@ def test_doctor_lists_a_leftover_and_clean_stops_every_member(orphan, cache, cap
     assert f"process group {orphan.proc.pid}" in capsys.readouterr().out
     assert all(alive(pid) for pid in orphan.pids)  # doctor alone changes nothing
 
-    monkeypatch.setattr("gpushare.servers.STOP_GRACE_S", 1.0)
+    monkeypatch.setattr("gpushare.serving.servers.STOP_GRACE_S", 1.0)
     began = time.monotonic()
     assert cli.main(["doctor", "--clean"]) == 0
     out = capsys.readouterr().out.strip()

@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 
 from gpushare.config import ApiConfig, LoadConfig
-from gpushare.loadgen import MAX_PREPARED, Endpoint, LoadGenerator, requests_for_duration
-from gpushare.metrics import summarize
-from gpushare.records import RequestRecord, RequestSpec
-from gpushare.workload import inter_arrival_gaps
+from gpushare.load.loadgen import MAX_PREPARED, Endpoint, LoadGenerator, requests_for_duration
+from gpushare.measure.metrics import summarize
+from gpushare.load.records import RequestRecord, RequestSpec
+from gpushare.load.workload import inter_arrival_gaps
 from helpers import free_port
 from sse_server import Behaviour, SseServer
 
@@ -214,7 +214,7 @@ def test_overlapping_measured_windows_share_one_gc_pause():
     import gc
     import threading
 
-    from gpushare.loadgen import paused_gc
+    from gpushare.load.loadgen import paused_gc
 
     assert gc.isenabled()
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()

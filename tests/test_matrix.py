@@ -92,7 +92,7 @@ def test_matrix_flags_are_checked(tmp_path):
 
 def test_cells_grow_with_concurrency(tmp_path):
     from gpushare.config import parse_config
-    from gpushare.matrix import Cell, cell_config
+    from gpushare.experiment.matrix import Cell, cell_config
 
     base = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 3})
     c24 = cell_config(base, Cell("s", "concurrency", 24, 2), 200, tmp_path, per_concurrency=25)
@@ -128,7 +128,7 @@ def test_sigterm_stops_the_matrix_and_its_servers(tmp_path):
 
 def test_cells_bounded_by_time(tmp_path):
     from gpushare.config import parse_config
-    from gpushare.matrix import Cell, cell_config
+    from gpushare.experiment.matrix import Cell, cell_config
 
     base = parse_config({"load": {"concurrency": 8, "n_requests": 200}})
     timed = cell_config(base, Cell("s", "concurrency", 16, 1), None, tmp_path, duration_s=150)
@@ -142,7 +142,7 @@ def test_every_cell_has_its_own_prompts(tmp_path):
     """Cells share a server, so no cell may repeat another's prompts (its prefix cache would
     answer them); the same cell always gets the same seed."""
     from gpushare.config import parse_config
-    from gpushare.matrix import cell_config, cells_for
+    from gpushare.experiment.matrix import cell_config, cells_for
 
     base = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 3})
     cells = cells_for("s", [8, 16, 24], [0.5, 8.0], repeats=3)

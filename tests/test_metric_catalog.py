@@ -4,10 +4,10 @@ gpu_window and analysis use is declared there, and docs/metrics.md's table is ge
 from collections import Counter
 from pathlib import Path
 
-from gpushare.analysis import GPU_FIELDS, METRIC_FIELDS, TABLE_METRICS
-from gpushare.metric_catalog import CATALOGUE, with_generated_table
-from gpushare.metrics import gpu_window, summarize
-from gpushare.records import RequestRecord
+from gpushare.reporting.analysis import GPU_FIELDS, METRIC_FIELDS, TABLE_METRICS
+from gpushare.measure.metric_catalog import CATALOGUE, with_generated_table
+from gpushare.measure.metrics import gpu_window, summarize
+from gpushare.load.records import RequestRecord
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushare.metrics import (
+from gpushare.measure.metrics import (
     gpu_window,
     LatencyStats,
     inter_token_latencies,
@@ -16,7 +16,7 @@ from gpushare.metrics import (
     tpot,
     ttft,
 )
-from gpushare.records import RequestRecord
+from gpushare.load.records import RequestRecord
 
 finite = st.floats(min_value=0, max_value=1e4, allow_nan=False, allow_infinity=False)
 

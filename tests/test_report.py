@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from gpushare import cli
-from gpushare.analysis import read_runs
+from gpushare.reporting.analysis import read_runs
 from gpushare.errors import RunFailure
-from gpushare.report import build_pdf, tex_available, write_report
+from gpushare.reporting.report import build_pdf, tex_available, write_report
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"
 PROOF_RUNS = sorted(RESULTS.glob("2026*"))
@@ -47,7 +47,7 @@ def test_a_tex_failure_is_one_line(tmp_path):
 
 
 def test_relative_changes_read_as_percentages():
-    from gpushare.report import percent
+    from gpushare.reporting.report import percent
 
     assert percent(-0.49) == "-49\\%" and percent(0.125) == "+12\\%"
     assert percent(-0.003) == "-0.3\\%"  # a small gap is not printed as -0 %

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gpushare.matrix import kept_cell, previous_index, write_index
-from gpushare.metric_catalog import CATALOGUE
-from gpushare.results import (
+from gpushare.experiment.matrix import kept_cell, previous_index, write_index
+from gpushare.measure.metric_catalog import CATALOGUE
+from gpushare.measure.results import (
     UNFINISHED,
     GpuWindow,
     Invocation,

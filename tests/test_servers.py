@@ -8,9 +8,9 @@ import time
 import pytest
 
 from gpushare.config import ServerConfig
-from gpushare.engines import LaunchPlan, VllmEngine, redact
+from gpushare.serving.engines import LaunchPlan, VllmEngine, redact
 from gpushare.errors import ConfigError, RunFailure
-from gpushare.servers import ServerFleet, ServerHandle, ensure_port_free
+from gpushare.serving.servers import ServerFleet, ServerHandle, ensure_port_free
 from helpers import SSE_SERVER, alive, free_port, server_pids
 
 

@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-from gpushare import cli, sharegpt
+from gpushare import cli
+
+from gpushare.load import sharegpt
 from gpushare.config import ApiConfig, ServerConfig, ShareGPTWorkload, parse_config
 from gpushare.errors import ConfigError
-from gpushare.models import embedded_folder
-from gpushare.sharegpt import (
+from gpushare.serving.models import embedded_folder
+from gpushare.load.sharegpt import (
     ShareGPTSampler, context_length, dataset_path, output_length, packaged_path, read_sharegpt, with_max_model_len,
 )
-from gpushare.workload import RequestSource, chat_template_tokens, load_tokenizer, random_streams
+from gpushare.load.workload import RequestSource, chat_template_tokens, load_tokenizer, random_streams
 from helpers import error_line, free_port, write_config
 
 PACKAGED_SHA256 = "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772"

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from gpushare.config import parse_config, read_config_file
 from gpushare.errors import ConfigError, RunFailure
-from gpushare import mig
-from gpushare.mig import H100_80GB_PROFILES, memory_fraction, mig_instances, mig_profiles, profile_caps, table_profiles
-from gpushare.mps import MpsDaemon
-from gpushare.sharing import mps_memory_limit, place_servers
+from gpushare.serving import mig
+from gpushare.serving.mig import H100_80GB_PROFILES, memory_fraction, mig_instances, mig_profiles, profile_caps, table_profiles
+from gpushare.serving.mps import MpsDaemon
+from gpushare.serving.sharing import mps_memory_limit, place_servers
 from helpers import SSE_SERVER, alive, cli, free_port, run_folder, summary, write_config
 
 
@@ -420,7 +420,7 @@ class FakeNvmlSampling(FakeNvml):
 def test_monitor_samples_gpus_and_mig_instances(tmp_path, monkeypatch):
     import csv
 
-    import gpushare.monitor as monitor
+    import gpushare.measure.monitor as monitor
 
     nvml = FakeNvmlSampling(1, [("MIG-aaa", "3g.40gb", 40192)])
     monkeypatch.setattr(monitor, "_nvml", lambda: nvml)
@@ -442,7 +442,7 @@ def test_the_monitor_samples_only_the_runs_gpus(tmp_path, monkeypatch):
     may hold the other's GPU."""
     import csv
 
-    import gpushare.monitor as monitor
+    import gpushare.measure.monitor as monitor
 
     class TwoGpus(FakeNvmlSampling):
         def nvmlDeviceGetCount(self):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushare.loadgen import StreamAccounting
+from gpushare.load.loadgen import StreamAccounting
 from sse_server import _chat_event, _completion_event, sse
 
 

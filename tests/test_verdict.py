@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from gpushare import cli
 from gpushare.interrupts import Interrupted, Interrupts
-from gpushare.records import RequestRecord
-from gpushare.results import read_verdict, verdict_of, write_unfinished
-from gpushare.runner import run_verdict
+from gpushare.load.records import RequestRecord
+from gpushare.measure.results import read_verdict, verdict_of, write_unfinished
+from gpushare.experiment.runner import run_verdict
 from helpers import FAULT_SERVER, cli as run_cli, free_port, run_folder, summary, write_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -89,7 +89,7 @@ def test_a_run_whose_every_request_failed_is_incomplete_and_exits_1(tmp_path):
 
 def test_any_exception_in_the_load_is_the_runs_error(tmp_path, monkeypatch, capsys):
     """A defect anywhere in the load phase: recorded with its traceback, never a complete run."""
-    from gpushare import loadgen
+    from gpushare.load import loadgen
 
     async def broken(self):
         raise RuntimeError("the load generator broke")
@@ -107,7 +107,7 @@ def test_any_exception_in_the_load_is_the_runs_error(tmp_path, monkeypatch, caps
 def test_matrix_redoes_cells_that_failed_and_goes_on_after_a_crash(tmp_path, monkeypatch, capsys):
     """A cell whose every request failed is not skipped on resume; a scenario that crashes is
     recorded as failed and the next one runs."""
-    from gpushare import matrix
+    from gpushare.experiment import matrix
 
     failing = fault_config(tmp_path, "http500", name="failing")
     good = fault_config(tmp_path, "slow_tokens", name="good")

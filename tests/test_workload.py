@@ -13,9 +13,9 @@ from gpushare.config import (
     ApiConfig, DatasetWorkload, LoadConfig, ScenarioConfig, SyntheticWorkload, apply_overrides, parse_config, read_config_file,
 )
 from gpushare.errors import ConfigError
-from gpushare.models import embedded_folder, resolve_model
-from gpushare.monitor import GPU_COLUMNS, GpuMonitor
-from gpushare.workload import RequestSource, batch_codec, load_label, load_tokenizer, random_streams, random_token_ids
+from gpushare.serving.models import embedded_folder, resolve_model
+from gpushare.measure.monitor import GPU_COLUMNS, GpuMonitor
+from gpushare.load.workload import RequestSource, batch_codec, load_label, load_tokenizer, random_streams, random_token_ids
 from helpers import error_line
 
 
@@ -179,7 +179,7 @@ def test_model_resolution(tmp_path):
 
 
 def test_monitor_without_nvml_writes_only_the_header(tmp_path, monkeypatch):
-    import gpushare.monitor as monitor
+    import gpushare.measure.monitor as monitor
 
     monkeypatch.setattr(monitor, "_nvml", lambda: None)
     said = []

@@ -18,7 +18,7 @@ from . import __version__, environment
 from .config import apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
 from .interrupts import Interrupted, Interrupts
-from .models import EMBEDDED, embedded_folder, is_prepared, prepare_embedded
+from .serving.models import EMBEDDED, embedded_folder, is_prepared, prepare_embedded
 
 app = typer.Typer(
     help="Measure LLM serving on a shared GPU: start real OpenAI-compatible servers, drive them, record everything.",
@@ -66,7 +66,7 @@ def run(
     slo: List[str] = typer.Option([], help="SLO for goodput, e.g. --slo ttft=0.5 --slo tpot=0.05 (seconds)."),
 ) -> None:
     """Start the scenario's servers, drive them, and write a run folder."""
-    from .runner import run_scenario
+    from .experiment.runner import run_scenario
 
     overrides = {
         "load.concurrency": concurrency,
@@ -199,7 +199,7 @@ def matrix(ctx: typer.Context) -> None:
     every node mounts --out at the same path). Ray is an extra: pip install 'gpushare[cluster]'.
     See docs/fleet.md.
     """
-    from .matrix import load_scenarios, run_matrix
+    from .experiment.matrix import load_scenarios, run_matrix
 
     ns = parse_matrix_args(list(ctx.args))
     configs = load_scenarios(ns.configs, ns.model)
@@ -239,8 +239,8 @@ def interfere(ctx: typer.Context) -> None:
 
     gpushare interfere --configs A.yaml [B.yaml ...] [--model M] [--out DIR]
     """
-    from .interference_protocol import plan_interference, write_interference
-    from .matrix import load_scenarios, run_plan
+    from .experiment.interference_protocol import plan_interference, write_interference
+    from .experiment.matrix import load_scenarios, run_plan
 
     ns = parse_interfere_args(list(ctx.args))
     plan = plan_interference(load_scenarios(ns.configs, ns.model))
@@ -290,7 +290,7 @@ def analyze(
     out: Path = typer.Option(Path("runs/plots"), "--out", help="Where the tables and figures go."),
 ) -> None:
     """Tidy table (runs.csv), summary tables (CSV, Markdown, LaTeX) and figures from run folders."""
-    from .analysis import analyze as analyze_runs, read_runs
+    from .reporting.analysis import analyze as analyze_runs, read_runs
 
     found = read_runs([*runs, *(more or [])])
     for line in found.notes():
@@ -307,8 +307,8 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", help="Where report.tex, its figures and the PDF go."),
 ) -> None:
     """An IEEE-style paper (IEEEtran) from the runs: tables, figures and observations from the data; PDF if TeX is installed."""
-    from .analysis import read_runs
-    from .report import TEX_PACKAGES, build_pdf, tex_available, write_report
+    from .reporting.analysis import read_runs
+    from .reporting.report import TEX_PACKAGES, build_pdf, tex_available, write_report
 
     found = read_runs([*runs, *(more or [])])
     for line in found.notes():
@@ -330,9 +330,9 @@ def doctor(
     servers and MPS daemons killed gpushare runs left running; changes nothing unless --clean."""
     from dataclasses import asdict
 
-    from . import leftovers
+    from .serving import leftovers
     from .errors import RunFailure
-    from .servers import STOP_GRACE_S
+    from .serving.servers import STOP_GRACE_S
 
     found = leftovers.find()
     if clean:

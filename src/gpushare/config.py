@@ -130,7 +130,7 @@ class DatasetWorkload(StrictModel):
 
 
 class ShareGPTWorkload(StrictModel):
-    """ShareGPT conversations sampled as vLLM's benchmark does (gpushare.sharegpt): the first
+    """ShareGPT conversations sampled as vLLM's benchmark does (gpushare.load.sharegpt): the first
     human turn is the prompt, its reply's length under the model's tokenizer the output length."""
 
     kind: Literal["sharegpt"]

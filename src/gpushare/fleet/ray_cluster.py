@@ -32,8 +32,8 @@ from rich.console import Console
 from ..errors import ConfigError, GpushareError
 from ..events import CellFinished, MatrixEvent
 from ..interrupts import Interrupts
-from ..matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioSession, not_reached, on_gpu
-from ..runner import say
+from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioSession, not_reached, on_gpu
+from ..experiment.runner import say
 from . import longest_first
 
 INSTALL_HINT = "pip install 'gpushare[cluster]'"

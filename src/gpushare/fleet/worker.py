@@ -17,7 +17,7 @@ from rich.console import Console
 
 from ..events import MatrixEvent
 from ..interrupts import Interrupts
-from ..matrix import on_gpu, run_scenario_here
+from ..experiment.matrix import on_gpu, run_scenario_here
 from . import event_doc, plan_from_doc
 
 

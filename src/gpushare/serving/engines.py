@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .config import ServerConfig
-from .errors import ConfigError
+from ..config import ServerConfig
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from .analysis import _legend, _save, markdown
-from .interference_protocol import SHARED, STEP_METRICS, solo_cell
-from .results import read_verdict
+from ..experiment.interference_protocol import SHARED, STEP_METRICS, solo_cell
+from ..measure.results import read_verdict
 
 INTERFERENCE = "interference.json"
 COMPARISON_FIELDS = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]

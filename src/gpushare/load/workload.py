@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .config import (
+from ..config import (
     ApiConfig,
     DatasetWorkload,
     LoadConfig,
@@ -21,7 +21,7 @@ from .config import (
     SyntheticWorkload,
     Workload,
 )
-from .errors import ConfigError
+from ..errors import ConfigError
 from .records import RequestSpec
 from .sharegpt import ShareGPTSampler, sharegpt_pair
 

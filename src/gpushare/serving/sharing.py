@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ScenarioConfig, ServerConfig
-from .errors import ConfigError
+from ..config import ScenarioConfig, ServerConfig
+from ..errors import ConfigError
 from .mig import Caps, MigInstance, MigProfiles, memory_fraction, profile_caps
 
 

@@ -45,7 +45,7 @@ class MetricSpec:
     value: Callable[[RunSummary], Any] | None = field(default=None, compare=False, repr=False)
     """How flat() reads it from a RunSummary; None: the attribute named `key`."""
     type: Any = field(default=float, compare=False, repr=False)
-    """Its value's type in summary.json (None aside: not measured), for gpushare.results' models."""
+    """Its value's type in summary.json (None aside: not measured), for gpushare.measure.results' models."""
 
     @property
     def title(self) -> str:

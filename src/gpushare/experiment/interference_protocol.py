@@ -13,9 +13,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .config import ScenarioConfig, parse_config
-from .errors import ConfigError
-from .interference import (
+from ..config import ScenarioConfig, parse_config
+from ..errors import ConfigError
+from ..measure.interference import (
     INTERFERENCE_METRICS,
     compare_tenants,
     rows_for_csv,
@@ -23,7 +23,7 @@ from .interference import (
     scores_dict,
 )
 from .matrix import PlannedCell, ScenarioPlan
-from .results import Summary, SummaryUnreadable, read_run, write_json_atomic
+from ..measure.results import Summary, SummaryUnreadable, read_run, write_json_atomic
 
 SHARED = "shared"
 # What the noisy-neighbour view keeps of each step: the victim's tail latencies and throughput.

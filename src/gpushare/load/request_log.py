@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .events import Event, RequestFinished
-from .metrics import e2el, queue_time, tpot, ttft
+from ..events import Event, RequestFinished
+from ..measure.metrics import e2el, queue_time, tpot, ttft
 from .records import RequestRecord
 
 FLUSH_S = 1.0

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Profiles of an 80 GB H100 (A100 80 GB uses the same names): <g>g.<memory>gb, g of 7 slices.
 # They are also what a GPU gpushare cannot identify gets, scaled to its memory.

@@ -21,14 +21,14 @@ from typing import Callable, Protocol
 import numpy as np
 from rich.console import Console
 
-from .config import ScenarioConfig, apply_overrides, parse_config, read_config_file
-from .errors import ConfigError, GpushareError
-from .events import CellFinished, CellStarted, MatrixEvent, ServersTimed
-from .interrupts import Interrupted, Interrupts
-from .results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, location_of, read_matrix_index,
+from ..config import ScenarioConfig, apply_overrides, parse_config, read_config_file
+from ..errors import ConfigError, GpushareError
+from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
+from ..interrupts import Interrupted, Interrupts
+from ..measure.results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, location_of, read_matrix_index,
                       read_verdict, write_matrix_index)
 from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
-from .workload import load_tokenizer
+from ..load.workload import load_tokenizer
 
 DRAIN_S = 2.0  # at most, between cells: until every server says it holds no request
 

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
-from .errors import RunFailure
+from ..errors import RunFailure
 from .isolation import Interference, find_interference, isolation_table, read_interference
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"

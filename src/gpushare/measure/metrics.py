@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .metric_catalog import CATALOGUE, LENGTH_PERCENTILES, PERCENTILES
-from .records import RequestRecord
+from ..load.records import RequestRecord
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
