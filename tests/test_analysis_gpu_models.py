@@ -398,3 +398,14 @@ def test_the_report_names_every_gpu_model(two_gpus, tmp_path):
     one = write_report(read_runs([two_gpus / "h100"]), tmp_path / "one").read_text()
     assert f"on one {H100} under the sharing\nmodes" in one and f"Hardware: {H100}, driver " in one
     assert "GPU models" not in one and "cross_gpu" not in one
+
+
+def test_the_report_says_when_its_runs_sent_different_workloads(tmp_path):
+    """Runs of two workloads: the abstract names both instead of claiming one."""
+    runs = read_runs([RESULTS / "h200" / "sharegpt-matrix"])
+    labels = sorted(runs.runs["workload"].unique())
+    assert len(labels) == 2
+    tex = " ".join(write_report(runs, tmp_path).read_text().split())
+    assert f"with 2 workloads ({'; '.join(labels)}) at loads" in tex
+    one = " ".join(write_report(read_runs([RESULTS / "h100" / "matrix"]), tmp_path / "one").read_text().split())
+    assert "with the same workload at loads" in one

@@ -216,6 +216,9 @@ def write_report(found: RunSet, out: Path) -> Path:
     scenarios = ", ".join(tex(s) for s in sorted(runs["scenario"].unique()))
     modes = ", ".join(tex(m) for m in sorted(runs["sharing_mode"].unique()))
     loads = ", ".join(f"{v:g}" for v in sorted(runs["load"].unique()))
+    workloads = sorted(runs["workload"].unique())
+    workload = ("the same workload" if len(workloads) == 1 else
+                f"{len(workloads)} workloads ({'; '.join(tex(w) for w in workloads)})")
     figures = figure_blocks(FIGURES, figures_dir)
     cross_gpu = CROSS_GPU_TABLE if figures_dir / "cross_gpu.tex" in written else ""
     isolation = isolation_section(read_interference(find_interference(found.paths)), figures_dir)
@@ -233,7 +236,7 @@ def write_report(found: RunSet, out: Path) -> Path:
 \maketitle
 \begin{{abstract}}
 We measure OpenAI-compatible LLM servers (vLLM {tex(facts['vllm'])}) on {on_gpus} under the sharing
-modes {modes}, with the same workload at loads {loads}. {observations(summary)[0]}
+modes {modes}, with {workload} at loads {loads}. {observations(summary)[0]}
 \end{{abstract}}
 
 \section{{Introduction}}
