@@ -3,6 +3,9 @@
 # two H200s of one host through Ray (`matrix --ray local`), then on one GPU, one scenario after
 # another (docs/fleet.md). vLLM unpacked in /tmp/vb/site, Ray in /tmp/raysite, SmolLM2's
 # tokenizer in /tmp/vb/tok.
+# Ray there: the cp312 wheel unzipped (python3 -m zipfile -e), ray/{jars,rllib,data,serve,train,
+# tune,llm} removed (201 -> 146 MB), tar | xz -6 (29.7 MB) into /tmp/raysite; unzipping drops
+# the exec bits, so `find /tmp/raysite/ray/core -type f -exec chmod +x {} +` before use.
 #   scripts/h200_fleet.sh OUT_DIR ray SECONDS                   # the Ray matrix, cells of SECONDS
 #   scripts/h200_fleet.sh OUT_DIR one SECONDS [SCENARIO ...]    # on GPU 0 (default: all three)
 set -u
