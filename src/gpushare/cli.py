@@ -330,8 +330,8 @@ def doctor(
     servers and MPS daemons killed gpushare runs left running; changes nothing unless --clean."""
     from dataclasses import asdict
 
-    from .serving import leftovers
     from .errors import RunFailure
+    from .serving import leftovers
     from .serving.servers import STOP_GRACE_S
 
     found = leftovers.find()

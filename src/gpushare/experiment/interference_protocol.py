@@ -22,8 +22,8 @@ from ..measure.interference import (
     score_scenario,
     scores_dict,
 )
-from .matrix import PlannedCell, ScenarioPlan
 from ..measure.results import Summary, SummaryUnreadable, read_run, write_json_atomic
+from .matrix import PlannedCell, ScenarioPlan
 
 SHARED = "shared"
 # What the noisy-neighbour view keeps of each step: the victim's tail latencies and throughput.

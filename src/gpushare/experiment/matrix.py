@@ -27,8 +27,8 @@ from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
 from ..interrupts import Interrupted, Interrupts
 from ..measure.results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, location_of, read_matrix_index,
                       read_verdict, write_matrix_index)
-from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
 from ..load.workload import load_tokenizer
+from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
 
 DRAIN_S = 2.0  # at most, between cells: until every server says it holds no request
 

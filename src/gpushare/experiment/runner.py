@@ -23,24 +23,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import environment
-from ..serving import mig, mps
 from ..config import ScenarioConfig, Tenant, dump_config, step_clock
-from ..serving.engines import ENGINES, LaunchPlan, redact, redact_env
 from ..errors import ConfigError, GpushareError, RunFailure
 from ..events import Event, PhaseChanged, Publisher, RequestFinished
 from ..interrupts import Interrupted, Interrupts
 from ..load.loadgen import Endpoint, LoadGenerator, LoadGroup, LoadResult
-from ..measure.metrics import RunSummary, gpu_window, is_good, measurement_window, summarize
-from ..serving.models import ResolvedModel, cache_root, resolve_model
-from ..measure.monitor import GpuMonitor
-from ..serving.mps import MpsDaemon
 from ..load.records import RequestRecord
 from ..load.request_log import RequestLog
-from ..measure.results import Summary, location_of, write_summary, write_unfinished
-from ..serving.servers import ServerFleet, ensure_port_free, free_port, process_alive
 from ..load.sharegpt import with_max_model_len
-from ..serving.sharing import Placement, place_servers
 from ..load.workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
+from ..measure.metrics import RunSummary, gpu_window, is_good, measurement_window, summarize
+from ..measure.monitor import GpuMonitor
+from ..measure.results import Summary, location_of, write_summary, write_unfinished
+from ..serving import mig, mps
+from ..serving.engines import ENGINES, LaunchPlan, redact, redact_env
+from ..serving.models import ResolvedModel, cache_root, resolve_model
+from ..serving.mps import MpsDaemon
+from ..serving.servers import ServerFleet, ensure_port_free, free_port, process_alive
+from ..serving.sharing import Placement, place_servers
 
 INTERRUPTED_EXIT = 130
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..serving import leftovers
 from ..events import CellFinished
-from ..interrupts import Interrupts
 from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, not_reached
 from ..experiment.runner import say
+from ..interrupts import Interrupts
+from ..serving import leftovers
 from . import event_from_doc, longest_first, plan_doc
 
 FORWARDED = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGTERM}

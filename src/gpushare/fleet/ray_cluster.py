@@ -31,9 +31,9 @@ from rich.console import Console
 
 from ..errors import ConfigError, GpushareError
 from ..events import CellFinished, MatrixEvent
-from ..interrupts import Interrupts
 from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioSession, not_reached, on_gpu
 from ..experiment.runner import say
+from ..interrupts import Interrupts
 from . import longest_first
 
 INSTALL_HINT = "pip install 'gpushare[cluster]'"

@@ -16,8 +16,8 @@ from pathlib import Path
 from rich.console import Console
 
 from ..events import MatrixEvent
-from ..interrupts import Interrupts
 from ..experiment.matrix import on_gpu, run_scenario_here
+from ..interrupts import Interrupts
 from . import event_doc, plan_from_doc
 
 

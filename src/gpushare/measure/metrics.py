@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .metric_catalog import CATALOGUE, LENGTH_PERCENTILES, PERCENTILES
 from ..load.records import RequestRecord
+from .metric_catalog import CATALOGUE, LENGTH_PERCENTILES, PERCENTILES
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -22,9 +22,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from .analysis import _legend, _save, markdown
 from ..experiment.interference_protocol import SHARED, STEP_METRICS, solo_cell
 from ..measure.results import read_verdict
+from .analysis import _legend, _save, markdown
 
 INTERFERENCE = "interference.json"
 COMPARISON_FIELDS = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]

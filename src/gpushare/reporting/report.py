@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from ..errors import RunFailure
+from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .isolation import Interference, find_interference, isolation_table, read_interference
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"

@@ -19,11 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from ..errors import RunFailure
+from ..measure.results import write_json_atomic
 from . import mps, servers
 from .engines import redact
-from ..errors import RunFailure
 from .models import cache_root
-from ..measure.results import write_json_atomic
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 

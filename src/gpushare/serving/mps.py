@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import leftovers
 from ..errors import ConfigError, RunFailure
+from . import leftovers
 
 CONTROL = "nvidia-cuda-mps-control"
 READY_TIMEOUT_S = 30.0

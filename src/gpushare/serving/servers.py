@@ -19,9 +19,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ConfigError, RunFailure
 from . import leftovers
 from .engines import LaunchPlan, server_environment
-from ..errors import ConfigError, RunFailure
 
 STOP_GRACE_S = 20.0
 STARTING_GRACE_S = 5.0  # a server stopped before it was ready has no request to finish
