@@ -10,7 +10,6 @@ matrix goes on.
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 import traceback
@@ -25,7 +24,7 @@ from ..config import ScenarioConfig, apply_overrides, parse_config, read_config_
 from ..errors import ConfigError, GpushareError
 from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
 from ..interrupts import Interrupted, Interrupts
-from ..measure.results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, location_of, read_matrix_index,
+from ..measure.results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, read_matrix_index,
                       read_verdict, write_matrix_index)
 from ..load.workload import load_tokenizer
 from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
@@ -222,7 +221,7 @@ class MatrixBook:
         self.exit_code = 0
         self.stopped = False
         self.done_cells = 0
-        self._cells_run, self._cell_time = 0, 0.0
+        self._cell_time = 0.0  # over the cells this invocation ran (now.cells_run)
         self._running: dict[str, str] = {}  # scenario -> where it runs and which cell, while one runs
         self._lock = threading.RLock()
 
@@ -247,8 +246,8 @@ class MatrixBook:
     def publish(self, event: MatrixEvent) -> None:
         with self._lock:
             if isinstance(event, CellStarted):
-                eta = "" if not self._cells_run else \
-                    f", ETA {(self.total - self.done_cells) * self._cell_time / self._cells_run:.0f} s"
+                ran = self.now.cells_run
+                eta = "" if not ran else f", ETA {(self.total - self.done_cells) * self._cell_time / ran:.0f} s"
                 where = f" on {event.where}" if event.where else ""
                 self._running[event.scenario] = f"{event.where}: {event.scenario} {event.cell}"
                 others = [line for name, line in self._running.items() if name != event.scenario]
@@ -260,7 +259,6 @@ class MatrixBook:
                                                                                   event.entry.cell))})
                 if entry.status in ("complete", "failed") and entry.wall_s > 0:
                     self._cell_time += entry.wall_s
-                    self._cells_run += 1
                     self.now.cells_run += 1
                 self.done_cells += entry.status in ("complete", "failed")
                 self._running.pop(entry.scenario, None)
@@ -289,11 +287,30 @@ class MatrixBook:
             return write_index(self.out, self.results, self.history, self.now, self.began, self.indexed)
 
 
-def not_reached(scenario: str, cells: list[PlannedCell], status: str, error: str,
-                exit_code: int = 0) -> list[CellFinished]:
-    """Events for cells that got no run of their own."""
-    return [CellFinished(cell_entry(scenario, cell, Path(scenario) / cell.name, status, error), exit_code)
-            for cell in cells]
+class ScenarioReport:
+    """A scenario's events on their way to the book, noting which cells have ended, so that
+    whoever runs the scenario (here, a worker process, a Ray actor) reports every cell left
+    over, once, however the scenario stopped."""
+
+    def __init__(self, scenario: str, todo: list[PlannedCell], publish: Callable[[MatrixEvent], None]):
+        self.scenario = scenario
+        self.todo = todo
+        self._publish = publish
+        self.ended: set[str] = set()
+
+    def __call__(self, event: MatrixEvent) -> None:
+        if isinstance(event, CellFinished):
+            self.ended.add(event.entry.cell)
+        self._publish(event)
+
+    def left(self) -> list[PlannedCell]:
+        return [cell for cell in self.todo if cell.name not in self.ended]
+
+    def rest(self, status: str, error: str, exit_code: int = 0) -> None:
+        """The cells that got no run of their own, recorded with `status` and why."""
+        for cell in self.left():
+            self(CellFinished(cell_entry(self.scenario, cell, Path(self.scenario) / cell.name, status, error),
+                              exit_code))
 
 
 class ScenarioSession:
@@ -309,7 +326,6 @@ class ScenarioSession:
         self.interrupts = interrupts
         self.publish = publish
         self.where = where
-        self.location: Location | None = None
         self.servers: ScenarioServers | None = None
         self.prepared: Prepared | None = None
 
@@ -321,7 +337,6 @@ class ScenarioSession:
         config = self.config
         self.scenario_dir.mkdir(parents=True, exist_ok=True)
         self.prepared = prepared = preflight(config, lambda m: say(self.console, m))
-        self.location = location_of(prepared.gpu, socket.gethostname(), config.sharing.gpu)
         # The tokenizer loads (seconds, the first time in a process) while the servers start.
         tokenizer = threading.Thread(target=_preload_tokenizer, daemon=True,
                                      args=(config.tokenizer or prepared.models[0].path,))
@@ -348,7 +363,7 @@ class ScenarioSession:
         complete = verdict.complete and outcome.exit_code == 0
         finished = CellFinished(
             cell_entry(self.config.scenario, cell, folder, "complete" if complete else "failed", verdict.error, wall,
-                       outcome.summary.duration if complete else 0.0, self.location),
+                       outcome.summary.duration if complete else 0.0, outcome.summary.location),
             outcome.exit_code or (0 if complete else 1))
         self.publish(finished)
         return finished
@@ -372,17 +387,7 @@ def run_scenario_here(plan: ScenarioPlan, todo: list[PlannedCell], root: Path, c
     servers did not start, a defect) fails its remaining cells and is recorded; a signal
     stops it after the cell it interrupts, the rest recorded as not run."""
     name = plan.config.scenario
-    finished: set[str] = set()
-
-    def report(event: MatrixEvent) -> None:
-        if isinstance(event, CellFinished):
-            finished.add(event.entry.cell)
-        publish(event)
-
-    def rest(status: str, error: str, exit_code: int) -> None:
-        for event in not_reached(name, [c for c in todo if c.name not in finished], status, error, exit_code):
-            report(event)
-
+    report = ScenarioReport(name, todo, publish)
     mark = interrupts.mark()
     session = ScenarioSession(plan, root, console, interrupts, report, where)
     try:
@@ -394,19 +399,19 @@ def run_scenario_here(plan: ScenarioPlan, todo: list[PlannedCell], root: Path, c
                 if position + 1 < len(todo):
                     session.drain()
         if interrupts.since(mark):
-            rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
+            report.rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
     except Interrupted:
-        rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
+        report.rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
     except Exception as err:  # this scenario failed (a defect included): record it, go on
         if not isinstance(err, GpushareError):
             session.scenario_dir.mkdir(parents=True, exist_ok=True)
             (session.scenario_dir / "traceback.txt").write_text(traceback.format_exc())
         if interrupts.signal_since(mark):  # an Interrupted that came out wrapped
-            rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
+            report.rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
             return
         reason = str(err) if isinstance(err, GpushareError) else f"{type(err).__name__}: {err}"
         say(console, f"scenario {name} failed: {reason}")
-        rest("failed", reason, 1)
+        report.rest("failed", reason, 1)
 
 
 class HereExecutor:
@@ -419,8 +424,7 @@ class HereExecutor:
     def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
         for plan, todo in work:
             if book.stopped:
-                for event in not_reached(plan.config.scenario, todo, "not_run", "the matrix was interrupted"):
-                    book.publish(event)
+                ScenarioReport(plan.config.scenario, todo, book.publish).rest("not_run", "the matrix was interrupted")
                 continue
             run_scenario_here(plan, todo, book.out, self.console, self.interrupts, book.publish)
 

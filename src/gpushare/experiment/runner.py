@@ -34,7 +34,7 @@ from ..load.sharegpt import with_max_model_len
 from ..load.workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
 from ..measure.metrics import RunSummary, gpu_window, is_good, measurement_window, summarize
 from ..measure.monitor import GpuMonitor
-from ..measure.results import Summary, location_of, write_summary, write_unfinished
+from ..measure.results import Summary, gpu_device, location_of, write_summary, write_unfinished
 from ..serving import mig, mps
 from ..serving.engines import ENGINES, LaunchPlan, redact, redact_env
 from ..serving.models import ResolvedModel, cache_root, resolve_model
@@ -82,15 +82,14 @@ def gpu_memory_gib(gpu: dict[str, Any], index: int) -> float | None:
     """The GPU's memory by NVML, or None on a machine without NVML or GPUs."""
     if not gpu.get("nvml") or not gpu["devices"]:
         return None
-    for device in gpu["devices"]:
-        if device["index"] == index:
-            return device["memory_mib"] / 1024
-    raise ConfigError(f"sharing.gpu: there is no GPU {index} (found {len(gpu['devices'])})")
+    device = gpu_device(gpu, index)
+    if device is None:
+        raise ConfigError(f"sharing.gpu: there is no GPU {index} (found {len(gpu['devices'])})")
+    return device["memory_mib"] / 1024
 
 
-def gpu_ids(gpu: dict[str, Any], index: int) -> set[str]:
-    """The names CUDA knows a GPU by: its index, and its UUID where NVML gives it."""
-    return {str(index), *(d["uuid"] for d in gpu.get("devices") or [] if d.get("index") == index)}
+def gpu_uuid(gpu: dict[str, Any], index: int) -> str | None:
+    return (gpu_device(gpu, index) or {}).get("uuid")
 
 
 def with_ports(config: ScenarioConfig) -> ScenarioConfig:
@@ -120,7 +119,8 @@ def preflight(config: ScenarioConfig, say: Any) -> Prepared:
     profiles = mig.gpu_profiles(config.sharing.gpu) if any(s.mig_profile for s in config.servers) else None
     placements = place_servers(config, gpu_memory_gib(gpu, config.sharing.gpu), mig_list, profiles)
     if config.sharing.uses_mps:
-        mps.preflight(config.sharing.mps_pipe_directory, gpu_ids(gpu, config.sharing.gpu))
+        index = config.sharing.gpu
+        mps.preflight(config.sharing.mps_pipe_directory, mps.gpu_names(index, gpu_uuid(gpu, index)))
     # The embedded model is prepared for external servers too: its folder holds the tokenizer.
     models = {
         i: resolve_model(server.model or config.model, config.served_model_name, say=say)
@@ -402,9 +402,9 @@ class ScenarioServers:
         try:
             if self.config.sharing.uses_mps:
                 gpu = self.config.sharing.gpu
-                uuid = next(iter(gpu_ids(self.gpu_info, gpu) - {str(gpu)}), None)
                 daemon = self._stack.enter_context(
-                    MpsDaemon(self.log_dir, gpu, self.config.sharing.mps_pipe_directory, say=self._say, gpu_uuid=uuid))
+                    MpsDaemon(self.log_dir, gpu, self.config.sharing.mps_pipe_directory, say=self._say,
+                              gpu_uuid=gpu_uuid(self.gpu_info, gpu)))
                 self.mps = {"pipe_directory": str(daemon.pipe_directory),
                             "started_by_gpushare": daemon.process is not None,
                             "control_pid": daemon.process.pid if daemon.process else None, "gpu": gpu}

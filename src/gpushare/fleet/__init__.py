@@ -10,11 +10,14 @@ that the workers send back; this module turns plans and events into JSON and bac
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 from ..config import parse_config
 from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
+from ..interrupts import Interrupts
 from ..experiment.matrix import PlannedCell, ScenarioPlan
 from ..measure.results import CellEntry
 
@@ -67,3 +70,17 @@ def longest_first(work: list[tuple[ScenarioPlan, list[PlannedCell]]]) -> list[tu
         return starts + sum(c.config.load.duration_s or 0.0 for c in cells), len(cells)
 
     return sorted(work, key=length, reverse=True)
+
+
+def wait_for(threads: list[threading.Thread], interrupts: Interrupts, on_signal: Callable[[str], None]) -> None:
+    """Start the threads that run scenarios side by side and wait for them. The matrix runs
+    deferred (signals are recorded, never raised), so each signal received meanwhile is
+    handed to `on_signal`, once, by name."""
+    for thread in threads:
+        thread.start()
+    seen = interrupts.mark()
+    while any(thread.is_alive() for thread in threads):
+        time.sleep(0.1)
+        for name in interrupts.received[seen:]:
+            seen += 1
+            on_signal(name)

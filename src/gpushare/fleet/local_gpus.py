@@ -17,25 +17,22 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from rich.console import Console
 
-from ..events import CellFinished
-from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, not_reached
+from ..errors import ConfigError
+from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport
 from ..experiment.runner import say
 from ..interrupts import Interrupts
 from ..serving import leftovers
-from . import event_from_doc, longest_first, plan_doc
+from . import event_from_doc, longest_first, plan_doc, wait_for
 
 FORWARDED = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGTERM}
 
 
 def parse_gpus(value: str, available: int | None) -> list[int]:
     """`--gpus 0,1` or `--gpus all` (every GPU NVML lists). One line naming the flag otherwise."""
-    from ..errors import ConfigError
-
     if value.strip() == "all":
         if not available:
             raise ConfigError("--gpus: 'all' needs NVML to list the GPUs, and it lists none here; name them: --gpus 0,1")
@@ -67,15 +64,12 @@ class LocalGpusExecutor:
         logs.mkdir(exist_ok=True)
         threads = [threading.Thread(target=self._gpu_loop, args=(gpu, jobs, book, logs), daemon=True)
                    for gpu in self.gpus]
-        for thread in threads:
-            thread.start()
-        forwarded = self.interrupts.mark()
-        while any(thread.is_alive() for thread in threads):
-            time.sleep(0.1)
-            for name in self.interrupts.received[forwarded:]:  # recorded, not raised: we run deferred
-                forwarded += 1
-                book.stop()
-                self._forward(FORWARDED.get(name, signal.SIGTERM))
+
+        def forward(name: str) -> None:
+            book.stop()
+            self._forward(FORWARDED.get(name, signal.SIGTERM))
+
+        wait_for(threads, self.interrupts, forward)
 
     def _forward(self, signum: int) -> None:
         with self._lock:
@@ -91,8 +85,7 @@ class LocalGpusExecutor:
             except queue.Empty:
                 return
             if book.stopped:
-                for event in not_reached(plan.config.scenario, todo, "not_run", "the matrix was interrupted"):
-                    book.publish(event)
+                ScenarioReport(plan.config.scenario, todo, book.publish).rest("not_run", "the matrix was interrupted")
                 continue
             self._run_worker(gpu, plan, todo, book, logs / f"gpu{gpu}-{plan.config.scenario}.log")
 
@@ -102,7 +95,7 @@ class LocalGpusExecutor:
         job = {"plan": plan_doc(plan), "todo": [c.name for c in todo], "root": str(book.out.resolve()), "gpu": gpu,
                "where": f"GPU {gpu}"}
         say(self.console, f"GPU {gpu}: scenario {name} ({len(todo)} cell(s)); its console: {log_path}")
-        reported: set[str] = set()
+        report = ScenarioReport(name, todo, book.publish)
         with open(log_path, "ab") as log:
             with self._lock:
                 if book.stopped:
@@ -121,17 +114,12 @@ class LocalGpusExecutor:
                 except BrokenPipeError:  # it died at once; its log says why
                     pass
                 for line in process.stdout:
-                    event = event_from_doc(json.loads(line))
-                    if isinstance(event, CellFinished):
-                        reported.add(event.entry.cell)
-                    book.publish(event)
+                    report(event_from_doc(json.loads(line)))
                 code = process.wait()
                 with self._lock:
                     self._workers.pop(gpu, None)
-        missing = [c for c in todo if c.name not in reported]
-        if missing:  # a worker that died (or was never started) reports nothing more
-            why = ("the matrix was interrupted" if process is None or book.stopped
-                   else f"the worker on GPU {gpu} exited with code {code}; see {log_path}")
-            for event in not_reached(name, missing, "not_run" if book.stopped else "failed", why,
-                                     0 if book.stopped else 1):
-                book.publish(event)
+        if report.left():  # a worker that died (or was never started) reports nothing more
+            if process is None or book.stopped:
+                report.rest("not_run", "the matrix was interrupted")
+            else:
+                report.rest("failed", f"the worker on GPU {gpu} exited with code {code}; see {log_path}", 1)

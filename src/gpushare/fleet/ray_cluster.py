@@ -23,18 +23,17 @@ import socket
 import tarfile
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from ..errors import ConfigError, GpushareError
-from ..events import CellFinished, MatrixEvent
-from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioSession, not_reached, on_gpu
+from ..events import MatrixEvent
+from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport, ScenarioSession, on_gpu
 from ..experiment.runner import say
 from ..interrupts import Interrupts
-from . import longest_first
+from . import longest_first, wait_for
 
 INSTALL_HINT = "pip install 'gpushare[cluster]'"
 
@@ -164,17 +163,14 @@ class RayExecutor:
             ordered = [(plan, todo, placement_group([{"GPU": 1, "CPU": 1}])) for plan, todo in longest_first(work)]
             threads = [threading.Thread(target=self._scenario, args=(ray, actor_class, plan, todo, group, book),
                                         daemon=True) for plan, todo, group in ordered]
-            for thread in threads:
-                thread.start()
-            seen = self.interrupts.mark()
-            while any(thread.is_alive() for thread in threads):
-                time.sleep(0.1)
-                if self.interrupts.since(seen):  # recorded, not raised: we run deferred
-                    seen = self.interrupts.mark()
-                    book.stop()
-                    with self._lock:
-                        for actor in self._actors:
-                            ray.kill(actor)
+
+            def end_actors(name: str) -> None:
+                book.stop()
+                with self._lock:
+                    for actor in self._actors:
+                        ray.kill(actor)
+
+            wait_for(threads, self.interrupts, end_actors)
         finally:
             ray.shutdown()
 
@@ -184,7 +180,7 @@ class RayExecutor:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         name = plan.config.scenario
-        finished: set[str] = set()
+        report = ScenarioReport(name, todo, book.publish)
 
         def publish(answer: dict[str, Any], cell: str | None = None) -> None:
             if answer.get("packed") is not None:
@@ -193,13 +189,7 @@ class RayExecutor:
                     shutil.rmtree(target, ignore_errors=True)
                 unpack(answer["packed"], target)
             for event in answer["events"]:
-                if isinstance(event, CellFinished):
-                    finished.add(event.entry.cell)
-                book.publish(event)
-
-        def rest(status: str, error: str, exit_code: int) -> None:
-            for event in not_reached(name, [c for c in todo if c.name not in finished], status, error, exit_code):
-                book.publish(event)
+                report(event)
 
         actor, current = None, None
         try:
@@ -208,7 +198,7 @@ class RayExecutor:
                 if ready:
                     break
             if book.stopped:
-                rest("not_run", "the matrix was interrupted", 0)
+                report.rest("not_run", "the matrix was interrupted")
                 return
             with self._lock:
                 actor = actor_class.options(
@@ -219,7 +209,7 @@ class RayExecutor:
             publish(opened)
             if opened["error"]:
                 say(self.console, f"scenario {name} failed on {opened['where']}: {opened['error']}")
-                rest("failed", opened["error"], 1)
+                report.rest("failed", opened["error"], 1)
                 publish(ray.get(actor.close.remote([c.name for c in todo])))
                 return
             for position, cell in enumerate(todo):
@@ -231,17 +221,16 @@ class RayExecutor:
                 if position + 1 < len(todo):
                     ray.get(actor.drain.remote())
             publish(ray.get(actor.close.remote([c.name for c in todo])))
-            rest("not_run", "the matrix was interrupted", 0)
+            report.rest("not_run", "the matrix was interrupted")
         except ray.exceptions.RayError as err:
             if book.stopped:
-                rest("not_run", "the matrix was interrupted", 0)
+                report.rest("not_run", "the matrix was interrupted")
             else:  # the cell under way failed with its worker; the cells after it were never begun
                 reason = f"lost its Ray worker or node: {type(err).__name__}: {str(err).splitlines()[0]}"
                 say(self.console, f"scenario {name} {reason}")
                 if current is not None:
-                    book.publish(not_reached(name, [current], "failed", reason, 1)[0])
-                    finished.add(current.name)
-                rest("not_run", f"not begun: scenario {name} {reason}", 1)
+                    ScenarioReport(name, [current], report).rest("failed", reason, 1)
+                report.rest("not_run", f"not begun: scenario {name} {reason}", 1)
         finally:
             if actor is not None:
                 ray.kill(actor)

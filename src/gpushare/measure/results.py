@@ -349,9 +349,14 @@ def read_matrix_index(folder: Path) -> MatrixIndex | None:
         return None
 
 
+def gpu_device(gpu: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """GPU `index` among what `environment.gpus()` read; None where NVML does not list it."""
+    return next((d for d in gpu.get("devices") or [] if d.get("index") == index), None)
+
+
 def location_of(gpu: dict[str, Any], node: str, gpu_index: int) -> Location:
     """A run's `Location` from what `environment.gpus()` read and the GPU the run used."""
-    device = next((d for d in gpu.get("devices") or [] if d.get("index") == gpu_index), None)
+    device = gpu_device(gpu, gpu_index)
     if device is None:
         return Location(node=node)
     return Location(node=node, gpu_index=gpu_index, gpu_name=device.get("name"), gpu_uuid=device.get("uuid"),

@@ -41,6 +41,11 @@ def visible_devices(pid: int) -> set[str] | None:
     return None
 
 
+def gpu_names(gpu: int, uuid: str | None) -> set[str]:
+    """The names CUDA_VISIBLE_DEVICES may give a GPU by: its index, and its UUID where known."""
+    return {str(gpu), *([uuid] if uuid else [])}
+
+
 def daemons_on(gpu_ids: set[str]) -> list[int]:
     """Control daemons that may serve a GPU known by any of `gpu_ids` (its index, its UUID)."""
     return [pid for pid in running_control_daemons()
@@ -98,7 +103,7 @@ class MpsDaemon:
                  say: Callable[[str], None] = print, gpu_uuid: str | None = None):
         self.run_dir = run_dir
         self.gpu = gpu
-        self.gpu_ids = {str(gpu), *([gpu_uuid] if gpu_uuid else [])}
+        self.gpu_ids = gpu_names(gpu, gpu_uuid)
         self.existing = existing_pipe_directory
         self.say = say
         self.process: subprocess.Popen[bytes] | None = None
