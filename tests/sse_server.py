@@ -4,7 +4,7 @@ It streams events in vLLM's format with controlled timings, so tests can check w
 client measures against what the server did. It is a test fixture, never the product's
 end-to-end path (those tests start real vLLM). Run as a script it takes vLLM-style flags
 (only --host and --port matter), so the process tests can launch it as a server command:
-    python tests/sse_server.py --host 127.0.0.1 --port 8123 [--child-ignoring-sigterm]
+    python tests/sse_server.py --host 127.0.0.1 --port 8123 [--child-ignoring-sigterm] [--record-bodies FILE]
 """
 
 from __future__ import annotations
@@ -52,9 +52,11 @@ def sse(obj: dict | str) -> bytes:
 
 
 class SseServer:
-    def __init__(self, behaviour: Behaviour | None = None):
+    def __init__(self, behaviour: Behaviour | None = None, record: str | None = None):
         self.behaviour = behaviour or Behaviour()
         self.requests: list[dict] = []
+        self.record = record
+        """A file that gets every request body, one JSON line each (what a server process received)."""
         self.app = web.Application()
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/completions", self.completions)
@@ -72,6 +74,9 @@ class SseServer:
     async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        if self.record is not None:
+            with open(self.record, "a") as f:
+                f.write(json.dumps(body) + "\n")
         b = self.behaviour
         if b.status != 200:
             return web.json_response({"error": {"message": "test failure", "code": b.status}}, status=b.status)
@@ -127,6 +132,7 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds before it listens, like a loading engine")
     parser.add_argument("--ignore-sigterm", action="store_true", help="the server itself ignores SIGTERM")
+    parser.add_argument("--record-bodies", default=None, help="append every request body to this file (JSON lines)")
     args, _ = parser.parse_known_args()
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -137,8 +143,8 @@ def main() -> None:
     print(f"server pid {os.getpid()}", flush=True)
     time.sleep(args.startup_delay)
     # aiohttp would install its own SIGTERM handler over the ignored one.
-    web.run_app(SseServer(Behaviour(token_delay=args.token_delay)).app, host=args.host, port=args.port, print=None,
-                handle_signals=not args.ignore_sigterm)
+    web.run_app(SseServer(Behaviour(token_delay=args.token_delay), args.record_bodies).app, host=args.host,
+                port=args.port, print=None, handle_signals=not args.ignore_sigterm)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,30 @@ def test_phases_salt_the_prefix_cache_per_phase(tmp_path):
                      "shared": {"chat": "pair-shared", "batch": "pair-shared"}}
 
 
+def test_a_users_cache_salt_is_combined_with_each_phases(tmp_path):
+    """The user's cache_salt keeps their runs apart, the phase's keeps the phases apart: every
+    body each server received carries both, so no phase reads another's prefix cache."""
+    doc = two_tenants(tmp_path, api={"extra_body": {"cache_salt": "mine"}})
+    bodies = {}
+    for server in doc["servers"]:
+        bodies[server["name"]] = tmp_path / f"{server['name']}.jsonl"
+        server["command"] = [*server["command"], "--record-bodies", str(bodies[server["name"]])]
+    cfg = write_config(tmp_path / "salted.yaml", **doc)
+    out = tmp_path / "int"
+    assert cli.main(["interfere", "--configs", str(cfg), "--out", str(out)]) == 0
+    received = {name: [json.loads(line)["cache_salt"] for line in path.read_text().splitlines()]
+                for name, path in bodies.items()}
+    assert set(received["chat-s"]) == {"mine-pair-solo-chat", "mine-pair-shared"}
+    assert set(received["batch-s"]) == {"mine-pair-solo-batch", "mine-pair-shared"}
+    sent = sum(len(pd.read_csv(out / "pair" / phase / "requests.csv")) for phase in ("solo-chat", "solo-batch", "shared"))
+    assert sum(map(len, received.values())) >= sent > 0  # every request was seen (warm-ups add more)
+
+    doc["api"] = {"extra_body": {"cache_salt": 7}}
+    cfg = write_config(tmp_path / "bad-salt.yaml", **doc)
+    assert cli.main(["interfere", "--configs", str(cfg), "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_interference_needs_two_tenants(tmp_path, capsys):
     doc = two_tenants(tmp_path)
     doc["tenants"] = doc["tenants"][:1]

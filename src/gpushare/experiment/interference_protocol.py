@@ -57,12 +57,28 @@ def phase_config(config: ScenarioConfig, phase: str, active: list[str] | None) -
     so without the salt a later phase would find an earlier one's prompts in the prefix cache
     and skip their prefill, and shared would look faster than solo for that reason alone."""
     raw = config.model_dump(mode="json")
-    for tenant in raw["tenants"]:
+    for i, tenant in enumerate(raw["tenants"]):
+        where = "api" if tenant["api"] is None else f"tenants.{i}.api"
         api = dict(tenant["api"] or raw["api"])
-        api["extra_body"] = {"cache_salt": f"{config.scenario}-{phase}", **api["extra_body"]}
+        api["extra_body"] = {**api["extra_body"],
+                             "cache_salt": phase_salt(config.scenario, where, api["extra_body"], phase)}
         tenant["api"] = api
     raw["active_tenants"] = active
     return parse_config(raw)
+
+
+def phase_salt(scenario: str, where: str, extra_body: dict[str, Any], phase: str) -> str:
+    """The phase's cache salt, after the user's own `cache_salt` where `where` sets one: the
+    user's keeps this run's cache apart from others', the phase's keeps the phases apart, so
+    neither may replace the other."""
+    salt = f"{scenario}-{phase}"
+    user = extra_body.get("cache_salt")
+    if user is None:
+        return salt
+    if not isinstance(user, str) or not user:
+        raise ConfigError(f"--configs: scenario {scenario}: {where}.extra_body.cache_salt must be a non-empty "
+                          f"string (got {user!r})")
+    return f"{user}-{salt}"
 
 
 def _phase(folder: Path) -> tuple[Summary | None, str]:
