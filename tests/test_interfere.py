@@ -130,11 +130,35 @@ def test_ctrl_c_keeps_finished_phases_and_a_rerun_completes(tmp_path):
     pids = [s["pid"] for s in summary(out / "pair" / "solo-chat")["servers"]]
     assert pids and not any(alive(pid) for pid in pids)
 
+    interrupted = (out / "pair" / "solo-batch" / "requests.csv").read_bytes()
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    cells = {c["cell"]: c for c in json.loads((out / "matrix.json").read_text())["cells"]}
+    index = json.loads((out / "matrix.json").read_text())
+    cells = {c["cell"]: c for c in index["cells"]}
     assert [cells[c]["status"] for c in ("solo-chat", "solo-batch", "shared")] == ["skipped", "complete", "complete"]
     assert json.loads((out / "interference.json").read_text())["scenarios"]["pair"]["complete"] is True
+    # The interrupted attempt's finished requests are kept beside the phase, and said so.
+    attempt = out / "pair" / "solo-batch.attempt-1"
+    assert (attempt / "requests.csv").read_bytes() == interrupted and interrupted.count(b"\n") > 1
+    assert [(a["cell"], a["run_dir"]) for a in index["superseded"]] == [("solo-batch", str(attempt))]
+    assert f"is kept in {attempt}" in rerun.stderr.replace("\n", "")
+
+
+def test_a_tenant_changed_since_the_phases_were_measured_is_refused(tmp_path, capsys):
+    cfg = config_file(tmp_path)
+    out = tmp_path / "int"
+    assert cli.main(["interfere", "--configs", str(cfg), "--out", str(out)]) == 0
+    table = (out / "interference.csv").read_text()
+    doc = two_tenants(tmp_path)
+    doc["tenants"][0]["load"]["request_rate"] = 20
+    write_config(cfg, **{**doc, "workload": {**doc["workload"], "input_tokens": {"dist": "uniform", "low": 4,
+                                                                                  "high": 40}}})
+    capsys.readouterr()
+    assert cli.main(["interfere", "--configs", str(cfg), "--out", str(out)]) == 2
+    assert error_line(capsys.readouterr().err).startswith(
+        f"error: --out {out}: 3 complete cell(s) were measured under other settings than planned now: "
+        "pair/solo-chat, pair/solo-batch, pair/shared; give --redo-changed")
+    assert (out / "interference.csv").read_text() == table
 
 
 def test_a_server_that_dies_in_one_phase_is_reported_and_earlier_phases_stand(tmp_path):

@@ -5,9 +5,11 @@ test_e2e.py runs a matrix on real vLLM."""
 import json
 import sys
 
+import pandas as pd
 import pytest
+import yaml
 
-from helpers import SSE_SERVER, alive, cli, free_port, summary, write_config
+from helpers import SSE_SERVER, alive, cli, error_line, free_port, summary, write_config
 
 
 def scenario(tmp_path, name, servers, mode="baseline"):
@@ -152,3 +154,71 @@ def test_every_cell_has_its_own_prompts(tmp_path):
     other = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 4})
     assert not set(seeds) & {cell_config(other, cell, None, tmp_path).seed for cell in cells}
 
+
+
+def test_a_cell_measured_under_other_settings_is_refused_unless_redone(tmp_path):
+    """A rerun reuses a complete cell only when it was measured under the settings planned now;
+    otherwise it refuses, changing nothing, or with --redo-changed measures it again and keeps
+    the earlier run beside it, which analysis does not count."""
+    cfg = scenario(tmp_path, "s", [fake("s", free_port())])
+    out = tmp_path / "matrix"
+    args = ["matrix", "--configs", str(cfg), "--concurrency", "1", "--out", str(out)]
+    assert cli(*args, "--n-requests", "4").returncode == 0
+    index = (out / "matrix.json").read_text()
+    assert json.loads(index)["cells"][0]["config_hash"]
+
+    doc = yaml.safe_load(cfg.read_text())
+    doc["workload"]["output_tokens"] = 3
+    other_file = write_config(tmp_path / "s-other.yaml", **doc)
+    for changed in (["--n-requests", "9"], ["--duration", "1"], ["--n-requests", "4", "--model", "other"]):
+        proc = cli(*args, *changed)
+        assert proc.returncode == 2, proc.stderr
+        assert error_line(proc.stderr) == (
+            f"error: --out {out}: 1 complete cell(s) were measured under other settings than planned now: s/c1_rep1; "
+            "give --redo-changed to measure them again (the earlier runs are kept beside them as CELL.attempt-N), "
+            "or a fresh --out")
+    proc = cli("matrix", "--configs", str(other_file), "--concurrency", "1", "--n-requests", "4", "--out", str(out))
+    assert proc.returncode == 2 and "s/c1_rep1" in proc.stderr
+    assert (out / "matrix.json").read_text() == index and sorted(p.name for p in (out / "s").iterdir() if p.is_dir()) == [
+        "c1_rep1"]
+
+    proc = cli(*args, "--n-requests", "9", "--redo-changed")
+    assert proc.returncode == 0, proc.stderr
+    attempt = out / "s" / "c1_rep1.attempt-1"
+    assert f"s c1_rep1: the earlier attempt (measured under other settings than planned now) is kept in {attempt}" \
+        in proc.stderr.replace("\n", "")
+    assert summary(attempt)["completed"] == 4 and summary(out / "s" / "c1_rep1")["completed"] == 9
+    redone = json.loads((out / "matrix.json").read_text())
+    assert [(a["cell"], a["run_dir"]) for a in redone["superseded"]] == [("c1_rep1", str(attempt))]
+    assert redone["counts"]["complete"] == 1
+    assert cli(*args, "--n-requests", "9").returncode == 0  # the same settings again: skipped
+
+    proc = cli("analyze", "--runs", str(out), "--out", str(tmp_path / "plots"))
+    assert proc.returncode == 0, proc.stderr
+    runs = pd.read_csv(tmp_path / "plots" / "runs.csv")
+    assert runs["run"].tolist() == [str(out / "s" / "c1_rep1")]
+    assert f"note: left out {attempt}: superseded: an earlier attempt at cell c1_rep1" in proc.stderr
+
+
+def test_an_index_without_hashes_resumes_by_the_cells_config(tmp_path):
+    """An index written before cells recorded their settings (committed results): a cell's own
+    config.yaml tells; a cell whose config.yaml does not read is refused, not reused."""
+    cfg = scenario(tmp_path, "s", [fake("s", free_port())])
+    out = tmp_path / "matrix"
+    args = ["matrix", "--configs", str(cfg), "--concurrency", "1", "2", "--n-requests", "4", "--out", str(out)]
+    assert cli(*args).returncode == 0
+    index = json.loads((out / "matrix.json").read_text())
+    for cell in index["cells"]:
+        del cell["config_hash"]
+    (out / "matrix.json").write_text(json.dumps(index))
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "matrix.json").read_text())["counts"]["skipped"] == 2
+    assert cli(*[arg if arg != "4" else "5" for arg in args]).returncode == 2  # --n-requests 5
+
+    (out / "matrix.json").write_text(json.dumps(index))
+    (out / "s" / "c2_rep1" / "config.yaml").write_text("load: {concurrency: -1}\n")
+    proc = cli(*args)
+    assert proc.returncode == 2
+    assert "1 complete cell(s) were measured under other settings than planned now: s/c2_rep1 (settings not " \
+        "recorded)" in error_line(proc.stderr)

@@ -86,7 +86,7 @@ def test_a_summary_that_does_not_say_what_it_measured_is_unreadable_by_name(tmp_
 def test_a_matrix_index_round_trips_and_keeps_earlier_invocations_as_recorded(path, tmp_path):
     original = json.loads(path.read_text())
     shutil.copy(path, tmp_path / "matrix.json")
-    cells, history = previous_index(tmp_path)
+    cells, history, _ = previous_index(tmp_path)
     assert read_matrix_index(tmp_path).cells == list(cells.values())
     index = write_index(tmp_path, list(cells.values()), history, Invocation(), time.monotonic(), len(cells))
     written = json.loads((tmp_path / "matrix.json").read_text())
@@ -100,10 +100,10 @@ def test_a_matrix_index_round_trips_and_keeps_earlier_invocations_as_recorded(pa
 
 def test_an_index_from_before_invocations_were_recorded_counts_its_wall_time(tmp_path):
     (tmp_path / "matrix.json").write_text(json.dumps({"cells": [], "wall_s": 12.5}))
-    _, history = previous_index(tmp_path)
+    _, history, _ = previous_index(tmp_path)
     write_index(tmp_path, [], history, Invocation(), time.monotonic(), 0)
     written = json.loads((tmp_path / "matrix.json").read_text())
     assert written["invocations"][0] == {"started": None, "wall_s": 12.5, "measured_s": None}
     assert written["wall_s"] >= 12.5
     (tmp_path / "matrix.json").write_text("[]")
-    assert previous_index(tmp_path) == ({}, [])
+    assert previous_index(tmp_path) == ({}, [], [])

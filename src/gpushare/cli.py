@@ -139,6 +139,7 @@ def matrix_parser() -> FlagParser:
     parser.add_argument("--gpus", default=None)
     parser.add_argument("--ray", nargs="?", const="auto", default=None)
     parser.add_argument("--shared-out", action="store_true")
+    parser.add_argument("--redo-changed", action="store_true")
     return parser
 
 
@@ -186,10 +187,17 @@ def matrix(ctx: typer.Context) -> None:
 
     gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
     [--repeats K] [--n-requests N | --requests-per-concurrency K | --duration S] [--model M] [--out DIR]
-    [--gpus 0,1|all | --ray [auto|local|HOST:PORT|ray://HOST:PORT] [--shared-out]]
+    [--gpus 0,1|all | --ray [auto|local|HOST:PORT|ray://HOST:PORT] [--shared-out]] [--redo-changed]
 
     --requests-per-concurrency K sizes each closed-loop cell as K x concurrency requests
-    (at least --n-requests); --duration S bounds every cell by time instead. A rerun with the same --out skips complete cells and redoes incomplete ones.
+    (at least --n-requests); --duration S bounds every cell by time instead.
+
+    A rerun with the same --out skips the complete cells measured under the settings planned
+    now and redoes incomplete ones, keeping each earlier attempt beside it (CELL.attempt-N,
+    listed in matrix.json's superseded; never counted by analyze). It refuses, changing
+    nothing, when a complete cell was measured under other settings (configs, flags, --model)
+    or under settings neither matrix.json nor the cell's config.yaml records; --redo-changed
+    measures those cells again, keeping the earlier runs as attempts.
 
     Scenarios run one after another on their own sharing.gpu, unless: --gpus runs them side by
     side, one per GPU of this machine (each in its own worker process; consoles in
@@ -208,7 +216,8 @@ def matrix(ctx: typer.Context) -> None:
     interrupts = command_interrupts(ctx)
     executor = matrix_executor(ns, interrupts)
     index, code = run_matrix(configs, ns.concurrency, ns.request_rate, ns.repeats, ns.out, ns.n_requests,
-                             err_console, ns.requests_per_concurrency, ns.duration, interrupts, executor)
+                             err_console, ns.requests_per_concurrency, ns.duration, interrupts, executor,
+                             ns.redo_changed)
     note_late_signal(interrupts, code)
     counts, fraction, runs = index.counts, index.measured_fraction, index.invocations
     err_console.print(
@@ -225,6 +234,7 @@ def parse_interfere_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", type=Path, required=True)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/interference"))
+    parser.add_argument("--redo-changed", action="store_true")
     return parser.parse(args)
 
 
@@ -235,9 +245,11 @@ def interfere(ctx: typer.Context) -> None:
     together, every phase for the same window. Writes interference.csv (solo, shared and
     slowdown per tenant and metric), interference_scores.csv (Jain's fairness, weighted speedup
     STP, aggregate tok/s) and interference.json; each phase is a run folder, indexed in
-    matrix.json. A rerun with the same --out skips complete phases.
+    matrix.json. A rerun with the same --out skips complete phases measured under the settings
+    planned now, and refuses when a complete phase was measured under other settings, unless
+    --redo-changed (earlier attempts are kept beside their phase, as for matrix).
 
-    gpushare interfere --configs A.yaml [B.yaml ...] [--model M] [--out DIR]
+    gpushare interfere --configs A.yaml [B.yaml ...] [--model M] [--out DIR] [--redo-changed]
     """
     from .experiment.interference_protocol import plan_interference, write_interference
     from .experiment.matrix import load_scenarios, run_plan
@@ -245,7 +257,7 @@ def interfere(ctx: typer.Context) -> None:
     ns = parse_interfere_args(list(ctx.args))
     plan = plan_interference(load_scenarios(ns.configs, ns.model))
     interrupts = command_interrupts(ctx)
-    index, code = run_plan(plan, ns.out, err_console, interrupts)
+    index, code = run_plan(plan, ns.out, err_console, interrupts, redo_changed=ns.redo_changed)
     note_late_signal(interrupts, code)
     doc = write_interference(plan, ns.out)
     print_interference(doc)

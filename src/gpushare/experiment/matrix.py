@@ -3,19 +3,21 @@ folder, with a scenario's servers started once and reused by all its cells.
 
 A vLLM start costs more than most cells, so restarting servers per cell would spend most of
 the matrix outside measurement windows. The matrix is resumable: a cell whose folder holds a
-complete run is skipped, an incomplete one is redone; a failed cell is recorded and the
-matrix goes on.
+complete run measured under the settings planned now is skipped, an incomplete one is redone
+(its folder kept beside it as an earlier attempt); a complete cell measured under other
+settings is refused unless asked to be redone. A failed cell is recorded and the matrix goes on.
 """
 
 from __future__ import annotations
 
-import shutil
+import hashlib
+import json
 import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 from rich.console import Console
@@ -24,8 +26,8 @@ from ..config import ScenarioConfig, apply_overrides, parse_config, read_config_
 from ..errors import ConfigError, GpushareError
 from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
 from ..interrupts import Interrupted, Interrupts
-from ..measure.results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, read_matrix_index,
-                      read_verdict, write_matrix_index)
+from ..measure.results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, SupersededAttempt, Verdict,
+                      read_matrix_index, read_run_config, read_verdict, write_matrix_index, write_superseded)
 from ..load.workload import load_tokenizer
 from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
 
@@ -90,6 +92,21 @@ class PlannedCell:
     repeat: int
     config: ScenarioConfig
 
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+def config_hash(config: ScenarioConfig) -> str:
+    """A stable hash of what a cell measures: its whole configuration (model, servers, sharing,
+    workload, load and its size, tenants, SLOs, seed) without what may differ between two
+    invocations of the same cell: its folder (out), the GPU an executor put it on (sharing.gpu;
+    the cell's location records it) and the servers' ports. Values left at their defaults are
+    left out, so a setting this version adds, at its default, does not change the hash."""
+    doc = config.model_dump(mode="json", exclude_defaults=True,
+                            exclude={"out": True, "sharing": {"gpu"}, "servers": {"__all__": {"port"}}})
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class ScenarioPlan:
@@ -119,15 +136,38 @@ def cell_entry(scenario: str, cell: PlannedCell, folder: Path, status: str, erro
     """A planned cell's entry in matrix.json."""
     return CellEntry(scenario=scenario, cell=cell.name, load_kind=cell.load_kind, load=cell.load, repeat=cell.repeat,
                      run_dir=str(folder), status=status, error=error, wall_s=wall_s, measured_s=measured_s,
-                     location=location)
+                     location=location, config_hash=cell.config_hash)
 
 
-def previous_index(out: Path) -> tuple[dict[tuple[str, str], CellEntry], list[Invocation]]:
-    """An earlier invocation's cells (by scenario and cell) and invocation records."""
+def previous_index(out: Path) -> tuple[dict[tuple[str, str], CellEntry], list[Invocation], list[SupersededAttempt]]:
+    """An earlier invocation's cells (by scenario and cell), invocation records and attempts set aside."""
     index = read_matrix_index(out)
     if index is None:
-        return {}, []
-    return {(c.scenario, c.cell): c for c in index.cells}, index.invocations
+        return {}, [], []
+    return {(c.scenario, c.cell): c for c in index.cells}, index.invocations, index.superseded
+
+
+def recorded_hash(folder: Path, earlier: CellEntry | None) -> str | None:
+    """The settings a cell's folder was measured under: its index entry's hash, or for an entry
+    written before entries had one (or none at all), the hash of the folder's config.yaml; None
+    where neither says (the config no longer reads under this version's schema)."""
+    if earlier is not None and earlier.config_hash is not None:
+        return earlier.config_hash
+    config = read_run_config(folder)
+    return None if config is None else config_hash(config)
+
+
+def set_aside(folder: Path, attempt: SupersededAttempt) -> SupersededAttempt:
+    """An earlier attempt's folder renamed beside it, CELL.attempt-N (the first N free), marked
+    superseded first, so that an interruption between the two never leaves a folder that
+    counts; the attempt, with where it is now. Nothing collected is deleted."""
+    n = 1
+    while (target := folder.with_name(f"{folder.name}.attempt-{n}")).exists():
+        n += 1
+    kept = attempt.model_copy(update={"run_dir": str(target)})
+    write_superseded(folder, kept)
+    folder.rename(target)
+    return kept
 
 
 def kept_cell(out: Path, earlier: CellEntry) -> CellEntry:
@@ -168,10 +208,11 @@ def on_gpu(plan: ScenarioPlan, gpu: int) -> ScenarioPlan:
 def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
                out: Path, n_requests: int | None = None, console: Console | None = None,
                per_concurrency: int | None = None, duration_s: float | None = None,
-               interrupts: Interrupts | None = None, executor: "Executor | None" = None) -> tuple[MatrixIndex, int]:
+               interrupts: Interrupts | None = None, executor: "Executor | None" = None,
+               redo_changed: bool = False) -> tuple[MatrixIndex, int]:
     """Run every cell; returns the matrix index (also written to out/matrix.json) and an exit code."""
     plan = plan_matrix(configs, concurrency, rates, repeats, out, n_requests, per_concurrency, duration_s)
-    return run_plan(plan, out, console, interrupts, executor)
+    return run_plan(plan, out, console, interrupts, executor, redo_changed)
 
 
 class Executor(Protocol):
@@ -181,11 +222,13 @@ class Executor(Protocol):
 
 
 def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None,
-             interrupts: Interrupts | None = None, executor: Executor | None = None) -> tuple[MatrixIndex, int]:
+             interrupts: Interrupts | None = None, executor: Executor | None = None,
+             redo_changed: bool = False) -> tuple[MatrixIndex, int]:
     """Run a plan with an executor (default: here, one scenario after another), each cell its
-    own run folder under out/SCENARIO/CELL, indexed in out/matrix.json, resumable. A signal
-    stops it after the cell it interrupts (or at once between cells); the cells it did not
-    reach are indexed as not run."""
+    own run folder under out/SCENARIO/CELL, indexed in out/matrix.json, resumable. A complete
+    cell measured under other settings is refused (ConfigError) before anything runs, unless
+    `redo_changed`. A signal stops it after the cell it interrupts (or at once between cells);
+    the cells it did not reach are indexed as not run."""
     console = console or Console(stderr=True)
     interrupts = interrupts or Interrupts()
     try:
@@ -195,7 +238,8 @@ def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None
     except OSError as err:
         raise ConfigError(f"--out: cannot write to {out}: {err.strerror or err}") from None
     with interrupts.deferred():  # signals act only at checkpoints, never mid-bookkeeping
-        book = MatrixBook(out, plan, console)
+        book = MatrixBook(out, plan, console, redo_changed)
+        book.refuse_changed(plan)
         work = [(scenario, book.todo(scenario)) for scenario in plan]
         (executor or HereExecutor(console, interrupts)).run([(s, cells) for s, cells in work if cells], book)
         return book.close(), book.exit_code
@@ -207,10 +251,11 @@ class MatrixBook:
     invocation killed at any point leaves an index of what it finished. Thread-safe: executors
     that run scenarios side by side report from several threads."""
 
-    def __init__(self, out: Path, plan: list[ScenarioPlan], console: Console):
+    def __init__(self, out: Path, plan: list[ScenarioPlan], console: Console, redo_changed: bool = False):
         self.out = out
         self.console = console
-        self.earlier, self.history = previous_index(out)
+        self.redo_changed = redo_changed
+        self.earlier, self.history, self.superseded = previous_index(out)
         planned = {(scenario.config.scenario, cell.name) for scenario in plan for cell in scenario.cells}
         # Cells of earlier invocations that this one does not plan (other configs or levels) stay indexed.
         self.results = [kept_cell(out, c) for key, c in self.earlier.items() if key not in planned]
@@ -228,20 +273,63 @@ class MatrixBook:
     def folder(self, scenario: str, cell: str) -> Path:
         return self.out / scenario / cell
 
+    def changed(self, plan: list[ScenarioPlan]) -> list[str]:
+        """The complete cells measured under other settings than planned now (or under settings
+        that cannot be told), each as SCENARIO/CELL."""
+        found = []
+        for scenario in plan:
+            name = scenario.config.scenario
+            for cell in scenario.cells:
+                verdict, recorded = self._measured(name, cell)
+                if verdict.complete and recorded != cell.config_hash:
+                    found.append(f"{name}/{cell.name}" + (" (settings not recorded)" if recorded is None else ""))
+        return found
+
+    def _measured(self, scenario: str, cell: PlannedCell) -> tuple[Verdict, str | None]:
+        """The verdict of the cell's folder and, where complete, the settings it was measured under."""
+        folder = self.folder(scenario, cell.name)
+        verdict = read_verdict(folder)
+        return verdict, recorded_hash(folder, self.earlier.get((scenario, cell.name))) if verdict.complete else None
+
+    def refuse_changed(self, plan: list[ScenarioPlan]) -> None:
+        """Before anything runs or moves: a cell measured under other settings is not reused,
+        nor redone unless asked."""
+        changed = self.changed(plan)
+        if changed and not self.redo_changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise ConfigError(f"--out {self.out}: {len(changed)} complete cell(s) were measured under other settings "
+                              f"than planned now: {shown}; give --redo-changed to measure them again (the earlier "
+                              "runs are kept beside them as CELL.attempt-N), or a fresh --out")
+
     def todo(self, scenario: ScenarioPlan) -> list[PlannedCell]:
-        """The scenario's cells still to run; complete ones are recorded as skipped."""
+        """The scenario's cells still to run. A complete one measured under the planned settings
+        is recorded as skipped; any other folder a cell has is set aside as an earlier attempt
+        (a complete one only with redo_changed: refuse_changed came first)."""
         name, todo = scenario.config.scenario, []
         for cell in scenario.cells:
             folder = self.folder(name, cell.name)
-            if read_verdict(folder).complete:
-                before = self.earlier.get((name, cell.name))
+            before = self.earlier.get((name, cell.name))
+            verdict, recorded = self._measured(name, cell)
+            if verdict.complete and recorded == cell.config_hash:
                 self._record(cell_entry(name, cell, folder, "skipped", wall_s=before.wall_s if before else 0.0,
                                         measured_s=before.measured_s if before else 0.0,
                                         location=before.location if before else None))
                 self.done_cells += 1
-            else:
-                todo.append(cell)
+                continue
+            if folder.is_dir() and any(folder.iterdir()):
+                reason = "measured under other settings than planned now" if verdict.complete else verdict.reason
+                self._set_aside(folder, SupersededAttempt(scenario=name, cell=cell.name, run_dir=str(folder),
+                                                          reason=reason, config_hash=recorded))
+            elif folder.is_dir():
+                folder.rmdir()  # an empty folder: nothing was collected
+            todo.append(cell)
         return todo
+
+    def _set_aside(self, folder: Path, attempt: SupersededAttempt) -> None:
+        kept = set_aside(folder, attempt)
+        say(self.console, f"{kept.scenario} {kept.cell}: the earlier attempt ({kept.reason}) is kept in {kept.run_dir}")
+        with self._lock:
+            self.superseded.append(kept)
 
     def publish(self, event: MatrixEvent) -> None:
         with self._lock:
@@ -280,11 +368,12 @@ class MatrixBook:
     def _record(self, entry: CellEntry) -> None:
         with self._lock:
             self.results.append(entry)
-            write_index(self.out, self.results, self.history, self.now, self.began, self.indexed)
+            write_index(self.out, self.results, self.history, self.now, self.began, self.indexed, self.superseded)
 
     def close(self) -> MatrixIndex:
         with self._lock:
-            return write_index(self.out, self.results, self.history, self.now, self.began, self.indexed)
+            return write_index(self.out, self.results, self.history, self.now, self.began, self.indexed,
+                               self.superseded)
 
 
 class ScenarioReport:
@@ -349,13 +438,12 @@ class ScenarioSession:
         return self
 
     def run_cell(self, cell: PlannedCell) -> CellFinished:
-        """One cell, into its own folder (an incomplete earlier attempt is removed first)."""
+        """One cell, into its own folder (the book set any earlier attempt aside: `MatrixBook.todo`)."""
         assert self.servers is not None and self.prepared is not None
         self.interrupts.checkpoint()  # a signal that came while the last cell was ending
         folder = self.scenario_dir / cell.name
         what = cell.name if cell.load is None else f"{cell.load_kind} {cell.load:g} repeat {cell.repeat}"
         self.publish(CellStarted(self.config.scenario, what, self.where))
-        shutil.rmtree(folder, ignore_errors=True)
         t0 = time.monotonic()
         outcome = run_scenario(cell.config, self.console, self.servers, folder, self.prepared, self.interrupts)
         wall = time.monotonic() - t0
@@ -430,7 +518,7 @@ class HereExecutor:
 
 
 def write_index(out: Path, results: list[CellEntry], history: list[Invocation], now: Invocation,
-                began: float, total: int) -> MatrixIndex:
+                began: float, total: int, superseded: Iterable[SupersededAttempt] = ()) -> MatrixIndex:
     """matrix.json: every cell, and the matrix's wall time over all its invocations with the
     share inside measurement windows (cells measured in earlier invocations count there).
     Earlier invocations are written as they were recorded."""
@@ -446,4 +534,5 @@ def write_index(out: Path, results: list[CellEntry], history: list[Invocation], 
         "measured_fraction": measured / wall if wall > 0 else None,
         "invocations": [*(i.model_dump(exclude_unset=True) for i in history), now.model_dump()],
         "counts": {s: sum(r.status == s for r in results) for s in CellCounts.model_fields},
+        "superseded": [a.model_dump() for a in superseded],
     })

@@ -31,6 +31,8 @@ from .metric_catalog import CATALOGUE, Where
 
 SUMMARY = "summary.json"
 INDEX = "matrix.json"
+SUPERSEDED = "superseded.json"
+"""In a run folder that a matrix's rerun set aside as an earlier attempt: which cell, and why."""
 UNFINISHED = "the run did not finish (it was killed, or is still running)"
 IDENTITY = ("scenario", "sharing_mode", "load_mode")
 """What a complete summary must say it measured; analysis cannot place a run without them."""
@@ -211,6 +213,21 @@ class CellEntry(Record):
     measured_s: float = 0.0
     location: Location | None = None
     """Where the cell ran; None for a cell never run, or one indexed before cells said."""
+    config_hash: str | None = None
+    """The settings the cell was planned with (matrix.config_hash); None in an index written
+    before cells recorded it (a resume then hashes the cell's config.yaml)."""
+
+
+class SupersededAttempt(Record):
+    """An earlier attempt at a cell that a rerun set aside beside it (CELL.attempt-N) instead
+    of deleting it: one of matrix.json's `superseded`, and the folder's own superseded.json."""
+
+    scenario: str
+    cell: str
+    run_dir: str
+    reason: str
+    """Why it was set aside: it did not finish, or it was measured under other settings."""
+    config_hash: str | None = None
 
 
 def _utc_now() -> str:
@@ -252,6 +269,8 @@ class MatrixIndex(Record):
     measured_fraction: float | None = None
     invocations: list[Invocation]
     counts: CellCounts = CellCounts()
+    superseded: list[SupersededAttempt] = []
+    """Earlier attempts set aside by reruns; never counted as runs."""
 
     @model_validator(mode="before")
     @classmethod
@@ -326,12 +345,31 @@ def verdict_of(doc: dict[str, Any]) -> Verdict:
 
 
 def read_verdict(folder: Path) -> Verdict:
+    """Whether the folder's run counts; an attempt a rerun set aside never does, complete or not."""
+    superseded = read_superseded(folder)
+    if superseded is not None:
+        return Verdict(False, f"superseded: an earlier attempt at cell {superseded.cell} ({superseded.reason})")
     try:
         return verdict_of(read_summary(folder))
     except SummaryUnreadable as err:
         if not (folder / SUMMARY).exists():
             return Verdict(False, f"no {SUMMARY}: {UNFINISHED}")
         return Verdict(False, str(err))
+
+
+def write_superseded(folder: Path, attempt: SupersededAttempt) -> None:
+    write_json_atomic(folder / SUPERSEDED, attempt.model_dump())
+
+
+def read_superseded(folder: Path) -> SupersededAttempt | None:
+    """The folder's superseded.json; one that does not read still marks the folder superseded."""
+    path = folder / SUPERSEDED
+    if not path.exists():
+        return None
+    try:
+        return SupersededAttempt.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return SupersededAttempt(scenario="?", cell=folder.name, run_dir=str(folder), reason=f"{path} does not read")
 
 
 def write_matrix_index(folder: Path, doc: dict[str, Any]) -> MatrixIndex:
