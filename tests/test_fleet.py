@@ -70,11 +70,27 @@ def shape(out: Path) -> dict:
 
 
 def test_gpus_flag_is_checked_in_one_line():
-    assert parse_gpus("0,1", None) == [0, 1] and parse_gpus("all", 4) == [0, 1, 2, 3]
+    assert parse_gpus("0,1", 2) == [0, 1] and parse_gpus("all", 4) == [0, 1, 2, 3]
+    assert parse_gpus("0,7", None, unchecked=True) == [0, 7]
     for value, message in (("0,0", "distinct"), ("a", "separated by commas"), ("3", "there is no GPU 3"),
                            ("all", "needs NVML")):
         with pytest.raises(ConfigError, match=f"--gpus: .*{message}"):
             parse_gpus(value, 2 if value == "3" else None)
+    for available in (None, 0):
+        with pytest.raises(ConfigError, match="--gpus: NVML .*GPU 7 cannot be checked.*--unchecked-gpus"):
+            parse_gpus("7", available)
+
+
+def test_gpus_without_nvml_are_refused_unless_unchecked(tmp_path):
+    """This machine has no NVML: indices it cannot check are refused before anything runs."""
+    config = launched(tmp_path, "a")
+    out = tmp_path / "m"
+    proc = cli("matrix", "--configs", str(config), "--concurrency", "1", "--gpus", "7", "--out", str(out))
+    assert proc.returncode == 2
+    assert error_line(proc.stderr).startswith("error: --gpus: NVML is not available here, so GPU 7 cannot be checked")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    proc = cli("matrix", "--configs", str(config), "--concurrency", "1", "--unchecked-gpus", "--out", str(out))
+    assert proc.returncode == 2 and error_line(proc.stderr) == "error: --unchecked-gpus: only with --gpus"
 
 
 def test_scenarios_run_side_by_side_on_two_gpus(tmp_path):
@@ -82,7 +98,7 @@ def test_scenarios_run_side_by_side_on_two_gpus(tmp_path):
     args = ["--concurrency", "1", "2", "--duration", "2"]
     out = tmp_path / "two"
     started = time.time()
-    proc = cli("matrix", "--configs", *map(str, configs), *args, "--gpus", "0,1", "--out", str(out))
+    proc = cli("matrix", "--configs", *map(str, configs), *args, "--gpus", "0,1", "--unchecked-gpus", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "on GPU 0" in proc.stderr and "on GPU 1" in proc.stderr
     a, b = windows(out, "a"), windows(out, "b")
@@ -104,7 +120,7 @@ def test_a_signal_to_the_driver_reaches_every_gpu_worker(tmp_path):
     configs = [launched(tmp_path, "a"), launched(tmp_path, "b")]
     out = tmp_path / "m"
     driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", *map(str, configs),
-                               "--concurrency", "1", "2", "--duration", "30", "--gpus", "0,1", "--out", str(out)],
+                               "--concurrency", "1", "2", "--duration", "30", "--gpus", "0,1", "--unchecked-gpus", "--out", str(out)],
                               stderr=subprocess.PIPE, text=True)
     wait_until(lambda: all((out / name / "c1_rep1" / "requests.csv").exists() for name in ("a", "b")), 60)
     time.sleep(1)
@@ -118,6 +134,35 @@ def test_a_signal_to_the_driver_reaches_every_gpu_worker(tmp_path):
         assert not first["complete"] and "interrupted by SIGINT" in first["error"]
         assert by_cell[(name, "c2_rep1")]["status"] == "not_run"
         assert not alive(first["servers"][0]["pid"])
+
+
+def worker_pids() -> list[int]:
+    """This machine's `--gpus` worker processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"gpushare.fleet.worker" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_dead_gpu_worker_fails_its_cell_under_way_and_not_the_cells_it_never_began(tmp_path):
+    config = launched(tmp_path, "a")
+    out = tmp_path / "m"
+    driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", str(config),
+                               "--concurrency", "1", "2", "3", "--duration", "30", "--gpus", "0", "--unchecked-gpus",
+                               "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (out / "a" / "c1_rep1" / "requests.csv").exists() and worker_pids(), 60)
+    os.kill(worker_pids()[0], signal.SIGKILL)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 1, stderr
+    by_cell = {c["cell"]: c for c in json.loads((out / "matrix.json").read_text())["cells"]}
+    assert by_cell["c1_rep1"]["status"] == "failed" and "lost its worker on GPU 0" in by_cell["c1_rep1"]["error"]
+    for later in ("c2_rep1", "c3_rep1"):
+        assert by_cell[later]["status"] == "not_run", by_cell[later]
+        assert by_cell[later]["error"].startswith("not begun: scenario a lost its worker on GPU 0")
 
 
 @pytest.mark.timeout(600)

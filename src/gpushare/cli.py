@@ -137,6 +137,7 @@ def matrix_parser() -> FlagParser:
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/matrix"))
     parser.add_argument("--gpus", default=None)
+    parser.add_argument("--unchecked-gpus", action="store_true")
     parser.add_argument("--ray", nargs="?", const="auto", default=None)
     parser.add_argument("--shared-out", action="store_true")
     return parser
@@ -154,6 +155,8 @@ def parse_matrix_args(args: list[str]) -> argparse.Namespace:
             raise ConfigError(f"{flag}: must be a finite number greater than 0")
     if ns.gpus is not None and ns.ray is not None:
         raise ConfigError("--gpus: give either --gpus (this machine) or --ray (a cluster), not both")
+    if ns.unchecked_gpus and ns.gpus is None:
+        raise ConfigError("--unchecked-gpus: only with --gpus")
     if ns.shared_out and ns.ray is None:
         raise ConfigError("--shared-out: only with --ray (on one machine every worker writes into --out anyway)")
     if ns.ray is not None and not (ns.ray in ("auto", "local") or ns.ray.startswith("ray://") or ":" in ns.ray):
@@ -169,8 +172,8 @@ def matrix_executor(ns: argparse.Namespace, interrupts: Interrupts) -> Any:
         from .fleet.local_gpus import LocalGpusExecutor, parse_gpus
 
         found = gpus()
-        return LocalGpusExecutor(parse_gpus(ns.gpus, len(found["devices"]) if found["nvml"] else None), err_console,
-                                 interrupts)
+        return LocalGpusExecutor(parse_gpus(ns.gpus, len(found["devices"]) if found["nvml"] else None,
+                                            ns.unchecked_gpus), err_console, interrupts)
     if ns.ray is not None:
         from .fleet.ray_cluster import RayExecutor, import_ray
 
@@ -186,14 +189,14 @@ def matrix(ctx: typer.Context) -> None:
 
     gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
     [--repeats K] [--n-requests N | --requests-per-concurrency K | --duration S] [--model M] [--out DIR]
-    [--gpus 0,1|all | --ray [auto|local|HOST:PORT|ray://HOST:PORT] [--shared-out]]
+    [--gpus 0,1|all [--unchecked-gpus] | --ray [auto|local|HOST:PORT|ray://HOST:PORT] [--shared-out]]
 
     --requests-per-concurrency K sizes each closed-loop cell as K x concurrency requests
     (at least --n-requests); --duration S bounds every cell by time instead. A rerun with the same --out skips complete cells and redoes incomplete ones.
 
     Scenarios run one after another on their own sharing.gpu, unless: --gpus runs them side by
     side, one per GPU of this machine (each in its own worker process; consoles in
-    OUT/fleet-logs); --ray places each on one whole GPU of a Ray cluster (auto: the cluster this
+    OUT/fleet-logs; indices NVML cannot check need --unchecked-gpus); --ray places each on one whole GPU of a Ray cluster (auto: the cluster this
     machine belongs to; local: start one here), its load running on the node of its servers,
     its run folders shipped back into --out (or written there directly with --shared-out, when
     every node mounts --out at the same path). Ray is an extra: pip install 'gpushare[cluster]'.

@@ -228,9 +228,7 @@ class RayExecutor:
             else:  # the cell under way failed with its worker; the cells after it were never begun
                 reason = f"lost its Ray worker or node: {type(err).__name__}: {str(err).splitlines()[0]}"
                 say(self.console, f"scenario {name} {reason}")
-                if current is not None:
-                    ScenarioReport(name, [current], report).rest("failed", reason, 1)
-                report.rest("not_run", f"not begun: scenario {name} {reason}", 1)
+                report.lost(reason, current)
         finally:
             if actor is not None:
                 ray.kill(actor)
