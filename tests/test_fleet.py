@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from gpushare.fleet.local_gpus import parse_gpus
-from gpushare.errors import ConfigError
+from gpushare.errors import ConfigError, RunFailure
+from gpushare.measure.results import assigned_gpu, read_run_config
 from helpers import SSE_SERVER, alive, cli, error_line, free_port, summary, wait_until, write_config
 
 WORKLOAD = {"kind": "synthetic", "input_tokens": 8, "output_tokens": 4}
@@ -186,6 +187,40 @@ def test_ray_matrix_overlaps_and_matches_a_local_run(tmp_path, ray_cluster, exte
     for cell, (files, keys, entry, status) in here_shape["cells"].items():
         assert ray_shape["cells"][cell] == (files, keys, entry, status)
     assert ray_shape["counts"] == here_shape["counts"] == {"complete": 4, "skipped": 0, "failed": 0, "not_run": 0}
+
+
+@pytest.mark.timeout(600)
+def test_every_ray_cell_names_and_samples_its_actors_gpu(tmp_path, ray_cluster, external_servers):
+    """Two scenarios on the cluster's two GPUs, one under MPS: whichever GPU Ray gives each,
+    every cell's configuration (what its GPU monitor samples and its location names), its
+    MPS daemon and the progress line name that GPU; the driver's plan says GPU 0 for both."""
+    configs = [external(tmp_path, "a", external_servers[0]),
+               write_config(tmp_path / "m.yaml", scenario="m", sharing={"mode": "mps"},
+                            servers=[{"name": "x", "engine": "external", "url": external_servers[1]}],
+                            model="smollm2", workload=WORKLOAD, load={"concurrency": 2, "warmup_requests": 1})]
+    out = tmp_path / "ray"
+    proc = cli("matrix", "--configs", *map(str, configs), "--concurrency", "1", "2", "--duration", "1",
+               "--ray", ray_cluster, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    where = {line.split("] ", 1)[1].split()[0]: int(line.rsplit(" on GPU ", 1)[1].split()[0])
+             for line in proc.stderr.splitlines() if " on GPU " in line}
+    assert sorted(where.values()) == [0, 1], proc.stderr
+    for name, gpu in where.items():
+        for cell in ("c1_rep1", "c2_rep1"):
+            folder = out / name / cell
+            assert read_run_config(folder).sharing.gpu == gpu, (name, cell)
+            if name == "m":
+                assert summary(folder)["mps"]["gpu"] == gpu
+
+
+def test_the_gpu_ray_assigns_is_resolved_to_the_one_nvml_lists():
+    """Ray names a GPU as the node's CUDA_VISIBLE_DEVICES does: an index or a UUID."""
+    listed = {"nvml": True, "devices": [{"index": 0, "uuid": "GPU-aaa"}, {"index": 1, "uuid": "GPU-bbb"}]}
+    assert assigned_gpu("GPU-bbb", listed) == 1 and assigned_gpu("1", listed) == 1
+    assert assigned_gpu("3", {"nvml": False, "devices": []}) == 3  # no NVML: as given
+    for name in ("GPU-ccc", "2"):
+        with pytest.raises(RunFailure, match=f"the GPU assigned here, '{name}'"):
+            assigned_gpu(name, listed)
 
 
 def actor_pids(doing: bytes = b"") -> list[int]:

@@ -28,11 +28,13 @@ from typing import Any
 
 from rich.console import Console
 
+from .. import environment
 from ..errors import ConfigError, GpushareError
 from ..events import MatrixEvent
 from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport, ScenarioSession, on_gpu
 from ..experiment.runner import say
 from ..interrupts import Interrupts
+from ..measure.results import assigned_gpu
 from . import longest_first, wait_for
 
 INSTALL_HINT = "pip install 'gpushare[cluster]'"
@@ -71,6 +73,7 @@ class ScenarioActor:
     def __init__(self) -> None:
         self.events: list[MatrixEvent] = []
         self.session: ScenarioSession | None = None
+        self.cells: dict[str, PlannedCell] = {}  # the plan's cells, moved to this actor's GPU
         self.shared = False
         self.root = Path()
         self.failed_dir: Path | None = None
@@ -86,16 +89,22 @@ class ScenarioActor:
     def open(self, plan: ScenarioPlan, shared_root: str | None) -> dict[str, Any]:
         import ray
 
-        gpu_ids = ray.get_gpu_ids()
-        gpu = int(gpu_ids[0]) if gpu_ids else 0
+        where = f"a GPU of {socket.gethostname()}"
+        try:  # resolved once: every cell's location, GPU monitor and MPS daemon name this GPU
+            gpu_ids = ray.get_gpu_ids()
+            gpu = assigned_gpu(str(gpu_ids[0]), environment.gpus()) if gpu_ids else 0
+        except GpushareError as err:
+            return {**self._answer(), "error": str(err), "where": where}
         where = f"GPU {gpu} of {socket.gethostname()}"
+        plan = on_gpu(plan, gpu)
+        self.cells = {cell.name: cell for cell in plan.cells}
         self.shared = shared_root is not None
         self.root = Path(shared_root) if shared_root else Path(tempfile.mkdtemp(prefix="gpushare-ray-"))
         log = self.root / plan.config.scenario / "console.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "a")
         console = Console(file=self.log, width=120)
-        self.session = ScenarioSession(on_gpu(plan, gpu), self.root, console, Interrupts(), self._collect, where)
+        self.session = ScenarioSession(plan, self.root, console, Interrupts(), self._collect, where)
         try:
             self.session.__enter__()
         except Exception as err:  # the scenario failed: the driver records its cells, close() ships its logs
@@ -106,8 +115,9 @@ class ScenarioActor:
         return {**self._answer(), "error": None, "where": where}
 
     def run_cell(self, cell: PlannedCell) -> dict[str, Any]:
+        """The driver's cell, run as this actor's plan has it (on this actor's GPU)."""
         assert self.session is not None
-        self.session.run_cell(cell)
+        self.session.run_cell(self.cells[cell.name])
         return self._answer(None if self.shared else pack(self.session.scenario_dir / cell.name))
 
     def drain(self) -> None:
