@@ -305,6 +305,31 @@ def test_ray_without_ray_installed_says_how_to_install_it(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_ray_address_where_nothing_listens_is_one_line_naming_it(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = cli("matrix", "--configs", str(launched(tmp_path, "a")), "--concurrency", "1", "--ray", address,
+               "--out", str(tmp_path / "m"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert error_line(proc.stderr).startswith(f"error: --ray: no Ray head answers at {address} (Connection refused)")
+    assert time.monotonic() - started < 30 and not (tmp_path / "m").exists()
+
+
+@pytest.mark.timeout(300)
+def test_ray_local_leaves_no_session_folder_or_token_behind(tmp_path):
+    """A cluster --ray local starts (here it has no GPU, so the matrix is refused) is ended with
+    its session folder, and the token file it wrote into a home that had none is removed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    before = set(Path("/tmp").glob("gpushare-ray-local-*"))
+    proc = cli("matrix", "--configs", str(launched(tmp_path, "a")), "--concurrency", "1", "--ray", "local",
+               "--out", str(tmp_path / "m"), env={**os.environ, "HOME": str(home)})
+    assert proc.returncode == 2
+    assert error_line(proc.stderr) == "error: --ray: the Ray cluster at local has no GPU (start its nodes with --num-gpus)"
+    assert set(Path("/tmp").glob("gpushare-ray-local-*")) == before
+    assert list(home.iterdir()) == []
+
+
 def test_longest_scenarios_are_placed_first():
     """Start-ups count: a scenario of two servers goes before one of one with the same cells;
     longer cells go first; ties keep the order of --configs."""

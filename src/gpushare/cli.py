@@ -175,9 +175,9 @@ def matrix_executor(ns: argparse.Namespace, interrupts: Interrupts) -> Any:
         return LocalGpusExecutor(parse_gpus(ns.gpus, len(found["devices"]) if found["nvml"] else None,
                                             ns.unchecked_gpus), err_console, interrupts)
     if ns.ray is not None:
-        from .fleet.ray_cluster import RayExecutor, import_ray
+        from .fleet.ray_cluster import RayExecutor, preflight
 
-        import_ray()  # one line now, not after the plan, if Ray is not installed
+        preflight(ns.ray)  # one line now, not after the plan, if Ray is not installed or no head answers
         return RayExecutor(ns.ray, err_console, interrupts, ns.shared_out)
     return None
 

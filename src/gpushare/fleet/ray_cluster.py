@@ -18,6 +18,7 @@ at once. So:
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import tarfile
@@ -138,27 +139,66 @@ class ScenarioActor:
         return self._answer(packed)
 
 
+LOCAL_TOKEN_FILES = [Path.home() / ".ray" / "auth_token", Path.home() / ".ray"]
+"""Where a local Ray cluster with token authentication (the default of Ray 2.60) writes its
+token, file before folder."""
+
+
+def preflight(address: str) -> None:
+    """Before the matrix's folder exists: Ray is installed, and a HOST:PORT head answers. Ray
+    itself retries a head that is not there for minutes, logging every try, and names this
+    node's own address in them instead of the one given."""
+    import_ray()
+    if address not in ("auto", "local") and not address.startswith("ray://"):
+        check_head(address)
+
+
+def check_head(address: str, timeout_s: float = 5.0) -> None:
+    """Something listens at HOST:PORT, or one line saying what and how to fix it."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise ConfigError(f"--ray: give HOST:PORT with a port number, not {address!r}") from None
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+    raise ConfigError(f"--ray: no Ray head answers at {address} ({reason}); start one there "
+                      f"(ray start --head --port={port}) or give the address `ray status` names")
+
+
 class RayExecutor:
     def __init__(self, address: str, console: Console, interrupts: Interrupts, shared_out: bool = False):
         self.address = address
         self.console = console
         self.interrupts = interrupts
         self.shared_out = shared_out
+        self.local_dir: Path | None = None  # the session folder of a cluster --ray local started
+        self.local_files: list[Path] = []  # what that cluster created besides, to remove
         self._actors: list[Any] = []
         self._lock = threading.Lock()
 
     def connect(self) -> Any:
+        """Ray, connected to --ray's cluster; one line naming the address given otherwise."""
         ray = import_ray()
         try:
             if self.address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+                # What a local cluster writes that was not there: its session folder, Ray's token file.
+                self.local_files = [p for p in LOCAL_TOKEN_FILES if not p.exists()]
+                self.local_dir = Path(tempfile.mkdtemp(prefix="gpushare-ray-local-", dir="/tmp"))  # sockets: short
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         _temp_dir=str(self.local_dir))
             else:
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise ConfigError(f"--ray: cannot connect to the Ray cluster at {self.address}: {err}") from None
+            self.disconnect(ray)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            hint = (" (the head uses token authentication: set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, to its token "
+                    "here as on the head)") if "auth" in str(err).lower() else ""
+            raise ConfigError(f"--ray: cannot connect to the Ray cluster at {self.address}: {first}{hint}") from None
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < 1:
-            ray.shutdown()
+            self.disconnect(ray)
             raise ConfigError(f"--ray: the Ray cluster at {self.address} has no GPU (start its nodes with --num-gpus)")
         say(self.console, f"Ray: {len(ray.nodes())} node(s), {gpus:g} GPU(s) at {self.address}")
         return ray
@@ -182,7 +222,20 @@ class RayExecutor:
 
             wait_for(threads, self.interrupts, end_actors)
         finally:
-            ray.shutdown()
+            self.disconnect(ray)
+
+    def disconnect(self, ray: Any) -> None:
+        """Leave the cluster; a cluster --ray local started is ended and its session folder removed."""
+        ray.shutdown()
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+            self.local_dir = None
+        for path in self.local_files:  # the token file, then its folder once empty
+            try:
+                path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        self.local_files = []
 
     def _scenario(self, ray: Any, actor_class: Any, plan: ScenarioPlan, todo: list[PlannedCell], group: Any,
                   book: MatrixBook) -> None:
