@@ -338,16 +338,19 @@ def doctor(
     from .serving.servers import STOP_GRACE_S
 
     found = leftovers.find()
+    folders = leftovers.ray_folders()
     if clean:
         for left in leftovers.clean(found, STOP_GRACE_S):
             print(f"stopped {left.kind} {left.name}: process group {left.pgid} "
                   f"(pids {', '.join(map(str, left.members))}), run folder {left.folder}")
+        for folder in leftovers.clean_ray_folders(folders):
+            print(f"removed {folder}: a Ray actor's folder whose actor is gone (cells it never handed back)")
         remaining = leftovers.find()
         if remaining:
             raise RunFailure("could not stop " + ", ".join(f"process group {left.pgid} ({left.kind} {left.name})"
                                                           for left in remaining))
-        if not found:
-            print("nothing to clean: no server or MPS daemon left behind by an earlier gpushare run")
+        if not found and not folders:
+            print("nothing to clean: no server, MPS daemon or Ray folder left behind by an earlier gpushare run")
         return
     facts: dict[str, Any] = {
         "gpushare": __version__,
@@ -359,6 +362,7 @@ def doctor(
             name: {"prepared": is_prepared(name), "folder": str(embedded_folder(name))} for name in EMBEDDED
         },
         "leftovers": [asdict(left) for left in found],
+        "ray_folders": [str(folder) for folder in folders],
     }
     if as_json:
         print(json.dumps(facts, indent=2))
@@ -386,8 +390,10 @@ def doctor(
         table.add_row(f"left behind: {left.kind} {left.name}",
                       f"process group {left.pgid}, pids {', '.join(map(str, left.members))}, "
                       f"run folder {left.folder}, started {left.started}")
-    table.add_row("left behind", f"{len(found)} process group(s); stop them with: gpushare doctor --clean"
-                  if found else "nothing")
+    for folder in folders:
+        table.add_row("left behind: Ray folder", f"{folder} (an actor's cells it never handed back, their logs)")
+    table.add_row("left behind", f"{len(found)} process group(s), {len(folders)} Ray folder(s); clean them with: "
+                  "gpushare doctor --clean" if found or folders else "nothing")
     Console().print(table)
 
 

@@ -36,6 +36,7 @@ from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioR
 from ..experiment.runner import say
 from ..interrupts import Interrupts
 from ..measure.results import assigned_gpu
+from ..serving import leftovers
 from . import longest_first, wait_for
 
 INSTALL_HINT = "pip install 'gpushare[cluster]'"
@@ -100,7 +101,9 @@ class ScenarioActor:
         plan = on_gpu(plan, gpu)
         self.cells = {cell.name: cell for cell in plan.cells}
         self.shared = shared_root is not None
-        self.root = Path(shared_root) if shared_root else Path(tempfile.mkdtemp(prefix="gpushare-ray-"))
+        self.root = Path(shared_root) if shared_root else Path(tempfile.mkdtemp(prefix=leftovers.RAY_FOLDER_PREFIX))
+        if not self.shared:
+            leftovers.mark_ray_folder(self.root)
         log = self.root / plan.config.scenario / "console.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "a")
