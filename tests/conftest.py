@@ -38,8 +38,10 @@ def standin(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A real local Ray cluster: one head node on 127.0.0.1 declaring two GPUs (fake on a
-    machine without any: Ray only counts them). Started with --block, so ending the process
-    group we started ends the cluster. Yields its address."""
+    machine without any: Ray only counts them). Its workers find the MPS control stand-in
+    first on PATH (it logs to ray-mps-standin.log beside the head's log), so a scenario under
+    MPS runs there too. Started with --block, so ending the process group we started ends the
+    cluster. Yields its address."""
     import shutil
     import signal
     import subprocess
@@ -54,12 +56,14 @@ def ray_cluster(tmp_path_factory):
         pytest.fail("Ray is not installed: pip install -e '.[cluster]'")
     port = free_port()
     temp = tempfile.mkdtemp(prefix="rgt-", dir="/tmp")  # short: Ray's socket paths must fit
-    log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "wb")
+    logs = tmp_path_factory.mktemp("ray")
+    log = open(logs / "ray-start.log", "wb")
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
          "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{MPS_STANDIN}{os.pathsep}{os.environ['PATH']}",
+             "MPS_STANDIN_LOG": str(logs / "ray-mps-standin.log")})
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while subprocess.run([ray, "status", f"--address={address}"], capture_output=True).returncode != 0:

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from gpushare.fleet.local_gpus import parse_gpus
-from gpushare.errors import ConfigError
+from gpushare.errors import ConfigError, RunFailure
+from gpushare.measure.results import assigned_gpu, read_run_config
 from helpers import SSE_SERVER, alive, cli, error_line, free_port, summary, wait_until, write_config
 
 WORKLOAD = {"kind": "synthetic", "input_tokens": 8, "output_tokens": 4}
@@ -70,11 +71,27 @@ def shape(out: Path) -> dict:
 
 
 def test_gpus_flag_is_checked_in_one_line():
-    assert parse_gpus("0,1", None) == [0, 1] and parse_gpus("all", 4) == [0, 1, 2, 3]
+    assert parse_gpus("0,1", 2) == [0, 1] and parse_gpus("all", 4) == [0, 1, 2, 3]
+    assert parse_gpus("0,7", None, unchecked=True) == [0, 7]
     for value, message in (("0,0", "distinct"), ("a", "separated by commas"), ("3", "there is no GPU 3"),
                            ("all", "needs NVML")):
         with pytest.raises(ConfigError, match=f"--gpus: .*{message}"):
             parse_gpus(value, 2 if value == "3" else None)
+    for available in (None, 0):
+        with pytest.raises(ConfigError, match="--gpus: NVML .*GPU 7 cannot be checked.*--unchecked-gpus"):
+            parse_gpus("7", available)
+
+
+def test_gpus_without_nvml_are_refused_unless_unchecked(tmp_path):
+    """This machine has no NVML: indices it cannot check are refused before anything runs."""
+    config = launched(tmp_path, "a")
+    out = tmp_path / "m"
+    proc = cli("matrix", "--configs", str(config), "--concurrency", "1", "--gpus", "7", "--out", str(out))
+    assert proc.returncode == 2
+    assert error_line(proc.stderr).startswith("error: --gpus: NVML is not available here, so GPU 7 cannot be checked")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    proc = cli("matrix", "--configs", str(config), "--concurrency", "1", "--unchecked-gpus", "--out", str(out))
+    assert proc.returncode == 2 and error_line(proc.stderr) == "error: --unchecked-gpus: only with --gpus"
 
 
 def test_scenarios_run_side_by_side_on_two_gpus(tmp_path):
@@ -82,7 +99,7 @@ def test_scenarios_run_side_by_side_on_two_gpus(tmp_path):
     args = ["--concurrency", "1", "2", "--duration", "2"]
     out = tmp_path / "two"
     started = time.time()
-    proc = cli("matrix", "--configs", *map(str, configs), *args, "--gpus", "0,1", "--out", str(out))
+    proc = cli("matrix", "--configs", *map(str, configs), *args, "--gpus", "0,1", "--unchecked-gpus", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "on GPU 0" in proc.stderr and "on GPU 1" in proc.stderr
     a, b = windows(out, "a"), windows(out, "b")
@@ -104,7 +121,7 @@ def test_a_signal_to_the_driver_reaches_every_gpu_worker(tmp_path):
     configs = [launched(tmp_path, "a"), launched(tmp_path, "b")]
     out = tmp_path / "m"
     driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", *map(str, configs),
-                               "--concurrency", "1", "2", "--duration", "30", "--gpus", "0,1", "--out", str(out)],
+                               "--concurrency", "1", "2", "--duration", "30", "--gpus", "0,1", "--unchecked-gpus", "--out", str(out)],
                               stderr=subprocess.PIPE, text=True)
     wait_until(lambda: all((out / name / "c1_rep1" / "requests.csv").exists() for name in ("a", "b")), 60)
     time.sleep(1)
@@ -118,6 +135,35 @@ def test_a_signal_to_the_driver_reaches_every_gpu_worker(tmp_path):
         assert not first["complete"] and "interrupted by SIGINT" in first["error"]
         assert by_cell[(name, "c2_rep1")]["status"] == "not_run"
         assert not alive(first["servers"][0]["pid"])
+
+
+def worker_pids() -> list[int]:
+    """This machine's `--gpus` worker processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"gpushare.fleet.worker" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_dead_gpu_worker_fails_its_cell_under_way_and_not_the_cells_it_never_began(tmp_path):
+    config = launched(tmp_path, "a")
+    out = tmp_path / "m"
+    driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", str(config),
+                               "--concurrency", "1", "2", "3", "--duration", "30", "--gpus", "0", "--unchecked-gpus",
+                               "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (out / "a" / "c1_rep1" / "requests.csv").exists() and worker_pids(), 60)
+    os.kill(worker_pids()[0], signal.SIGKILL)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 1, stderr
+    by_cell = {c["cell"]: c for c in json.loads((out / "matrix.json").read_text())["cells"]}
+    assert by_cell["c1_rep1"]["status"] == "failed" and "lost its worker on GPU 0" in by_cell["c1_rep1"]["error"]
+    for later in ("c2_rep1", "c3_rep1"):
+        assert by_cell[later]["status"] == "not_run", by_cell[later]
+        assert by_cell[later]["error"].startswith("not begun: scenario a lost its worker on GPU 0")
 
 
 @pytest.mark.timeout(600)
@@ -141,6 +187,40 @@ def test_ray_matrix_overlaps_and_matches_a_local_run(tmp_path, ray_cluster, exte
     for cell, (files, keys, entry, status) in here_shape["cells"].items():
         assert ray_shape["cells"][cell] == (files, keys, entry, status)
     assert ray_shape["counts"] == here_shape["counts"] == {"complete": 4, "skipped": 0, "failed": 0, "not_run": 0}
+
+
+@pytest.mark.timeout(600)
+def test_every_ray_cell_names_and_samples_its_actors_gpu(tmp_path, ray_cluster, external_servers):
+    """Two scenarios on the cluster's two GPUs, one under MPS: whichever GPU Ray gives each,
+    every cell's configuration (what its GPU monitor samples and its location names), its
+    MPS daemon and the progress line name that GPU; the driver's plan says GPU 0 for both."""
+    configs = [external(tmp_path, "a", external_servers[0]),
+               write_config(tmp_path / "m.yaml", scenario="m", sharing={"mode": "mps"},
+                            servers=[{"name": "x", "engine": "external", "url": external_servers[1]}],
+                            model="smollm2", workload=WORKLOAD, load={"concurrency": 2, "warmup_requests": 1})]
+    out = tmp_path / "ray"
+    proc = cli("matrix", "--configs", *map(str, configs), "--concurrency", "1", "2", "--duration", "1",
+               "--ray", ray_cluster, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    where = {line.split("] ", 1)[1].split()[0]: int(line.rsplit(" on GPU ", 1)[1].split()[0])
+             for line in proc.stderr.splitlines() if " on GPU " in line}
+    assert sorted(where.values()) == [0, 1], proc.stderr
+    for name, gpu in where.items():
+        for cell in ("c1_rep1", "c2_rep1"):
+            folder = out / name / cell
+            assert read_run_config(folder).sharing.gpu == gpu, (name, cell)
+            if name == "m":
+                assert summary(folder)["mps"]["gpu"] == gpu
+
+
+def test_the_gpu_ray_assigns_is_resolved_to_the_one_nvml_lists():
+    """Ray names a GPU as the node's CUDA_VISIBLE_DEVICES does: an index or a UUID."""
+    listed = {"nvml": True, "devices": [{"index": 0, "uuid": "GPU-aaa"}, {"index": 1, "uuid": "GPU-bbb"}]}
+    assert assigned_gpu("GPU-bbb", listed) == 1 and assigned_gpu("1", listed) == 1
+    assert assigned_gpu("3", {"nvml": False, "devices": []}) == 3  # no NVML: as given
+    for name in ("GPU-ccc", "2"):
+        with pytest.raises(RunFailure, match=f"the GPU assigned here, '{name}'"):
+            assigned_gpu(name, listed)
 
 
 def actor_pids(doing: bytes = b"") -> list[int]:
@@ -223,6 +303,31 @@ def test_ray_without_ray_installed_says_how_to_install_it(tmp_path):
     assert proc.returncode == 2
     assert error_line(proc.stderr) == "error: --ray: Ray is not installed; install it with: pip install 'gpushare[cluster]'"
     assert not (tmp_path / "m").exists()
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line_naming_it(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = cli("matrix", "--configs", str(launched(tmp_path, "a")), "--concurrency", "1", "--ray", address,
+               "--out", str(tmp_path / "m"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert error_line(proc.stderr).startswith(f"error: --ray: no Ray head answers at {address} (Connection refused)")
+    assert time.monotonic() - started < 30 and not (tmp_path / "m").exists()
+
+
+@pytest.mark.timeout(300)
+def test_ray_local_leaves_no_session_folder_or_token_behind(tmp_path):
+    """A cluster --ray local starts (here it has no GPU, so the matrix is refused) is ended with
+    its session folder, and the token file it wrote into a home that had none is removed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    before = set(Path("/tmp").glob("gpushare-ray-local-*"))
+    proc = cli("matrix", "--configs", str(launched(tmp_path, "a")), "--concurrency", "1", "--ray", "local",
+               "--out", str(tmp_path / "m"), env={**os.environ, "HOME": str(home)})
+    assert proc.returncode == 2
+    assert error_line(proc.stderr) == "error: --ray: the Ray cluster at local has no GPU (start its nodes with --num-gpus)"
+    assert set(Path("/tmp").glob("gpushare-ray-local-*")) == before
+    assert list(home.iterdir()) == []
 
 
 def test_longest_scenarios_are_placed_first():

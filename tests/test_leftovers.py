@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,10 +34,12 @@ USER_MODELS = cache_root() / "models"  # read at import, before any test points 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
-    """A private cache, so the user's registry is never read or written; whatever a failed test
-    left in it is stopped."""
+    """A private cache and temp folder, so the user's registry and Ray folders are never read or
+    written; whatever a failed test left in it is stopped."""
     path = tmp_path / "cache"
     monkeypatch.setenv("GPUSHARE_CACHE", str(path))
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
     yield path
     leftovers.clean(leftovers.find(), 1.0)
 
@@ -234,3 +237,23 @@ def test_a_killed_gpushare_run_leaves_a_server_doctor_finds_and_cleans(tmp_path,
     assert clean.stdout.startswith(f"stopped server fake: process group {pid} (pids {pid})")
     assert not alive(pid)
     assert json.loads(run_cli("doctor", "--json").stdout)["leftovers"] == []
+
+
+def test_doctor_lists_and_cleans_the_folders_of_ray_actors_that_are_gone(tmp_path, capsys):
+    """An actor killed mid-cell leaves its private folder (the cell's requests, its logs) on
+    the node; one whose actor runs is left alone."""
+    gone = Path(tempfile.mkdtemp(prefix=leftovers.RAY_FOLDER_PREFIX))
+    (gone / "a" / "c1_rep1").mkdir(parents=True)
+    (gone / "a" / "c1_rep1" / "requests.csv").write_text("id\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (gone / leftovers.RAY_OWNER).write_text(json.dumps({"pid": dead.pid, "start_time": 1}))
+    live = Path(tempfile.mkdtemp(prefix=leftovers.RAY_FOLDER_PREFIX))
+    leftovers.mark_ray_folder(live)  # this process: an actor still running
+    assert cli.main(["doctor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ray_folders"] == [str(gone)]
+    assert cli.main(["doctor"]) == 0
+    assert "1 Ray folder(s)" in capsys.readouterr().out and gone.exists()  # doctor alone changes nothing
+    assert cli.main(["doctor", "--clean"]) == 0
+    assert capsys.readouterr().out.startswith(f"removed {gone}: a Ray actor's folder whose actor is gone")
+    assert not gone.exists() and live.exists()

@@ -137,6 +137,7 @@ def matrix_parser() -> FlagParser:
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/matrix"))
     parser.add_argument("--gpus", default=None)
+    parser.add_argument("--unchecked-gpus", action="store_true")
     parser.add_argument("--ray", nargs="?", const="auto", default=None)
     parser.add_argument("--shared-out", action="store_true")
     parser.add_argument("--redo-changed", action="store_true")
@@ -155,6 +156,8 @@ def parse_matrix_args(args: list[str]) -> argparse.Namespace:
             raise ConfigError(f"{flag}: must be a finite number greater than 0")
     if ns.gpus is not None and ns.ray is not None:
         raise ConfigError("--gpus: give either --gpus (this machine) or --ray (a cluster), not both")
+    if ns.unchecked_gpus and ns.gpus is None:
+        raise ConfigError("--unchecked-gpus: only with --gpus")
     if ns.shared_out and ns.ray is None:
         raise ConfigError("--shared-out: only with --ray (on one machine every worker writes into --out anyway)")
     if ns.ray is not None and not (ns.ray in ("auto", "local") or ns.ray.startswith("ray://") or ":" in ns.ray):
@@ -170,12 +173,12 @@ def matrix_executor(ns: argparse.Namespace, interrupts: Interrupts) -> Any:
         from .fleet.local_gpus import LocalGpusExecutor, parse_gpus
 
         found = gpus()
-        return LocalGpusExecutor(parse_gpus(ns.gpus, len(found["devices"]) if found["nvml"] else None), err_console,
-                                 interrupts)
+        return LocalGpusExecutor(parse_gpus(ns.gpus, len(found["devices"]) if found["nvml"] else None,
+                                            ns.unchecked_gpus), err_console, interrupts)
     if ns.ray is not None:
-        from .fleet.ray_cluster import RayExecutor, import_ray
+        from .fleet.ray_cluster import RayExecutor, preflight
 
-        import_ray()  # one line now, not after the plan, if Ray is not installed
+        preflight(ns.ray)  # one line now, not after the plan, if Ray is not installed or no head answers
         return RayExecutor(ns.ray, err_console, interrupts, ns.shared_out)
     return None
 
@@ -187,7 +190,8 @@ def matrix(ctx: typer.Context) -> None:
 
     gpushare matrix --configs A.yaml [B.yaml ...] (--concurrency N [N ...] | --request-rate R [R ...])
     [--repeats K] [--n-requests N | --requests-per-concurrency K | --duration S] [--model M] [--out DIR]
-    [--gpus 0,1|all | --ray [auto|local|HOST:PORT|ray://HOST:PORT] [--shared-out]] [--redo-changed]
+    [--gpus 0,1|all [--unchecked-gpus] | --ray [auto|local|HOST:PORT|ray://HOST:PORT] [--shared-out]]
+    [--redo-changed]
 
     --requests-per-concurrency K sizes each closed-loop cell as K x concurrency requests
     (at least --n-requests); --duration S bounds every cell by time instead.
@@ -201,10 +205,10 @@ def matrix(ctx: typer.Context) -> None:
 
     Scenarios run one after another on their own sharing.gpu, unless: --gpus runs them side by
     side, one per GPU of this machine (each in its own worker process; consoles in
-    OUT/fleet-logs); --ray places each on one whole GPU of a Ray cluster (auto: the cluster this
-    machine belongs to; local: start one here), its load running on the node of its servers,
-    its run folders shipped back into --out (or written there directly with --shared-out, when
-    every node mounts --out at the same path). Ray is an extra: pip install 'gpushare[cluster]'.
+    OUT/fleet-logs; indices NVML cannot check need --unchecked-gpus); --ray places each on one
+    whole GPU of a Ray cluster (auto: the cluster this machine belongs to; local: start one
+    here), its load running on the node of its servers, its run folders shipped back into --out
+    (or written there directly with --shared-out, when every node mounts --out at the same path). Ray is an extra: pip install 'gpushare[cluster]'.
     See docs/fleet.md.
     """
     from .experiment.matrix import load_scenarios, run_matrix
@@ -347,16 +351,19 @@ def doctor(
     from .serving.servers import STOP_GRACE_S
 
     found = leftovers.find()
+    folders = leftovers.ray_folders()
     if clean:
         for left in leftovers.clean(found, STOP_GRACE_S):
             print(f"stopped {left.kind} {left.name}: process group {left.pgid} "
                   f"(pids {', '.join(map(str, left.members))}), run folder {left.folder}")
+        for folder in leftovers.clean_ray_folders(folders):
+            print(f"removed {folder}: a Ray actor's folder whose actor is gone (cells it never handed back)")
         remaining = leftovers.find()
         if remaining:
             raise RunFailure("could not stop " + ", ".join(f"process group {left.pgid} ({left.kind} {left.name})"
                                                           for left in remaining))
-        if not found:
-            print("nothing to clean: no server or MPS daemon left behind by an earlier gpushare run")
+        if not found and not folders:
+            print("nothing to clean: no server, MPS daemon or Ray folder left behind by an earlier gpushare run")
         return
     facts: dict[str, Any] = {
         "gpushare": __version__,
@@ -368,6 +375,7 @@ def doctor(
             name: {"prepared": is_prepared(name), "folder": str(embedded_folder(name))} for name in EMBEDDED
         },
         "leftovers": [asdict(left) for left in found],
+        "ray_folders": [str(folder) for folder in folders],
     }
     if as_json:
         print(json.dumps(facts, indent=2))
@@ -395,8 +403,10 @@ def doctor(
         table.add_row(f"left behind: {left.kind} {left.name}",
                       f"process group {left.pgid}, pids {', '.join(map(str, left.members))}, "
                       f"run folder {left.folder}, started {left.started}")
-    table.add_row("left behind", f"{len(found)} process group(s); stop them with: gpushare doctor --clean"
-                  if found else "nothing")
+    for folder in folders:
+        table.add_row("left behind: Ray folder", f"{folder} (an actor's cells it never handed back, their logs)")
+    table.add_row("left behind", f"{len(found)} process group(s), {len(folders)} Ray folder(s); clean them with: "
+                  "gpushare doctor --clean" if found or folders else "nothing")
     Console().print(table)
 
 

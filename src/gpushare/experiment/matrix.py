@@ -386,20 +386,36 @@ class ScenarioReport:
         self.todo = todo
         self._publish = publish
         self.ended: set[str] = set()
+        self.started = False  # a cell has started and not yet ended
 
     def __call__(self, event: MatrixEvent) -> None:
         if isinstance(event, CellFinished):
             self.ended.add(event.entry.cell)
+            self.started = False
+        elif isinstance(event, CellStarted):
+            self.started = True
         self._publish(event)
 
     def left(self) -> list[PlannedCell]:
         return [cell for cell in self.todo if cell.name not in self.ended]
+
+    def under_way(self) -> PlannedCell | None:
+        """The cell that started and did not end (cells run in order: the first one left)."""
+        left = self.left()
+        return left[0] if self.started and left else None
 
     def rest(self, status: str, error: str, exit_code: int = 0) -> None:
         """The cells that got no run of their own, recorded with `status` and why."""
         for cell in self.left():
             self(CellFinished(cell_entry(self.scenario, cell, Path(self.scenario) / cell.name, status, error),
                               exit_code))
+
+    def lost(self, reason: str, under_way: PlannedCell | None) -> None:
+        """Whatever ran the scenario (a worker process, a Ray actor) died: the cell under way
+        failed with it, the cells it never began were not run; every executor says so alike."""
+        if under_way is not None:
+            ScenarioReport(self.scenario, [under_way], self).rest("failed", reason, 1)
+        self.rest("not_run", f"not begun: scenario {self.scenario} {reason}", 1)
 
 
 class ScenarioSession:

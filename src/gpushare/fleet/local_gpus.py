@@ -31,8 +31,10 @@ from . import event_from_doc, longest_first, plan_doc, wait_for
 FORWARDED = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGTERM}
 
 
-def parse_gpus(value: str, available: int | None) -> list[int]:
-    """`--gpus 0,1` or `--gpus all` (every GPU NVML lists). One line naming the flag otherwise."""
+def parse_gpus(value: str, available: int | None, unchecked: bool = False) -> list[int]:
+    """`--gpus 0,1` or `--gpus all` (every GPU NVML lists; `available`, None without NVML).
+    Indices NVML cannot check are refused unless `unchecked` (--unchecked-gpus) says to run on
+    them as given. One line naming the flag otherwise."""
     if value.strip() == "all":
         if not available:
             raise ConfigError("--gpus: 'all' needs NVML to list the GPUs, and it lists none here; name them: --gpus 0,1")
@@ -43,7 +45,11 @@ def parse_gpus(value: str, available: int | None) -> list[int]:
         raise ConfigError(f"--gpus: give GPU indices separated by commas (e.g. 0,1) or 'all', not {value!r}") from None
     if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
         raise ConfigError(f"--gpus: give distinct GPU indices (0 or more) separated by commas, or 'all', not {value!r}")
-    if available is not None and available and max(gpus) >= available:
+    if not available and not unchecked:
+        listed = "NVML is not available here" if available is None else "NVML lists no GPU here"
+        raise ConfigError(f"--gpus: {listed}, so GPU {value} cannot be checked; run where NVML lists the GPUs, "
+                          "or add --unchecked-gpus to run on these indices unchecked")
+    if available and max(gpus) >= available:
         raise ConfigError(f"--gpus: there is no GPU {max(gpus)} (NVML lists {available})")
     return gpus
 
@@ -122,4 +128,6 @@ class LocalGpusExecutor:
             if process is None or book.stopped:
                 report.rest("not_run", "the matrix was interrupted")
             else:
-                report.rest("failed", f"the worker on GPU {gpu} exited with code {code}; see {log_path}", 1)
+                reason = f"lost its worker on GPU {gpu}: it exited with code {code}; see {log_path}"
+                say(self.console, f"scenario {name} {reason}")
+                report.lost(reason, report.under_way())

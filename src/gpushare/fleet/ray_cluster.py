@@ -18,6 +18,7 @@ at once. So:
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import tarfile
@@ -28,11 +29,14 @@ from typing import Any
 
 from rich.console import Console
 
+from .. import environment
 from ..errors import ConfigError, GpushareError
 from ..events import MatrixEvent
 from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport, ScenarioSession, on_gpu
 from ..experiment.runner import say
 from ..interrupts import Interrupts
+from ..measure.results import assigned_gpu
+from ..serving import leftovers
 from . import longest_first, wait_for
 
 INSTALL_HINT = "pip install 'gpushare[cluster]'"
@@ -71,6 +75,7 @@ class ScenarioActor:
     def __init__(self) -> None:
         self.events: list[MatrixEvent] = []
         self.session: ScenarioSession | None = None
+        self.cells: dict[str, PlannedCell] = {}  # the plan's cells, moved to this actor's GPU
         self.shared = False
         self.root = Path()
         self.failed_dir: Path | None = None
@@ -86,16 +91,24 @@ class ScenarioActor:
     def open(self, plan: ScenarioPlan, shared_root: str | None) -> dict[str, Any]:
         import ray
 
-        gpu_ids = ray.get_gpu_ids()
-        gpu = int(gpu_ids[0]) if gpu_ids else 0
+        where = f"a GPU of {socket.gethostname()}"
+        try:  # resolved once: every cell's location, GPU monitor and MPS daemon name this GPU
+            gpu_ids = ray.get_gpu_ids()
+            gpu = assigned_gpu(str(gpu_ids[0]), environment.gpus()) if gpu_ids else 0
+        except GpushareError as err:
+            return {**self._answer(), "error": str(err), "where": where}
         where = f"GPU {gpu} of {socket.gethostname()}"
+        plan = on_gpu(plan, gpu)
+        self.cells = {cell.name: cell for cell in plan.cells}
         self.shared = shared_root is not None
-        self.root = Path(shared_root) if shared_root else Path(tempfile.mkdtemp(prefix="gpushare-ray-"))
+        self.root = Path(shared_root) if shared_root else Path(tempfile.mkdtemp(prefix=leftovers.RAY_FOLDER_PREFIX))
+        if not self.shared:
+            leftovers.mark_ray_folder(self.root)
         log = self.root / plan.config.scenario / "console.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "a")
         console = Console(file=self.log, width=120)
-        self.session = ScenarioSession(on_gpu(plan, gpu), self.root, console, Interrupts(), self._collect, where)
+        self.session = ScenarioSession(plan, self.root, console, Interrupts(), self._collect, where)
         try:
             self.session.__enter__()
         except Exception as err:  # the scenario failed: the driver records its cells, close() ships its logs
@@ -106,8 +119,9 @@ class ScenarioActor:
         return {**self._answer(), "error": None, "where": where}
 
     def run_cell(self, cell: PlannedCell) -> dict[str, Any]:
+        """The driver's cell, run as this actor's plan has it (on this actor's GPU)."""
         assert self.session is not None
-        self.session.run_cell(cell)
+        self.session.run_cell(self.cells[cell.name])
         return self._answer(None if self.shared else pack(self.session.scenario_dir / cell.name))
 
     def drain(self) -> None:
@@ -128,27 +142,66 @@ class ScenarioActor:
         return self._answer(packed)
 
 
+LOCAL_TOKEN_FILES = [Path.home() / ".ray" / "auth_token", Path.home() / ".ray"]
+"""Where a local Ray cluster with token authentication (the default of Ray 2.60) writes its
+token, file before folder."""
+
+
+def preflight(address: str) -> None:
+    """Before the matrix's folder exists: Ray is installed, and a HOST:PORT head answers. Ray
+    itself retries a head that is not there for minutes, logging every try, and names this
+    node's own address in them instead of the one given."""
+    import_ray()
+    if address not in ("auto", "local") and not address.startswith("ray://"):
+        check_head(address)
+
+
+def check_head(address: str, timeout_s: float = 5.0) -> None:
+    """Something listens at HOST:PORT, or one line saying what and how to fix it."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise ConfigError(f"--ray: give HOST:PORT with a port number, not {address!r}") from None
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+    raise ConfigError(f"--ray: no Ray head answers at {address} ({reason}); start one there "
+                      f"(ray start --head --port={port}) or give the address `ray status` names")
+
+
 class RayExecutor:
     def __init__(self, address: str, console: Console, interrupts: Interrupts, shared_out: bool = False):
         self.address = address
         self.console = console
         self.interrupts = interrupts
         self.shared_out = shared_out
+        self.local_dir: Path | None = None  # the session folder of a cluster --ray local started
+        self.local_files: list[Path] = []  # what that cluster created besides, to remove
         self._actors: list[Any] = []
         self._lock = threading.Lock()
 
     def connect(self) -> Any:
+        """Ray, connected to --ray's cluster; one line naming the address given otherwise."""
         ray = import_ray()
         try:
             if self.address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+                # What a local cluster writes that was not there: its session folder, Ray's token file.
+                self.local_files = [p for p in LOCAL_TOKEN_FILES if not p.exists()]
+                self.local_dir = Path(tempfile.mkdtemp(prefix="gpushare-ray-local-", dir="/tmp"))  # sockets: short
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         _temp_dir=str(self.local_dir))
             else:
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise ConfigError(f"--ray: cannot connect to the Ray cluster at {self.address}: {err}") from None
+            self.disconnect(ray)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            hint = (" (the head uses token authentication: set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, to its token "
+                    "here as on the head)") if "auth" in str(err).lower() else ""
+            raise ConfigError(f"--ray: cannot connect to the Ray cluster at {self.address}: {first}{hint}") from None
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < 1:
-            ray.shutdown()
+            self.disconnect(ray)
             raise ConfigError(f"--ray: the Ray cluster at {self.address} has no GPU (start its nodes with --num-gpus)")
         say(self.console, f"Ray: {len(ray.nodes())} node(s), {gpus:g} GPU(s) at {self.address}")
         return ray
@@ -172,7 +225,20 @@ class RayExecutor:
 
             wait_for(threads, self.interrupts, end_actors)
         finally:
-            ray.shutdown()
+            self.disconnect(ray)
+
+    def disconnect(self, ray: Any) -> None:
+        """Leave the cluster; a cluster --ray local started is ended and its session folder removed."""
+        ray.shutdown()
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+            self.local_dir = None
+        for path in self.local_files:  # the token file, then its folder once empty
+            try:
+                path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        self.local_files = []
 
     def _scenario(self, ray: Any, actor_class: Any, plan: ScenarioPlan, todo: list[PlannedCell], group: Any,
                   book: MatrixBook) -> None:
@@ -228,9 +294,7 @@ class RayExecutor:
             else:  # the cell under way failed with its worker; the cells after it were never begun
                 reason = f"lost its Ray worker or node: {type(err).__name__}: {str(err).splitlines()[0]}"
                 say(self.console, f"scenario {name} {reason}")
-                if current is not None:
-                    ScenarioReport(name, [current], report).rest("failed", reason, 1)
-                report.rest("not_run", f"not begun: scenario {name} {reason}", 1)
+                report.lost(reason, current)
         finally:
             if actor is not None:
                 ray.kill(actor)

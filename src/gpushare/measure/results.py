@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
 from ..config import ConfigError, LoadConfig, ScenarioConfig, parse_config
+from ..errors import RunFailure
 from .metric_catalog import CATALOGUE, Where
 
 SUMMARY = "summary.json"
@@ -390,6 +391,24 @@ def read_matrix_index(folder: Path) -> MatrixIndex | None:
 def gpu_device(gpu: dict[str, Any], index: int) -> dict[str, Any] | None:
     """GPU `index` among what `environment.gpus()` read; None where NVML does not list it."""
     return next((d for d in gpu.get("devices") or [] if d.get("index") == index), None)
+
+
+def assigned_gpu(name: str, gpu: dict[str, Any]) -> int:
+    """The NVML index of a GPU a scheduler assigned by the name CUDA_VISIBLE_DEVICES gives it
+    (Ray's `get_gpu_ids()`): a UUID, or an index as the node lists its GPUs. Everything of the
+    run (its sharing.gpu, hence its location, GPU monitor and MPS daemon) then names this one
+    GPU. Without NVML an index is taken as given. One line if NVML does not list it."""
+    devices = gpu.get("devices") or []
+    by_uuid = next((d for d in devices if d.get("uuid") == name), None)
+    if by_uuid is not None:
+        return int(by_uuid["index"])
+    try:
+        index = int(name)
+    except ValueError:
+        raise RunFailure(f"the GPU assigned here, {name!r}, is neither an index nor a UUID NVML lists") from None
+    if devices and gpu_device(gpu, index) is None:
+        raise RunFailure(f"the GPU assigned here, {name!r}, is not among the {len(devices)} GPU(s) NVML lists")
+    return index
 
 
 def location_of(gpu: dict[str, Any], node: str, gpu_index: int) -> Location:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -139,6 +141,36 @@ def holding(host: str, port: int) -> Leftover | None:
                  and (left.host == host or host in WILDCARD_HOSTS or left.host in WILDCARD_HOSTS)), None)
 
 
+RAY_FOLDER_PREFIX = "gpushare-ray-"
+RAY_OWNER = "owner.json"
+
+
+def mark_ray_folder(folder: Path) -> None:
+    """Note in a Ray actor's private folder which process owns it, so that a folder whose
+    actor was killed (it can run no clean-up) is told apart from one in use."""
+    write_json_atomic(folder / RAY_OWNER, {"pid": os.getpid(), "start_time": _start_time(os.getpid())})
+
+
+def ray_folders() -> list[Path]:
+    """Ray actors' private folders (run folders of cells not handed back, their logs) on this
+    node whose actor is gone; a folder without an owner note is an earlier version's."""
+    found = []
+    for folder in sorted(Path(tempfile.gettempdir()).glob(f"{RAY_FOLDER_PREFIX}*")):
+        if not folder.is_dir() or folder.name.startswith(f"{RAY_FOLDER_PREFIX}local-"):
+            continue  # a --ray local session folder: its driver removes it
+        try:
+            owner = json.loads((folder / RAY_OWNER).read_text())
+        except FileNotFoundError:
+            owner = None
+        except (OSError, ValueError):
+            continue
+        if owner is not None and owner.get("start_time") is not None \
+                and _start_time(int(owner["pid"])) == owner["start_time"]:
+            continue  # its actor runs
+        found.append(folder)
+    return found
+
+
 def _wait_gone(pgid: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while servers.group_members(pgid) and time.monotonic() < deadline:
@@ -165,3 +197,14 @@ def clean(leftovers: list[Leftover], grace_s: float) -> list[Leftover]:
             path.unlink(missing_ok=True)
             stopped.append(now)
     return stopped
+
+
+def clean_ray_folders(folders: list[Path]) -> list[Path]:
+    """Remove the Ray folders that are still left over when their turn comes; returns those removed."""
+    removed = []
+    for folder in folders:
+        if folder in ray_folders():
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                removed.append(folder)
+    return removed

@@ -1,7 +1,7 @@
 """CUDA MPS control for one run: a private daemon per GPU, started before the servers, quit after them.
 
-The daemon is started with CUDA_VISIBLE_DEVICES naming the run's GPU only, so it serves that
-GPU and no other: scenarios on other GPUs of the machine run their own daemons beside it. Its
+The daemon is started with CUDA_VISIBLE_DEVICES naming the run's GPU only (by its UUID where
+NVML gives one, so that CUDA's device order cannot name another), so it serves that GPU and no other: scenarios on other GPUs of the machine run their own daemons beside it. Its
 clients (the servers) count devices among those the daemon sees, so they name device 0. The
 daemon runs in the foreground as our own child (`nvidia-cuda-mps-control -f`), so its
 PID is known and it can be checked gone. Its pipe directory is private (mode 0700) and its
@@ -103,6 +103,7 @@ class MpsDaemon:
                  say: Callable[[str], None] = print, gpu_uuid: str | None = None):
         self.run_dir = run_dir
         self.gpu = gpu
+        self.gpu_uuid = gpu_uuid
         self.gpu_ids = gpu_names(gpu, gpu_uuid)
         self.existing = existing_pipe_directory
         self.say = say
@@ -126,7 +127,7 @@ class MpsDaemon:
         os.chmod(self.pipe_directory, 0o700)
         self.log_directory.mkdir(mode=0o700, exist_ok=True)
         env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(self.pipe_directory),
-               "CUDA_MPS_LOG_DIRECTORY": str(self.log_directory), "CUDA_VISIBLE_DEVICES": str(self.gpu)}
+               "CUDA_MPS_LOG_DIRECTORY": str(self.log_directory), "CUDA_VISIBLE_DEVICES": self.gpu_uuid or str(self.gpu)}
         with open(self.log_directory / "daemon-stdout.log", "ab") as out:
             try:
                 self.process = subprocess.Popen([CONTROL, "-f"], stdin=subprocess.DEVNULL, stdout=out,
