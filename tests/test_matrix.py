@@ -156,6 +156,26 @@ def test_every_cell_has_its_own_prompts(tmp_path):
 
 
 
+def test_a_cells_hash_ignores_where_it_ran_and_nothing_it_measures(tmp_path):
+    """The hash resume compares is the same for a cell an executor moved to another GPU, whose
+    servers got ports, or written under another --out (as a Ray actor or a --gpus worker runs it);
+    it differs for a change of what the cell measures."""
+    from gpushare.experiment.matrix import config_hash, load_scenarios, on_gpu, plan_matrix
+
+    cfg = scenario(tmp_path, "s", [fake("s", free_port())])
+    (plan,) = plan_matrix(load_scenarios([cfg], None), [1, 2], [], 1, tmp_path / "m", 4, None, None)
+    for gpu in (0, 1, 3):
+        moved = on_gpu(plan, gpu)
+        for cell, there in zip(plan.cells, moved.cells):
+            ported = there.config.model_copy(update={
+                "out": tmp_path / "elsewhere",
+                "servers": [s.model_copy(update={"port": free_port()}) for s in there.config.servers]})
+            assert config_hash(ported) == cell.config_hash
+    assert plan.cells[0].config_hash != plan.cells[1].config_hash  # concurrency 1 against 2
+    other = plan.cells[0].config.model_copy(update={"seed": plan.cells[0].config.seed + 1})
+    assert config_hash(other) != plan.cells[0].config_hash
+
+
 def test_a_cell_measured_under_other_settings_is_refused_unless_redone(tmp_path):
     """A rerun reuses a complete cell only when it was measured under the settings planned now;
     otherwise it refuses, changing nothing, or with --redo-changed measures it again and keeps

@@ -103,8 +103,13 @@ def config_hash(config: ScenarioConfig) -> str:
     invocations of the same cell: its folder (out), the GPU an executor put it on (sharing.gpu;
     the cell's location records it) and the servers' ports. Values left at their defaults are
     left out, so a setting this version adds, at its default, does not change the hash."""
-    doc = config.model_dump(mode="json", exclude_defaults=True,
-                            exclude={"out": True, "sharing": {"gpu"}, "servers": {"__all__": {"port"}}})
+    # Set to their defaults rather than excluded: a model left at its defaults dumps as absent,
+    # one that differs only in what is excluded would dump as {}.
+    unplaced = config.model_copy(update={
+        "out": type(config).model_fields["out"].default,
+        "sharing": config.sharing.model_copy(update={"gpu": type(config.sharing).model_fields["gpu"].default}),
+        "servers": [s.model_copy(update={"port": None}) for s in config.servers]})
+    doc = unplaced.model_dump(mode="json", exclude_defaults=True)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
