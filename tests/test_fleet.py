@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from gpushare.fleet.local_gpus import parse_gpus
 from gpushare.errors import ConfigError, RunFailure
-from gpushare.measure.results import assigned_gpu, read_run_config
+from gpushare.measure.results import assigned_gpu, read_run_config, read_verdict
 from helpers import SSE_SERVER, alive, cli, error_line, free_port, summary, wait_until, write_config
 
 WORKLOAD = {"kind": "synthetic", "input_tokens": 8, "output_tokens": 4}
@@ -223,13 +224,12 @@ def test_the_gpu_ray_assigns_is_resolved_to_the_one_nvml_lists():
             assigned_gpu(name, listed)
 
 
-def actor_pids(doing: bytes = b"") -> list[int]:
-    """This machine's Ray worker processes that hold a scenario: Ray titles them
-    ray::ScenarioActor, and ray::ScenarioActor.METHOD while a call runs (`doing`)."""
+def actor_pids() -> list[int]:
+    """This machine's Ray worker processes that hold a scenario (Ray titles them ray::ScenarioActor)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"ScenarioActor" + doing in (entry / "cmdline").read_bytes():
+            if entry.name.isdigit() and b"ScenarioActor" in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
         except OSError:
             continue
@@ -271,10 +271,20 @@ def test_a_lost_worker_fails_only_its_scenarios_unfinished_cells(tmp_path, ray_c
     configs = [external(tmp_path, "a", external_servers[0]), external(tmp_path, "b", external_servers[1])]
     args = ["matrix", "--configs", *map(str, configs), "--concurrency", "1", "2", "--duration", "4",
             "--ray", ray_cluster, "--out", str(tmp_path / "m")]
+    folders_before = set(Path(tempfile.gettempdir()).glob("gpushare-ray-*"))
     driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", *args], stderr=subprocess.PIPE, text=True)
     wait_until(lambda: len(actor_pids()) == 2, 60)
-    wait_until(lambda: actor_pids(b".run_cell"), 60)
-    os.kill(actor_pids(b".run_cell")[0], signal.SIGKILL)  # mid-cell, as a node going away does to its workers
+
+    def measuring() -> Path | None:
+        """An actor's folder whose cell under way has finished requests on record."""
+        for folder in set(Path(tempfile.gettempdir()).glob("gpushare-ray-*")) - folders_before:
+            if any(len(f.read_text().splitlines()) > 2 for f in folder.glob("*/*/requests.csv")):
+                return folder
+        return None
+
+    wait_until(measuring, 60)
+    owner = json.loads((measuring() / "owner.json").read_text())["pid"]
+    os.kill(owner, signal.SIGKILL)  # mid-cell, as a node going away does to its workers
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 1, stderr
     index = json.loads((tmp_path / "m" / "matrix.json").read_text())
@@ -287,10 +297,17 @@ def test_a_lost_worker_fails_only_its_scenarios_unfinished_cells(tmp_path, ray_c
     assert all("not begun" in c["error"] for c in later) and len(later) == (failed["cell"] == "c1_rep1")
     other = "b" if failed["scenario"] == "a" else "a"
     assert sorted(c["cell"] for c in by_status["complete"] if c["scenario"] == other) == ["c1_rep1", "c2_rep1"]
+    # The lost actor's folder on its node came back (the cell under way as it stood) and is gone there.
+    lost_cell = tmp_path / "m" / failed["scenario"] / failed["cell"]
+    assert (lost_cell / "summary.json").exists() and not read_verdict(lost_cell).complete
+    assert f"fetched from its lost worker's node into {tmp_path / 'm' / failed['scenario']}" in stderr
+    assert set(Path(tempfile.gettempdir()).glob("gpushare-ray-*")) <= folders_before
+    kept = (lost_cell / "requests.csv").read_bytes()
 
-    proc = cli(*args)  # resume redoes what the lost worker did not hand back
+    proc = cli(*args)  # resume redoes what the lost worker did not hand back, keeping what it fetched
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "m" / "matrix.json").read_text())["counts"]["complete"] == 2
+    assert (lost_cell.with_name(f"{failed['cell']}.attempt-1") / "requests.csv").read_bytes() == kept
 
 
 def test_ray_without_ray_installed_says_how_to_install_it(tmp_path):

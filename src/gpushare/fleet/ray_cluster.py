@@ -9,7 +9,9 @@ the driver's --out itself), which the driver unpacks into --out and records in m
 at once. So:
 
 - a node lost mid-scenario costs only the cells it had not handed back: the cell under way
-  is indexed as failed, the rest as not run, and a rerun (resume) redoes them;
+  is indexed as failed, the rest as not run, and a rerun (resume) redoes them; what the lost
+  actor kept in its node's folder (the cell under way as it stood, the server logs) is
+  fetched back into --out by a task on the same node, which then removes the folder;
 - actors die with the driver (Ray ends the actors a driver owns), and a dying actor's servers
   get SIGTERM (leftovers.end_with_parent), so a killed driver leaves nothing running;
 - a signal to the driver ends every actor, and the cells under way are indexed as not run.
@@ -24,6 +26,7 @@ import socket
 import tarfile
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,23 @@ def unpack(data: bytes, folder: Path) -> None:
         tar.extractall(folder, filter="data")
 
 
+def actor_folder(token: str) -> Path:
+    """The private folder of the actor the driver named `token`, on the node it runs on."""
+    return Path(tempfile.gettempdir()) / f"{leftovers.RAY_FOLDER_PREFIX}{token}"
+
+
+def fetch_actor_folder(token: str) -> bytes | None:
+    """Run on a lost actor's node (a Ray task in its placement group): the folder it left,
+    packed, and then removed; None where there is none (the actor closed it, or the task ran
+    on another node because that one is gone)."""
+    folder = actor_folder(token)
+    if not folder.is_dir():
+        return None
+    packed = pack(folder, skip={leftovers.RAY_OWNER})
+    shutil.rmtree(folder, ignore_errors=True)
+    return packed
+
+
 class ScenarioActor:
     """One scenario's session on the node Ray placed it on (made a Ray actor at run time, so
     that this module imports without Ray). Every call answers; none raises for a fault of
@@ -88,7 +108,7 @@ class ScenarioActor:
         events, self.events = self.events, []
         return {"events": events, "packed": packed}
 
-    def open(self, plan: ScenarioPlan, shared_root: str | None) -> dict[str, Any]:
+    def open(self, plan: ScenarioPlan, shared_root: str | None, token: str) -> dict[str, Any]:
         import ray
 
         where = f"a GPU of {socket.gethostname()}"
@@ -101,8 +121,9 @@ class ScenarioActor:
         plan = on_gpu(plan, gpu)
         self.cells = {cell.name: cell for cell in plan.cells}
         self.shared = shared_root is not None
-        self.root = Path(shared_root) if shared_root else Path(tempfile.mkdtemp(prefix=leftovers.RAY_FOLDER_PREFIX))
+        self.root = Path(shared_root) if shared_root else actor_folder(token)
         if not self.shared:
+            self.root.mkdir(mode=0o700)
             leftovers.mark_ray_folder(self.root)
         log = self.root / plan.config.scenario / "console.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +278,8 @@ class RayExecutor:
             for event in answer["events"]:
                 report(event)
 
-        actor, current = None, None
+        actor, current, token, lost = None, None, uuid.uuid4().hex[:16], False
+        handed: set[str] = set()
         try:
             while not book.stopped:
                 ready, _ = ray.wait([group.ready()], timeout=0.5)
@@ -271,7 +293,7 @@ class RayExecutor:
                     num_gpus=1, num_cpus=1, max_restarts=0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote()
                 self._actors.append(actor)
-            opened = ray.get(actor.open.remote(plan, str(book.out.resolve()) if self.shared_out else None))
+            opened = ray.get(actor.open.remote(plan, str(book.out.resolve()) if self.shared_out else None, token))
             publish(opened)
             if opened["error"]:
                 say(self.console, f"scenario {name} failed on {opened['where']}: {opened['error']}")
@@ -283,12 +305,14 @@ class RayExecutor:
                     break
                 current = cell
                 publish(ray.get(actor.run_cell.remote(cell)), cell.name)
+                handed.add(cell.name)
                 current = None
                 if position + 1 < len(todo):
                     ray.get(actor.drain.remote())
             publish(ray.get(actor.close.remote([c.name for c in todo])))
             report.rest("not_run", "the matrix was interrupted")
         except ray.exceptions.RayError as err:
+            lost = actor is not None and not self.shared_out
             if book.stopped:
                 report.rest("not_run", "the matrix was interrupted")
             else:  # the cell under way failed with its worker; the cells after it were never begun
@@ -298,4 +322,41 @@ class RayExecutor:
         finally:
             if actor is not None:
                 ray.kill(actor)
+            if lost:
+                self._fetch_back(ray, group, token, name, handed, book.out)
             remove_placement_group(group)
+
+    def _fetch_back(self, ray: Any, group: Any, token: str, scenario: str, handed: set[str], out: Path,
+                    timeout_s: float = 60.0) -> None:
+        """What a lost actor left in its node's folder, brought into out/SCENARIO by a task on
+        that node (its placement group's), which removes the folder: the cells it had not
+        handed back, as they stood (a rerun keeps them as earlier attempts), and the scenario's
+        logs. Cells already handed back are not brought twice."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        task = ray.remote(fetch_actor_folder).options(
+            num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(group))
+        try:
+            packed = ray.get(task.remote(token), timeout=timeout_s)
+        except ray.exceptions.RayError as err:
+            say(self.console, f"scenario {scenario}: its lost worker's folder ({actor_folder(token).name}) could not "
+                              f"be fetched ({type(err).__name__}); `gpushare doctor --clean` on its node removes it")
+            return
+        if packed is None:
+            return
+        staging = Path(tempfile.mkdtemp(prefix=".fetched-", dir=out))
+        try:
+            unpack(packed, staging)
+            brought = []
+            for entry in sorted((staging / scenario).iterdir()) if (staging / scenario).is_dir() else []:
+                target = out / scenario / entry.name
+                if entry.name in handed or target.exists():
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                entry.rename(target)
+                brought.append(entry.name)
+            if brought:
+                say(self.console, f"scenario {scenario}: fetched from its lost worker's node into "
+                                  f"{out / scenario}: {', '.join(brought)}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
