@@ -163,6 +163,12 @@ def test_a_scenario_without_tenants_keeps_its_summary_shape(tmp_path):
      "config: tenants.0.load: tenants that load together share one window bounded by time; give duration_s or steps"),
     (lambda d: d.update(active_tenants=["nobody"]),
      "config: active_tenants: no tenant is named 'nobody' (tenants: chat, batch)"),
+    (lambda d: d.update(active_tenants=[]),
+     "config: active_tenants: empty; name at least one tenant, or leave it out for all of them"),
+    (lambda d: d.update(active_tenants=["chat", "chat"]),
+     "config: active_tenants: a tenant is named twice (chat, chat)"),
+    (lambda d: d["tenants"][0].update(servers=["chat-s", "chat-s", "batch-s"]),
+     "config: tenants.0.servers: a server is named twice (chat-s, chat-s, batch-s)"),
 ])
 def test_bad_tenants_are_one_line_exit_2(tmp_path, capsys, change, expected):
     doc = two_tenants(tmp_path)

@@ -444,6 +444,8 @@ class ScenarioConfig(StrictModel):
         if len(set(known)) != len(known):
             raise ValueError(f"servers: two servers share a name ({', '.join(known)}); tenants name them")
         for i, tenant in enumerate(self.tenants):
+            if len(set(tenant.servers)) != len(tenant.servers):
+                raise ValueError(f"tenants.{i}.servers: a server is named twice ({', '.join(tenant.servers)})")
             for server in tenant.servers:
                 if server not in known:
                     raise ValueError(f"tenants.{i}.servers: no server is named '{server}' "
@@ -451,6 +453,11 @@ class ScenarioConfig(StrictModel):
             if (tenant.load or self.load).routing == "tenant":
                 raise ValueError(f"tenants.{i}.load.routing: tenants name their servers; routing: tenant is "
                                  "for a scenario without tenants")
+        if self.active_tenants is not None:
+            if not self.active_tenants:
+                raise ValueError("active_tenants: empty; name at least one tenant, or leave it out for all of them")
+            if len(set(self.active_tenants)) != len(self.active_tenants):
+                raise ValueError(f"active_tenants: a tenant is named twice ({', '.join(self.active_tenants)})")
         for name in self.active_tenants or []:
             if name not in names:
                 raise ValueError(f"active_tenants: no tenant is named '{name}' (tenants: {', '.join(names)})")

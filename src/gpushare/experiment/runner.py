@@ -580,7 +580,7 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
                 error, exit_code = f"{type(err).__name__}: {err}", 1
         # Leaving the stack stops what this run started (servers, monitor) and closes the log.
     records = group.records if group else []
-    complete, error = tenants_verdict(error, loads, records)
+    complete, error = tenants_verdict(error, [load.tenant for load in loads], records)
     if not complete and exit_code == 0:
         exit_code = 1
     fleet = scenario_servers.fleet if scenario_servers else None
@@ -603,14 +603,19 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
     return RunOutcome(run_dir, summary, exit_code)
 
 
-def tenants_verdict(error: str | None, loads: list[TenantLoad], records: list[RequestRecord]) -> tuple[bool, str | None]:
-    """The run's verdict: `run_verdict` for each tenant on its own requests."""
-    for load in loads:
-        name = load.tenant.name
-        mine = records if len(loads) == 1 else [r for r in records if r.tenant == name]
-        complete, reason = run_verdict(error, load.tenant.load.n_requests, mine)
+def tenants_verdict(error: str | None, tenants: list[Tenant], records: list[RequestRecord]) -> tuple[bool, str | None]:
+    """The run's verdict: `run_verdict` for each tenant on its own requests. It fails closed:
+    an error is the verdict whatever the tenants did, and a run without a tenant measured
+    nothing, so it is never complete."""
+    if error:
+        return False, error
+    if not tenants:
+        return False, "no tenant sent load"
+    for tenant in tenants:
+        mine = records if len(tenants) == 1 else [r for r in records if r.tenant == tenant.name]
+        complete, reason = run_verdict(None, tenant.load.n_requests, mine)
         if not complete:
-            return False, reason if name is None or reason == error else f"tenant {name}: {reason}"
+            return False, reason if tenant.name is None else f"tenant {tenant.name}: {reason}"
     return True, None
 
 
