@@ -7,6 +7,7 @@ so a bad flag value is reported the same way as a bad YAML value.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
@@ -516,13 +517,60 @@ def parse_config(raw: dict[str, Any], flags: dict[str, str] | None = None) -> Sc
         raise ConfigError(f"{where}: {text}") from None
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A scenario is a few kilobytes; anything far bigger is a wrong path, not a config."""
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    def __init__(self, key: Any, key_node: yaml.Node):
+        super().__init__(problem=f"key {key!r} is given twice", problem_mark=key_node.start_mark)
+        self.key = key
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: the
+    safe loader keeps the last value, silently. Keys a merge (<<) brings in may still be
+    overridden; that is what a merge is for."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, key_node)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the safe loader's own error says so
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as the project reads every config: safely, and refusing keys given twice."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        found = Path(path).stat()
+        if not stat.S_ISREG(found.st_mode):
+            raise ConfigError(f"--config: {path} is not a regular file")
+        if found.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"--config: {path} is {found.st_size} bytes; a config is at most "
+                              f"{MAX_CONFIG_BYTES} bytes")
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as err:
         raise ConfigError(f"--config: cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config: {path} is not UTF-8 text (near byte {err.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except DuplicateKeyError as err:
+        assert err.problem_mark is not None
+        raise ConfigError(f"--config: {path}: key {err.key!r} is given twice in one mapping "
+                          f"(again at line {err.problem_mark.line + 1})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
