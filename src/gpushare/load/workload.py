@@ -212,6 +212,7 @@ class RequestSource:
             assert tokenizer is not None
             template = chat_template_tokens(tokenizer) if api.endpoint == "chat" else 0
             self._sharegpt = ShareGPTSampler(workload, batch_codec(tokenizer)[1], rng, template)
+        self._build(1)  # a workload that yields no request is an error now, before any run folder exists
 
     def _rows_for(self, first: int, count: int) -> list[tuple[str, int, str | None, int | None]]:
         """(text, max_tokens, tenant, input tokens) of requests first .. first + count - 1."""
