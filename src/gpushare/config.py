@@ -29,6 +29,10 @@ from pydantic import (
 from .errors import ConfigError
 
 EMBEDDED_MODEL = "smollm2"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+MAX_NAME = 64
+"""Scenario and tenant names name folders (a matrix's scenario folder, an interference run's
+solo-<tenant> phase): bounded, so that every folder name fits the file system."""
 
 
 class StrictModel(BaseModel):
@@ -350,7 +354,7 @@ class TenantConfig(StrictModel):
     """One workload that shares the GPU with the others: its own requests, load, SLO and seed,
     sent to the servers it names. What it does not give, it takes from the scenario."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     servers: list[str] = Field(min_length=1)
     """Server names; several tenants may name the same server (one engine serving them all)."""
     workload: Workload | None = None
@@ -384,7 +388,7 @@ def tenant_seed(seed: int, name: str) -> int:
 
 
 class ScenarioConfig(StrictModel):
-    scenario: str = Field(default="run", pattern=r"^[A-Za-z0-9_.-]+$")
+    scenario: str = Field(default="run", pattern=NAME_PATTERN, max_length=MAX_NAME)
     model: str = EMBEDDED_MODEL
     """The embedded model's name, a local model folder, or a hub id you have cached."""
     served_model_name: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import json
 import socket
 import time
@@ -52,10 +53,26 @@ class RunOutcome:
     exit_code: int
 
 
+MAX_RUN_LABEL = 100
+"""Characters of a run folder's name after its time stamp: far below the file systems' 255
+bytes, so that a time stamp and an attempt suffix always fit."""
+
+
+def run_label(config: ScenarioConfig) -> str:
+    """The scenario and each tenant's load (chat-r4+batch-c2). One longer than MAX_RUN_LABEL
+    (forty tenants) is cut and ends in a hash of the whole, so that names stay distinct; the
+    run's config.yaml and summary keep every tenant."""
+    loads = [f"{t.name}-{load_label(t.load)}" if t.name else load_label(t.load) for t in config.resolved_tenants()]
+    label = f"{config.scenario}_{'+'.join(loads)}"
+    if len(label) <= MAX_RUN_LABEL:
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:10]
+    return f"{label[:MAX_RUN_LABEL - len(digest) - 1]}-{digest}"
+
+
 def make_run_dir(root: Path, config: ScenarioConfig) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    loads = [f"{t.name}-{load_label(t.load)}" if t.name else load_label(t.load) for t in config.resolved_tenants()]
-    base = f"{stamp}_{config.scenario}_{'+'.join(loads)}"
+    base = f"{stamp}_{run_label(config)}"
     for attempt in range(100):
         path = root / (base if attempt == 0 else f"{base}-{attempt}")
         try:
