@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,11 +45,16 @@ def fake_server_config(tmp_path, port, *extra, n_requests=6, **sections):
         ("- just a list\n", "--config: {path} must hold a mapping of keys, not list"),
         ("load:\n  duration_s: .inf\n", "config: load.duration_s: Input should be a finite number (got inf)"),
         ("slo:\n  ttft: .nan\n", "config: slo.ttft: Input should be a finite number (got nan)"),
+        ("load:\n  concurrency: 2\n  concurrency: 3\n",
+         "--config: {path}: key 'concurrency' is given twice in one mapping (again at line 3)"),
+        ("scenario: a\nload: {n_requests: 4}\nscenario: b\n",
+         "--config: {path}: key 'scenario' is given twice in one mapping (again at line 3)"),
+        ("scenario: caf\xe9\n", "--config: {path} is not UTF-8 text (near byte 13)"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, content, expected):
     path = tmp_path / "bad.yaml"
-    path.write_text(content)
+    path.write_bytes(content.encode("latin-1"))
     assert cli.main(["run", "--config", str(path), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {expected.format(path=path)}"
@@ -75,6 +81,24 @@ def test_bad_flags_are_one_line_exit_2(tmp_path, capsys, args, expected):
     assert cli.main(["run", "--config", str(path), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(expected)
+
+
+def test_a_config_that_is_not_a_small_regular_file_is_one_line_exit_2(tmp_path, capsys):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# padding\n" * 200_000)
+    for path, expected in ((huge, f"{huge} is 2000000 bytes; a config is at most 1048576 bytes"),
+                           (tmp_path, f"{tmp_path} is not a regular file"),
+                           (Path("/dev/zero"), "/dev/zero is not a regular file")):  # last: read, it fills memory
+        assert cli.main(["run", "--config", str(path), "--out", str(tmp_path / "runs")]) == 2
+        assert capsys.readouterr().err.strip() == f"error: --config: {expected}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_yaml_merge_keys_may_still_be_overridden():
+    from gpushare.config import load_yaml
+
+    assert load_yaml("base: &b {concurrency: 2, n_requests: 4}\nload:\n  <<: *b\n  concurrency: 3\n")["load"] == {
+        "concurrency": 3, "n_requests": 4}
 
 
 def test_missing_config_file_and_dataset_and_model(tmp_path, capsys):

@@ -4,11 +4,13 @@ matrix index carries earlier invocations forward as they were recorded."""
 
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from gpushare.environment import git_state
 from gpushare.experiment.matrix import kept_cell, previous_index, write_index
 from gpushare.measure.metric_catalog import CATALOGUE
 from gpushare.measure.results import (
@@ -107,3 +109,40 @@ def test_an_index_from_before_invocations_were_recorded_counts_its_wall_time(tmp
     assert written["wall_s"] >= 12.5
     (tmp_path / "matrix.json").write_text("[]")
     assert previous_index(tmp_path) == ({}, [], [])
+
+
+def test_env_json_says_whether_the_tree_differs_from_its_commit(tmp_path):
+    """A run from a dirty tree is not the commit it names: git_state says so, with a hash of
+    the difference; code outside a checkout, or untracked in one, names no commit."""
+    repo, package = tmp_path / "repo", tmp_path / "repo" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (repo / ".gitignore").write_text("venv/\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "one")
+    clean = git_state(package)
+    assert clean == {"checkout": True, "commit": git("rev-parse", "HEAD"), "dirty": False, "diff_sha256": None,
+                     "changed_files": [], "untracked_files": []}
+    (package / "__init__.py").write_text("x = 2\n")
+    edited = git_state(package)
+    assert edited["dirty"] and edited["changed_files"] == ["pkg/__init__.py"] and edited["diff_sha256"]
+    git("add", "-A")
+    assert git_state(package) == edited  # staged or not, the tree differs from HEAD the same way
+    (package / "extra.py").write_text("")
+    added = git_state(package)
+    assert added["untracked_files"] == ["pkg/extra.py"] and added["diff_sha256"] != edited["diff_sha256"]
+
+    installed = repo / "venv" / "pkg"  # ignored by the repository around it
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    for where in (installed, tmp_path / "nowhere"):
+        where.mkdir(exist_ok=True)
+        state = git_state(where)
+        assert state["checkout"] is False and state["commit"] is None and state["dirty"] is None
+        assert state["reason"].startswith(f"{where} is not a tracked folder of a git checkout")

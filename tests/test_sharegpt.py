@@ -3,6 +3,7 @@ filters, request bodies, one-line errors, and the real file of the sharegpt-data
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -16,7 +17,7 @@ from gpushare.load.sharegpt import (
     ShareGPTSampler, context_length, dataset_path, output_length, packaged_path, read_sharegpt, with_max_model_len,
 )
 from gpushare.load.workload import RequestSource, chat_template_tokens, load_tokenizer, random_streams
-from helpers import error_line, free_port, write_config
+from helpers import SSE_SERVER, error_line, free_port, write_config
 
 PACKAGED_SHA256 = "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772"
 
@@ -143,6 +144,24 @@ def test_a_bad_file_stops_gpushare_run_with_one_line(tmp_path, capsys, content, 
                           workload={"kind": "sharegpt", "path": str(data)})
     assert cli.main(["run", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
     assert error_line(capsys.readouterr().err) == f"error: workload.path: {data} {expected}"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("records, keys, expected", [
+    (RECORDS, {"output_tokens": 10**12},
+     r"workload.output_tokens: no conversation fits: a prompt of 4 tokens and 1000000000000 output tokens "
+     r"exceed max_model_len \d+"),
+    ([conversation(("human", "hi"), ("gpt", words(9)))] * 3, {},
+     r"workload: no conversation of .*data.json passes the filters \(prompt and reply >= 4 tokens, .*\)"),
+])
+def test_sampling_that_can_keep_nothing_stops_the_run_before_its_folder(tmp_path, capsys, records, keys, expected):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    server = {"command": SSE_SERVER, "port": free_port(), "ready_timeout_s": 30}
+    config = write_config(tmp_path / "scenario.yaml", servers=[server],
+                          workload={"kind": "sharegpt", "path": str(data), **keys}, load={"n_requests": 2})
+    assert cli.main(["run", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
+    assert re.fullmatch(f"error: {expected}", error_line(capsys.readouterr().err))
     assert not (tmp_path / "runs").exists()
 
 

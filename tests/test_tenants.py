@@ -117,6 +117,18 @@ def test_one_server_named_by_both_tenants(tmp_path):
     assert tokens.loc[ok.index].tolist() == ok.tolist()
 
 
+def test_forty_tenants_get_a_bounded_folder_name_and_every_one_is_in_the_summary(tmp_path):
+    names = [f"tenant-number-{i:02d}" for i in range(40)]
+    doc = two_tenants(tmp_path, servers=[server("shared")], sharing={"mode": "baseline"})
+    doc["tenants"] = [{"name": name, "servers": ["shared"], "load": {"concurrency": 1, "duration_s": 0.5,
+                                                                     "warmup_requests": 0}} for name in names]
+    assert run(tmp_path, doc) == 0
+    folder = run_folder(tmp_path / "runs")
+    label = folder.name.split("_", 1)[1]
+    assert len(label) == 100 and label.startswith("pair_tenant-number-00-c1+tenant-number-01-c1+")
+    assert sorted(summary(folder)["tenants"]) == names
+
+
 def test_requests_after_the_first_tenant_stops_are_kept_and_flagged(tmp_path):
     doc = two_tenants(tmp_path)
     doc["tenants"][0]["load"]["duration_s"] = 1.2  # chat stops halfway through batch's schedule
@@ -163,6 +175,16 @@ def test_a_scenario_without_tenants_keeps_its_summary_shape(tmp_path):
      "config: tenants.0.load: tenants that load together share one window bounded by time; give duration_s or steps"),
     (lambda d: d.update(active_tenants=["nobody"]),
      "config: active_tenants: no tenant is named 'nobody' (tenants: chat, batch)"),
+    (lambda d: d["tenants"][0].update(name="t" * 65),
+     f"config: tenants.0.name: String should have at most 64 characters (got '{'t' * 65}')"),
+    (lambda d: d.update(scenario="s" * 65),
+     f"config: scenario: String should have at most 64 characters (got '{'s' * 65}')"),
+    (lambda d: d.update(active_tenants=[]),
+     "config: active_tenants: empty; name at least one tenant, or leave it out for all of them"),
+    (lambda d: d.update(active_tenants=["chat", "chat"]),
+     "config: active_tenants: a tenant is named twice (chat, chat)"),
+    (lambda d: d["tenants"][0].update(servers=["chat-s", "chat-s", "batch-s"]),
+     "config: tenants.0.servers: a server is named twice (chat-s, chat-s, batch-s)"),
 ])
 def test_bad_tenants_are_one_line_exit_2(tmp_path, capsys, change, expected):
     doc = two_tenants(tmp_path)

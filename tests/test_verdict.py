@@ -12,7 +12,8 @@ from gpushare import cli
 from gpushare.interrupts import Interrupted, Interrupts
 from gpushare.load.records import RequestRecord
 from gpushare.measure.results import read_verdict, verdict_of, write_unfinished
-from gpushare.experiment.runner import run_verdict
+from gpushare.config import ApiConfig, LoadConfig, SyntheticWorkload, Tenant
+from gpushare.experiment.runner import run_verdict, tenants_verdict
 from helpers import FAULT_SERVER, cli as run_cli, free_port, run_folder, summary, write_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,6 +41,24 @@ def test_failed_requests_are_counted_not_a_reason_to_be_incomplete():
     assert run_verdict(None, 3, records(["ok", "http_error", "timeout"])) == (True, None)
     assert run_verdict(None, 3, records(["ok", "ok"])) == (False, "only 2 of 3 planned requests ran")
     assert run_verdict(None, 2, records(["http_error", "http_error"], warmup=1)) == (False, "no request completed")
+
+
+def tenant(name: str | None, n_requests: int | None = None) -> Tenant:
+    load = LoadConfig(n_requests=n_requests) if n_requests else LoadConfig(duration_s=1.0)
+    return Tenant(name, (0,), SyntheticWorkload(), load, ApiConfig(), {}, 0)
+
+
+def test_the_tenants_verdict_fails_closed():
+    """No tenant measured is never complete, and an error is the verdict whatever the tenants did."""
+    done = records(["ok", "ok"])
+    assert tenants_verdict(None, [], done) == (False, "no tenant sent load")
+    assert tenants_verdict("server s was not ready", [], []) == (False, "server s was not ready")
+    assert tenants_verdict("server s died", [tenant(None, 2)], done) == (False, "server s died")
+    assert tenants_verdict(None, [tenant(None, 2)], done) == (True, None)
+    for rec, name in zip(done, ["a", "b"]):
+        rec.tenant = name
+    assert tenants_verdict(None, [tenant("a"), tenant("b")], done) == (True, None)
+    assert tenants_verdict(None, [tenant("a"), tenant("c")], done) == (False, "tenant c: no request completed")
 
 
 def test_a_summary_that_says_complete_with_an_error_is_not_complete(tmp_path):

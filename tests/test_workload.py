@@ -103,6 +103,16 @@ def test_dataset_rows_sharegpt_and_prompt_rows(tmp_path, tokenizer):
 
 
 
+@pytest.mark.parametrize("given", ["true", "false", '"7"', "0", "1.5"])
+def test_a_rows_max_tokens_is_a_whole_number_not_a_bool(tmp_path, given):
+    path = tmp_path / "data.jsonl"
+    path.write_text(f'{{"prompt": "a", "max_tokens": 3}}\n{{"prompt": "b", "max_tokens": {given}}}\n')
+    with pytest.raises(ConfigError) as err:
+        RequestSource(DatasetWorkload(kind="dataset", path=path, output_tokens=3), ApiConfig(), None,
+                      np.random.default_rng(0))
+    assert str(err.value) == f"workload.path: {path} row 2: max_tokens must be a whole number >= 1 (got {given})"
+
+
 @pytest.mark.parametrize("content, expected", [
     (b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', "line 2 is not UTF-8 text (byte b'\\xe9' at offset 31)"),
     (b"", "is empty"),

@@ -7,6 +7,7 @@ so a bad flag value is reported the same way as a bad YAML value.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
@@ -28,6 +29,10 @@ from pydantic import (
 from .errors import ConfigError
 
 EMBEDDED_MODEL = "smollm2"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+MAX_NAME = 64
+"""Scenario and tenant names name folders (a matrix's scenario folder, an interference run's
+solo-<tenant> phase): bounded, so that every folder name fits the file system."""
 
 
 class StrictModel(BaseModel):
@@ -349,7 +354,7 @@ class TenantConfig(StrictModel):
     """One workload that shares the GPU with the others: its own requests, load, SLO and seed,
     sent to the servers it names. What it does not give, it takes from the scenario."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     servers: list[str] = Field(min_length=1)
     """Server names; several tenants may name the same server (one engine serving them all)."""
     workload: Workload | None = None
@@ -383,7 +388,7 @@ def tenant_seed(seed: int, name: str) -> int:
 
 
 class ScenarioConfig(StrictModel):
-    scenario: str = Field(default="run", pattern=r"^[A-Za-z0-9_.-]+$")
+    scenario: str = Field(default="run", pattern=NAME_PATTERN, max_length=MAX_NAME)
     model: str = EMBEDDED_MODEL
     """The embedded model's name, a local model folder, or a hub id you have cached."""
     served_model_name: str | None = None
@@ -444,6 +449,8 @@ class ScenarioConfig(StrictModel):
         if len(set(known)) != len(known):
             raise ValueError(f"servers: two servers share a name ({', '.join(known)}); tenants name them")
         for i, tenant in enumerate(self.tenants):
+            if len(set(tenant.servers)) != len(tenant.servers):
+                raise ValueError(f"tenants.{i}.servers: a server is named twice ({', '.join(tenant.servers)})")
             for server in tenant.servers:
                 if server not in known:
                     raise ValueError(f"tenants.{i}.servers: no server is named '{server}' "
@@ -451,6 +458,11 @@ class ScenarioConfig(StrictModel):
             if (tenant.load or self.load).routing == "tenant":
                 raise ValueError(f"tenants.{i}.load.routing: tenants name their servers; routing: tenant is "
                                  "for a scenario without tenants")
+        if self.active_tenants is not None:
+            if not self.active_tenants:
+                raise ValueError("active_tenants: empty; name at least one tenant, or leave it out for all of them")
+            if len(set(self.active_tenants)) != len(self.active_tenants):
+                raise ValueError(f"active_tenants: a tenant is named twice ({', '.join(self.active_tenants)})")
         for name in self.active_tenants or []:
             if name not in names:
                 raise ValueError(f"active_tenants: no tenant is named '{name}' (tenants: {', '.join(names)})")
@@ -509,13 +521,60 @@ def parse_config(raw: dict[str, Any], flags: dict[str, str] | None = None) -> Sc
         raise ConfigError(f"{where}: {text}") from None
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A scenario is a few kilobytes; anything far bigger is a wrong path, not a config."""
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    def __init__(self, key: Any, key_node: yaml.Node):
+        super().__init__(problem=f"key {key!r} is given twice", problem_mark=key_node.start_mark)
+        self.key = key
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: the
+    safe loader keeps the last value, silently. Keys a merge (<<) brings in may still be
+    overridden; that is what a merge is for."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, key_node)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the safe loader's own error says so
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as the project reads every config: safely, and refusing keys given twice."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        found = Path(path).stat()
+        if not stat.S_ISREG(found.st_mode):
+            raise ConfigError(f"--config: {path} is not a regular file")
+        if found.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"--config: {path} is {found.st_size} bytes; a config is at most "
+                              f"{MAX_CONFIG_BYTES} bytes")
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as err:
         raise ConfigError(f"--config: cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config: {path} is not UTF-8 text (near byte {err.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except DuplicateKeyError as err:
+        assert err.problem_mark is not None
+        raise ConfigError(f"--config: {path}: key {err.key!r} is given twice in one mapping "
+                          f"(again at line {err.problem_mark.line + 1})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shutil
@@ -92,7 +93,7 @@ def collect() -> dict[str, Any]:
         "mps": mps(),
         "command": sys.argv,
         "cwd": os.getcwd(),
-        "git_commit": _git_commit(),
+        "git": git_state(),
     }
 
 
@@ -104,10 +105,40 @@ def _memory_gib() -> float | None:
         return None
 
 
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _git(where: Path, *args: str) -> subprocess.CompletedProcess[bytes] | None:
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+
+
+def git_state(package_dir: Path = PACKAGE_DIR) -> dict[str, Any]:
+    """The commit the running code is, and whether the tree it runs from differs from it: a
+    run from a dirty tree cannot be repeated from the commit alone. `diff_sha256` covers
+    `git diff HEAD` (staged and unstaged changes) and the names of untracked files. Code that
+    is not a tracked file of a git checkout (an installed package, or one inside someone
+    else's repository) says so instead of naming a commit that may not be its own."""
+    tracked = _git(package_dir, "ls-files", "--error-unmatch", "--", "__init__.py")
+    if tracked is None or tracked.returncode != 0:
+        why = (tracked.stderr.decode(errors="replace").strip().splitlines() or [""])[0] if tracked else "no git"
+        return {"checkout": False, "commit": None, "dirty": None,
+                "reason": f"{package_dir} is not a tracked folder of a git checkout ({why})"}
+    top = _git(package_dir, "rev-parse", "--show-toplevel")
+    head = _git(package_dir, "rev-parse", "HEAD")
+    root = Path(top.stdout.decode().strip()) if top and top.returncode == 0 else package_dir
+    diff = _git(root, "diff", "HEAD", "--no-ext-diff", "--no-color", "--binary")
+    changed = _git(root, "diff", "HEAD", "--name-only", "-z")
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z")
+    if not (head and diff and changed and untracked) or any(
+            p.returncode != 0 for p in (head, diff, changed, untracked)):
+        return {"checkout": True, "commit": None, "dirty": None, "reason": "git could not read the tree"}
+    new_files = sorted(untracked.stdout.decode(errors="replace").split("\0")[:-1])
+    dirty = bool(diff.stdout or new_files)
+    digest = hashlib.sha256(diff.stdout + "\0".join(new_files).encode()).hexdigest()
+    return {"checkout": True, "commit": head.stdout.decode().strip(), "dirty": dirty,
+            "diff_sha256": digest if dirty else None,
+            "changed_files": sorted(changed.stdout.decode(errors="replace").split("\0")[:-1]),
+            "untracked_files": new_files}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import json
 import socket
 import time
@@ -52,10 +53,26 @@ class RunOutcome:
     exit_code: int
 
 
+MAX_RUN_LABEL = 100
+"""Characters of a run folder's name after its time stamp: far below the file systems' 255
+bytes, so that a time stamp and an attempt suffix always fit."""
+
+
+def run_label(config: ScenarioConfig) -> str:
+    """The scenario and each tenant's load (chat-r4+batch-c2). One longer than MAX_RUN_LABEL
+    (forty tenants) is cut and ends in a hash of the whole, so that names stay distinct; the
+    run's config.yaml and summary keep every tenant."""
+    loads = [f"{t.name}-{load_label(t.load)}" if t.name else load_label(t.load) for t in config.resolved_tenants()]
+    label = f"{config.scenario}_{'+'.join(loads)}"
+    if len(label) <= MAX_RUN_LABEL:
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:10]
+    return f"{label[:MAX_RUN_LABEL - len(digest) - 1]}-{digest}"
+
+
 def make_run_dir(root: Path, config: ScenarioConfig) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    loads = [f"{t.name}-{load_label(t.load)}" if t.name else load_label(t.load) for t in config.resolved_tenants()]
-    base = f"{stamp}_{config.scenario}_{'+'.join(loads)}"
+    base = f"{stamp}_{run_label(config)}"
     for attempt in range(100):
         path = root / (base if attempt == 0 else f"{base}-{attempt}")
         try:
@@ -580,7 +597,7 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
                 error, exit_code = f"{type(err).__name__}: {err}", 1
         # Leaving the stack stops what this run started (servers, monitor) and closes the log.
     records = group.records if group else []
-    complete, error = tenants_verdict(error, loads, records)
+    complete, error = tenants_verdict(error, [load.tenant for load in loads], records)
     if not complete and exit_code == 0:
         exit_code = 1
     fleet = scenario_servers.fleet if scenario_servers else None
@@ -603,14 +620,19 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
     return RunOutcome(run_dir, summary, exit_code)
 
 
-def tenants_verdict(error: str | None, loads: list[TenantLoad], records: list[RequestRecord]) -> tuple[bool, str | None]:
-    """The run's verdict: `run_verdict` for each tenant on its own requests."""
-    for load in loads:
-        name = load.tenant.name
-        mine = records if len(loads) == 1 else [r for r in records if r.tenant == name]
-        complete, reason = run_verdict(error, load.tenant.load.n_requests, mine)
+def tenants_verdict(error: str | None, tenants: list[Tenant], records: list[RequestRecord]) -> tuple[bool, str | None]:
+    """The run's verdict: `run_verdict` for each tenant on its own requests. It fails closed:
+    an error is the verdict whatever the tenants did, and a run without a tenant measured
+    nothing, so it is never complete."""
+    if error:
+        return False, error
+    if not tenants:
+        return False, "no tenant sent load"
+    for tenant in tenants:
+        mine = records if len(tenants) == 1 else [r for r in records if r.tenant == tenant.name]
+        complete, reason = run_verdict(None, tenant.load.n_requests, mine)
         if not complete:
-            return False, reason if name is None or reason == error else f"tenant {name}: {reason}"
+            return False, reason if tenant.name is None else f"tenant {tenant.name}: {reason}"
     return True, None
 
 

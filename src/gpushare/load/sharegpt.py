@@ -269,6 +269,21 @@ class ShareGPTSampler:
         self._kept_before_order = 0
         self._ready: deque[tuple[str, int, int]] = deque()
         self.examined = self.kept = 0
+        self._check_room()
+
+    def _check_room(self) -> None:
+        """Refuse at once limits that no conversation can pass (its shortest prompt and output
+        over the context), which sampling would find only after tokenizing the whole file."""
+        workload, room = self._workload, self.max_model_len - self.template_tokens
+        shortest_out = workload.output_tokens or MIN_TOKENS
+        if workload.max_output_tokens is not None:
+            shortest_out = min(shortest_out, workload.max_output_tokens)
+        if MIN_TOKENS + shortest_out <= room:
+            return
+        key = "workload.output_tokens" if workload.output_tokens == shortest_out else "workload.max_model_len"
+        template = f", {self.template_tokens} of the chat template" if self.template_tokens else ""
+        raise ConfigError(f"{key}: no conversation fits: a prompt of {MIN_TOKENS} tokens{template} and "
+                          f"{shortest_out} output tokens exceed max_model_len {self.max_model_len}")
 
     def _candidates(self, n: int) -> list[int]:
         if self._next == len(self._order):

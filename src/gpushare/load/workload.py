@@ -149,6 +149,10 @@ def dataset_rows(
         if "prompt" in row:
             prompt, reply = str(row["prompt"]), None
             max_tokens = row.get("max_tokens")
+            if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                           or max_tokens < 1):  # JSON's true is a Python int
+                raise ConfigError(f"workload.path: {workload.path} row {number}: max_tokens must be a whole number >= 1 "
+                                  f"(got {json.dumps(max_tokens)[:40]})")
         else:
             pair = sharegpt_pair(row)
             if pair is None:
@@ -208,6 +212,7 @@ class RequestSource:
             assert tokenizer is not None
             template = chat_template_tokens(tokenizer) if api.endpoint == "chat" else 0
             self._sharegpt = ShareGPTSampler(workload, batch_codec(tokenizer)[1], rng, template)
+        self._build(1)  # a workload that yields no request is an error now, before any run folder exists
 
     def _rows_for(self, first: int, count: int) -> list[tuple[str, int, str | None, int | None]]:
         """(text, max_tokens, tenant, input tokens) of requests first .. first + count - 1."""

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..config import ConfigError, LoadConfig, ScenarioConfig, parse_config
+from ..config import ConfigError, LoadConfig, ScenarioConfig, load_yaml, parse_config
 from ..errors import RunFailure
 from .metric_catalog import CATALOGUE, Where
 
@@ -440,7 +440,7 @@ def read_run_config(folder: Path) -> ScenarioConfig | None:
     """The configuration a run ran (its config.yaml), typed; None where it is missing or no
     longer reads under this version's schema."""
     try:
-        raw = yaml.safe_load((folder / "config.yaml").read_text())
+        raw = load_yaml((folder / "config.yaml").read_text())
         return parse_config(raw) if isinstance(raw, dict) else None
     except (OSError, ValueError, yaml.YAMLError, ConfigError):  # ValueError: not UTF-8
         return None
