@@ -43,7 +43,9 @@ def test_every_committed_summary_reads_as_a_summary(path):
     summary = read_run(path.parent)
     assert summary.verdict.complete
     assert summary.model_dump(exclude_unset=True, mode="json") == doc  # every key, nothing invented
-    assert summary.p99_ttft_ms == doc["p99_ttft_ms"] and summary.gpu.energy_j == doc["gpu"]["energy_j"]
+    assert summary.p99_ttft_ms == doc["p99_ttft_ms"]
+    # A cell whose samples were another GPU's has none (results/h200/fleet/ray/h200-mps/README.md).
+    assert (summary.gpu.energy_j if summary.gpu else None) == (doc["gpu"] or {}).get("energy_j")
     for name, block in (summary.tenants or {}).items():
         assert block.p99_ttft_ms == doc["tenants"][name]["p99_ttft_ms"]
 
