@@ -364,6 +364,7 @@ async def send_request(
                 rec.end = clock()
                 outcome = acc.finish()
                 rec.chunk_times, rec.chunk_tokens = acc.times, acc.tokens
+                rec.streamed_tokens = sum(acc.tokens)
                 rec.first_token = acc.times[0] if acc.times else None
                 usage, text_of = outcome.usage, acc.text
                 if outcome.error:
