@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import threading
 import itertools
@@ -35,6 +36,9 @@ CONNECTION_ERROR = "connection_error"
 STREAM_ERROR = "stream_error"
 BAD_RESPONSE = "bad_response"
 ABORTED = "aborted"
+CLIENT_ERROR = "client_error"
+"""This process failed the request (it ran out of open files), not the server."""
+_OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 
 _TAIL_BYTES = 8192
 _READ_BUFFER = 4 * 1024 * 1024
@@ -392,8 +396,14 @@ async def send_request(
                 rec.output_tokens = count_tokens(text_of())
     except asyncio.TimeoutError:
         rec.status, rec.error = TIMEOUT, f"no complete answer within {api.timeout_s:g} s"
-    except aiohttp.ClientError as err:
-        rec.status, rec.error = CONNECTION_ERROR, f"{type(err).__name__}: {err}"[:300]
+    except (aiohttp.ClientError, OSError) as err:
+        if isinstance(err, OSError) and err.errno in _OUT_OF_FILES:  # aiohttp's connect errors are OSErrors
+            rec.status = CLIENT_ERROR
+        elif isinstance(err, aiohttp.ClientError):
+            rec.status = CONNECTION_ERROR
+        else:
+            raise
+        rec.error = f"{type(err).__name__}: {err}"[:300]
     finally:
         if rec.end is None:
             rec.end = clock()
@@ -574,6 +584,9 @@ class LoadGenerator:
         except asyncio.CancelledError:
             rec.status, rec.error = ABORTED, self._aborted or "cancelled"
             rec.end = rec.end or clock()
+        if rec.status == CLIENT_ERROR:  # what follows would measure this process, not the server
+            self.abort(f"the client ran out of open files ({rec.error}); raise its limit (ulimit -n) "
+                       "or lower the concurrency")
         if not warmup:
             started = self._window[0]
             rec.in_window = started <= scheduled <= self._common_end
