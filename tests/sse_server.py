@@ -115,7 +115,8 @@ class SseServer:
                     await asyncio.sleep(b.token_delay)
         tail = b""
         if b.usage and (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": reported, "total_tokens": prompt_tokens + reported}
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": reported,
+                     "total_tokens": prompt_tokens + reported}
             tail += sse({"id": "x", "object": "text_completion", "created": 1, "model": "test", "choices": [], "usage": usage})
         await resp.write(tail + sse("[DONE]"))
         await resp.write_eof()

@@ -9,7 +9,7 @@ import resource
 import sys
 from collections import Counter
 
-from helpers import SSE_SERVER, cli, error_line, free_port, summary, run_folder, write_config
+from helpers import SSE_SERVER, cli, error_line, free_port, run_folder, summary, write_config
 from sse_server import Behaviour, SseServer
 from test_loadgen import serving
 
@@ -73,7 +73,8 @@ endpoint = Endpoint("s", sys.argv[1], "test")
 load = LoadConfig(concurrency=32, n_requests=64, warmup_requests=0)
 specs = [RequestSpec(index=i, prompt="p", max_tokens=2) for i in range(64)]
 # Room for the event loop and a few sockets, not for 32.
-resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 10, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 10, hard))
 result = asyncio.run(LoadGenerator([endpoint], ApiConfig(), load, specs).run())
 print(json.dumps({"statuses": Counter(r.status for r in result.records),
                   "errors": sorted({r.error for r in result.records if r.status == "client_error"}),

@@ -145,10 +145,11 @@ def ensure_open_files(configs: Sequence[ScenarioConfig]) -> None:
         with suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
             return
+    limits = f"soft {soft}, hard {'unlimited' if ceiling == math.inf else hard}"
     raise ConfigError(
         f"load.concurrency: {concurrency} requests in flight need about {need} open files, above the open-file "
-        f"limit (RLIMIT_NOFILE: soft {soft}, hard {'unlimited' if ceiling == math.inf else hard}); raise the hard limit (ulimit -Hn {need} as root, or "
-        f"LimitNOFILE / limits.conf) or lower the concurrency")
+        f"limit (RLIMIT_NOFILE: {limits}); raise the hard limit (ulimit -Hn {need} as root, or LimitNOFILE / "
+        f"limits.conf) or lower the concurrency")
 
 
 def preflight(config: ScenarioConfig, say: Any, cells: Iterable[ScenarioConfig] = ()) -> Prepared:

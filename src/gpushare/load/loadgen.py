@@ -4,8 +4,9 @@ The scheduler (closed loop at a concurrency, or open loop at a request rate) is 
 from the backend (`send_request`, which speaks the OpenAI HTTP API). The stream is read in
 network blocks: each block is time-stamped once and its server-sent events are counted
 and checked with byte searches, and only the first events (to find the first token) and the
-last ones (the last token, usage, errors, [DONE]) are parsed as JSON. That keeps the client's own cost per
-request small, so that what it reports is the server's behaviour, not the client's.
+last ones (the last token, usage, errors, [DONE]) are parsed as JSON. That keeps the
+client's own cost per request small, so that what it reports is the server's behaviour, not
+the client's.
 """
 
 from __future__ import annotations
