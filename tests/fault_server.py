@@ -23,6 +23,7 @@ MODES = {
     "garbage_start": "streams a non-JSON event before the first token",
     "garbage_middle": "streams a non-JSON event between two tokens",
     "garbage_only": "streams non-JSON events and no token, then [DONE]",
+    "broken_last_token": "streams a last token event that opens as JSON but is broken inside",
     "no_tokens": "streams usage and [DONE] but no token",
     "non_json_body": "answers 200 with a body that is not JSON (an HTML page)",
     "list_body": "answers 200 with a JSON list",
@@ -32,6 +33,7 @@ MODES = {
     "slow_tokens": "streams valid tokens with a long gap (--token-gap) between them",
 }
 GARBAGE = b"data: this is not JSON\n\n"
+BROKEN = b'data: {"choices": [{"text": " tok"\n\n'
 BODIES = {
     "non_json_body": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
     "list_body": (b'[{"text": " tok"}]', "application/json"),
@@ -84,6 +86,7 @@ class FaultServer(SseServer):
             "garbage_start": [GARBAGE, *tokens],
             "garbage_middle": [*tokens[: n // 2], GARBAGE, *tokens[n // 2:]],
             "garbage_only": [GARBAGE, GARBAGE],
+            "broken_last_token": [*tokens[:-1], BROKEN],
             "no_tokens": [],
             "slow_tokens": tokens,
         }[self.mode]
@@ -94,7 +97,7 @@ class FaultServer(SseServer):
         if self.mode == "midstream_close":
             request.transport.close()
             return resp
-        sent = sum(event is not GARBAGE for event in events)
+        sent = sum(event not in (GARBAGE, BROKEN) for event in events)
         usage = {"prompt_tokens": 3, "completion_tokens": sent, "total_tokens": 3 + sent}
         await resp.write(sse({"id": "x", "object": "text_completion", "choices": [], "usage": usage}) + sse("[DONE]"))
         await resp.write_eof()

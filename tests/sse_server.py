@@ -35,6 +35,8 @@ class Behaviour:
     """Close the connection after this many tokens, without [DONE]."""
     empty_last_token: bool = False
     """The last token's event carries no text (vLLM does this for EOS)."""
+    reported_tokens: int | None = None
+    """Usage reports this many completion tokens, whatever was sent (None: as many as were sent)."""
 
 
 def _completion_event(text: str, finish: str | None = None) -> dict:
@@ -82,6 +84,7 @@ class SseServer:
             return web.json_response({"error": {"message": "test failure", "code": b.status}}, status=b.status)
         n = int(body["max_tokens"])
         prompt_tokens = len(str(body.get("prompt") or body.get("messages")).split())
+        reported = n if b.reported_tokens is None else b.reported_tokens
         if not body.get("stream"):
             await asyncio.sleep(b.first_token_delay + b.token_delay * max(0, n - 1))
             text = " tok" * n
@@ -89,7 +92,8 @@ class SseServer:
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
             payload = {"id": "x", "object": "chat.completion" if chat else "text_completion", "choices": [choice]}
             if b.usage:
-                payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+                payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": reported,
+                                    "total_tokens": prompt_tokens + reported}
             return web.json_response(payload)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -116,7 +120,8 @@ class SseServer:
                     await asyncio.sleep(b.token_delay)
         tail = b""
         if b.usage and (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": reported,
+                     "total_tokens": prompt_tokens + reported}
             tail += sse({"id": "x", "object": "text_completion", "created": 1, "model": "test", "choices": [], "usage": usage})
         await resp.write(tail + sse("[DONE]"))
         await resp.write_eof()

@@ -53,6 +53,12 @@ def test_a_malformed_event_anywhere_fails_the_stream(mode, endpoint):
     assert outcomes(records) == {("stream_error", "malformed event: b'data: this is not JSON'")}
 
 
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_a_broken_last_token_event_fails_the_stream(endpoint):
+    records = run_against(FaultServer("broken_last_token"), api=ApiConfig(endpoint=endpoint))
+    assert outcomes(records) == {("stream_error", "not JSON: b'{\"choices\": [{\"text\": \" tok\"'")}
+
+
 def test_a_stream_without_tokens_fails():
     records = run_against(FaultServer("no_tokens"))
     assert outcomes(records) == {("stream_error", "the stream carried no tokens")}

@@ -7,13 +7,16 @@ import math
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from aiohttp import web
 
 from gpushare.config import ApiConfig, LoadConfig
+from gpushare.events import RequestFinished
 from gpushare.load.loadgen import MAX_PREPARED, Endpoint, LoadGenerator, requests_for_duration
 from gpushare.measure.metrics import summarize
 from gpushare.load.records import RequestRecord, RequestSpec
+from gpushare.load.request_log import RequestLog
 from gpushare.load.workload import inter_arrival_gaps
 from helpers import free_port
 from sse_server import Behaviour, SseServer
@@ -114,6 +117,27 @@ def test_missing_usage_falls_back_to_the_token_counter():
     result = asyncio.run(go())
     assert all(r.ok and not r.usage_reported and r.output_tokens == 5 for r in result.records)
     assert summarize(result.records).usage_missing == 2
+
+
+def test_usage_that_disagrees_with_the_stream_is_kept_flagged_and_counted(tmp_path):
+    """A server that streams 10 token events and reports 5: both counts are recorded, in the
+    records and requests.csv, and the request is flagged and counted; one that agrees is not."""
+    load = LoadConfig(concurrency=2, n_requests=4, warmup_requests=0)
+    result, _ = run_load([Behaviour(reported_tokens=5), Behaviour()], load=load, max_tokens=10)
+    for r in result.records:
+        disagrees = r.endpoint == "s0"
+        assert r.ok and r.streamed_tokens == 10 and r.output_tokens == (5 if disagrees else 10)
+        assert r.usage_disagrees == disagrees
+    assert summarize(result.records).usage_disagrees == 2
+    with RequestLog(tmp_path) as log:
+        for r in result.records:
+            log(RequestFinished(r))
+    rows = pd.read_csv(tmp_path / "requests.csv")
+    assert rows["streamed_tokens"].eq(10).all()
+    assert (rows["usage_disagrees"] == rows["endpoint"].eq("s0").astype(int)).all()
+
+    plain, _ = run_load([Behaviour(reported_tokens=5)], api=ApiConfig(stream=False), load=load, max_tokens=10)
+    assert all(r.streamed_tokens is None and not r.usage_disagrees for r in plain.records)  # nothing to compare
 
 
 def test_round_robin_and_tenant_routing():

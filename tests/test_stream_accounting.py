@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushare.load.loadgen import StreamAccounting
+from gpushare.load.loadgen import _TAIL_BYTES, StreamAccounting
 from sse_server import _chat_event, _completion_event, sse
 
 
@@ -155,3 +155,52 @@ def test_a_stream_of_garbage_and_done_has_no_tokens():
     outcome = acc.finish()
     assert acc.tokens == [] and outcome.done
     assert outcome.error == "malformed event: b'data: this is not JSON'"
+
+
+BROKEN = b'data: {"choices": [{"text": " t\n\n'
+"""An event that opens as token events do (`data: {`) but is not JSON: the byte checks pass it."""
+
+
+@given(
+    n=st.integers(min_value=1, max_value=40),
+    chat=st.booleans(),
+    crlf=st.booleans(),
+    no_space=st.booleans(),
+    replace_last=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=10000), max_size=30),
+)
+@settings(max_examples=300)
+def test_a_broken_last_token_event_is_parsed_and_reported(n, chat, crlf, no_space, replace_last, cuts):
+    """The last token event is parsed, whether it replaces the last token or follows it: an
+    event that opens like JSON and is broken inside fails the stream, and is no token."""
+    last_token = n + chat - 1  # its position in the list of events
+    data = stream(n, chat, crlf=crlf, no_space=no_space, inserted={last_token + 1: BROKEN})
+    if replace_last:  # the broken event is the stream's only last token event
+        events = data.split(b"\r\n\r\n" if crlf else b"\n\n")
+        del events[last_token]
+        data = (b"\r\n\r\n" if crlf else b"\n\n").join(events)
+    acc = feed(data, cuts)
+    outcome = acc.finish()
+    assert outcome.error.startswith("not JSON: b'{\"choices\": [{\"text\": \" t'")
+    assert sum(acc.tokens) == n - replace_last
+
+
+@pytest.mark.parametrize("tail", [_TAIL_BYTES - 100, _TAIL_BYTES + 100, 3 * _TAIL_BYTES])
+def test_a_last_token_event_longer_than_the_tail_is_parsed_whole(tail):
+    """However long the last token event, it is parsed whole, broken or not."""
+    long_text = "x" * tail
+    good = stream(3, chat=False).replace(b'"text": " t2"', f'"text": "{long_text}"'.encode())
+    acc = feed(good, list(range(0, len(good), 1000)))
+    outcome = acc.finish()
+    assert outcome.error == "" and outcome.done and sum(acc.tokens) == 3
+    broken = good.replace(f'"text": "{long_text}"'.encode(), f'"text": "{long_text}'.encode())
+    outcome = feed(broken, list(range(0, len(broken), 1000))).finish()
+    assert outcome.error.startswith("not JSON: ")
+
+
+def test_between_the_first_and_last_token_an_event_that_opens_like_json_is_not_parsed():
+    """The check's one limit, kept for the client's cost: in the middle, such an event counts unread."""
+    data = stream(5, chat=False, inserted={2: BROKEN})
+    acc = feed(data, [])
+    outcome = acc.finish()
+    assert outcome.error == "" and sum(acc.tokens) == 6

@@ -431,6 +431,7 @@ class ScenarioSession:
     def __init__(self, plan: ScenarioPlan, root: Path, console: Console, interrupts: Interrupts,
                  publish: Callable[[MatrixEvent], None], where: str = ""):
         self.config = plan.config
+        self.cells = plan.cells
         self.root = root
         self.console = console
         self.interrupts = interrupts
@@ -446,7 +447,8 @@ class ScenarioSession:
     def __enter__(self) -> "ScenarioSession":
         config = self.config
         self.scenario_dir.mkdir(parents=True, exist_ok=True)
-        self.prepared = prepared = preflight(config, lambda m: say(self.console, m))
+        self.prepared = prepared = preflight(config, lambda m: say(self.console, m),
+                                             [cell.config for cell in self.cells])
         # The tokenizer loads (seconds, the first time in a process) while the servers start.
         tokenizer = threading.Thread(target=_preload_tokenizer, daemon=True,
                                      args=(config.tokenizer or prepared.models[0].path,))

@@ -10,14 +10,17 @@ import asyncio
 import csv
 import hashlib
 import json
+import math
+import os
+import resource
 import socket
 import time
 import traceback
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -122,9 +125,55 @@ def with_ports(config: ScenarioConfig) -> ScenarioConfig:
     return config.model_copy(update={"servers": servers})
 
 
-def preflight(config: ScenarioConfig, say: Any) -> Prepared:
-    """Everything that can be checked before a folder or a process exists. Servers without a
-    port get one here; the launch plans carry it."""
+FILES_BESIDE_THE_LOAD = 32
+"""Files a run holds open beside its requests' sockets and its servers' files (its CSV files,
+the event loop's, the tokenizer's), with room to spare: a run at concurrency 1 holds 19."""
+FILES_PER_SERVER = 4
+"""A server's log, its pipes, and the socket of its readiness checks."""
+
+
+def in_flight_bound(config: ScenarioConfig) -> int | None:
+    """The most requests the load keeps in flight at once, its tenants' together; None for an
+    open loop without a concurrency cap, which has no bound."""
+    caps = [None if t.load.concurrency is None else min(t.load.concurrency, t.load.n_requests or t.load.concurrency)
+            for t in config.resolved_tenants()]
+    return None if None in caps else sum(caps)  # type: ignore[arg-type]
+
+
+def ensure_open_files(configs: Sequence[ScenarioConfig]) -> None:
+    """Each request in flight holds a socket: raise this process's soft open-file limit
+    (RLIMIT_NOFILE, which the servers it starts inherit) to what the largest of these loads
+    needs, up to the hard limit, or refuse before anything starts, rather than fail requests
+    with "Too many open files". Without a bound the soft limit is raised to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = math.inf if hard == resource.RLIM_INFINITY else hard
+    bounds = [in_flight_bound(config) for config in configs]
+    if None in bounds:
+        if soft != resource.RLIM_INFINITY and soft < ceiling:
+            with suppress(ValueError, OSError):  # an infinite hard limit may be above the kernel's
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return
+    concurrency = max(bounds, default=0)
+    servers = max((len(config.servers) for config in configs), default=0)
+    need = len(os.listdir("/proc/self/fd")) + FILES_BESIDE_THE_LOAD + FILES_PER_SERVER * servers + concurrency
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if need <= ceiling:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return
+    limits = f"soft {soft}, hard {'unlimited' if ceiling == math.inf else hard}"
+    raise ConfigError(
+        f"load.concurrency: {concurrency} requests in flight need about {need} open files, above the open-file "
+        f"limit (RLIMIT_NOFILE: {limits}); raise the hard limit (ulimit -Hn {need} as root, or LimitNOFILE / "
+        f"limits.conf) or lower the concurrency")
+
+
+def preflight(config: ScenarioConfig, say: Any, cells: Iterable[ScenarioConfig] = ()) -> Prepared:
+    """Everything that can be checked before a folder or a process exists; `cells` are a
+    matrix's cells, whose loads the check of open files covers too. Servers without a port get
+    one here; the launch plans carry it."""
+    ensure_open_files([config, *cells])
     config = with_ports(config)
     for i, server in enumerate(config.servers):
         ENGINES[server.engine].check_installed(server)

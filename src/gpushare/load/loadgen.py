@@ -4,14 +4,16 @@ The scheduler (closed loop at a concurrency, or open loop at a request rate) is 
 from the backend (`send_request`, which speaks the OpenAI HTTP API). The stream is read in
 network blocks: each block is time-stamped once and its server-sent events are counted
 and checked with byte searches, and only the first events (to find the first token) and the
-last ones (usage, errors, [DONE]) are parsed as JSON. That keeps the client's own cost per
-request small, so that what it reports is the server's behaviour, not the client's.
+last ones (the last token, usage, errors, [DONE]) are parsed as JSON. That keeps the
+client's own cost per request small, so that what it reports is the server's behaviour, not
+the client's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import threading
 import itertools
@@ -35,10 +37,11 @@ CONNECTION_ERROR = "connection_error"
 STREAM_ERROR = "stream_error"
 BAD_RESPONSE = "bad_response"
 ABORTED = "aborted"
+CLIENT_ERROR = "client_error"
+"""This process failed the request (it ran out of open files), not the server."""
+_OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 
 _TAIL_BYTES = 8192
-# Substrings of the events that may not be tokens; any other event is one, unparsed.
-_MAYBE_NOT_A_TOKEN = (b"[DONE]", b'"usage"', b'"error"', b'"choices":[]', b'"choices": []')
 _READ_BUFFER = 4 * 1024 * 1024
 # How the lines of a server-sent event begin: a comment, or one of its fields.
 _SSE_LINES = (b":", b"data:", b"event:", b"id:", b"retry:")
@@ -152,11 +155,12 @@ class StreamAccounting:
 
     Events before the first token event are parsed, so that chat's role-only chunk does not
     count as a first token. After it, every event is counted as a token until `finish`,
-    which parses the stream's tail and takes back the trailing non-token events (usage,
-    [DONE]); comments are no tokens. Those later events are checked by their first bytes:
-    one that opens as the first token event did (`data: {`) passes, which one byte count per
-    block finds; only the rare others ([DONE], comments, garbage) are looked at whole. A
-    malformed event anywhere makes `finish` report an error that quotes it.
+    which parses the events from the stream's end back to the last token event, that one
+    included, and takes back the trailing non-token ones (usage, [DONE]); comments are no
+    tokens. The events in between are checked by their first bytes: one that opens as the
+    first token event did (`data: {`) passes unread, which one byte count per block finds;
+    only the rare others ([DONE], comments, garbage) are looked at whole. A malformed event
+    found anywhere makes `finish` report an error that quotes it.
     """
 
     __slots__ = ("times", "tokens", "_head", "_sep", "_lead", "_mark", "_rest", "_open", "_malformed",
@@ -263,37 +267,51 @@ class StreamAccounting:
                 out.append(classify_event(payload))
         return out
 
-    def finish(self) -> "StreamOutcome":
-        """Parse the stream's trailing events (back to the last token) and take the non-token
-        ones back out of the counts."""
-        tail, size = [], 0
-        for block in reversed(self._blocks):  # the stream's last _TAIL_BYTES, joined once
+    def _tail(self, size: int) -> bytes:
+        """The stream's last `size` bytes (all of it, if shorter), joined once."""
+        tail, length = [], 0
+        for block in reversed(self._blocks):
             tail.append(block)
-            size += len(block)
-            if size >= _TAIL_BYTES:
+            length += len(block)
+            if length >= size:
                 break
-        buf, sep = b"".join(reversed(tail))[-_TAIL_BYTES:], self._sep
-        whole = self._length <= _TAIL_BYTES
-        usage, errors, done, trailing = None, [], False, 0
+        return b"".join(reversed(tail))[-size:]
+
+    def _events_from_end(self) -> Iterator[bytes]:
+        """The stream's ended events, last first, each without its separator. The walk starts
+        in the last _TAIL_BYTES and widens to the whole stream if an event reaches past them."""
+        sep = self._sep
+        buf = self._tail(_TAIL_BYTES)
         end = buf.rfind(sep)
         while end >= 0:
             prev = buf.rfind(sep, 0, end)
-            if prev < 0 and not whole:
-                break  # the buffer may start inside this event
-            data = _event_data(buf[prev + len(sep) if prev >= 0 else 0:end])
-            end = prev
-            if data is None:
+            if prev < 0 and len(buf) < self._length:  # the event may begin before the tail
+                widened = self._tail(self._length)
+                buf, end = widened, end + len(widened) - len(buf)
                 continue
-            if not any(mark in data for mark in _MAYBE_NOT_A_TOKEN):
-                break  # an ordinary token event: the walk back is done
-            event = classify_event(data)
-            usage = usage or event.usage
-            if event.kind == "token":
+            yield buf[prev + len(sep) if prev >= 0 else 0:end]
+            end = prev
+
+    def finish(self) -> "StreamOutcome":
+        """Parse the stream's events from its end back to the last token event, that one
+        included, and take the non-token ones back out of the counts."""
+        usage, errors, done, trailing = None, [], False, 0
+        for event in self._events_from_end():
+            data = _event_data(event)
+            if not _well_formed(event, data):
+                self._reject(f"malformed event: {event[:120]!r}")
+                trailing += 1  # `_check` counted it
+                continue
+            if data is None:
+                continue  # a comment, which `_check` did not count
+            parsed = classify_event(data)
+            usage = usage or parsed.usage
+            if parsed.kind == "token":
                 break
             trailing += 1
-            done = done or event.kind == "done"
-            if event.kind == "error":
-                errors.append(event.error)
+            done = done or parsed.kind == "done"
+            if parsed.kind == "error":
+                errors.append(parsed.error)
         while trailing and self._started and self.tokens:
             take = min(trailing, self.tokens[-1])
             self.tokens[-1] -= take
@@ -351,6 +369,7 @@ async def send_request(
                 rec.end = clock()
                 outcome = acc.finish()
                 rec.chunk_times, rec.chunk_tokens = acc.times, acc.tokens
+                rec.streamed_tokens = sum(acc.tokens)
                 rec.first_token = acc.times[0] if acc.times else None
                 usage, text_of = outcome.usage, acc.text
                 if outcome.error:
@@ -378,8 +397,14 @@ async def send_request(
                 rec.output_tokens = count_tokens(text_of())
     except asyncio.TimeoutError:
         rec.status, rec.error = TIMEOUT, f"no complete answer within {api.timeout_s:g} s"
-    except aiohttp.ClientError as err:
-        rec.status, rec.error = CONNECTION_ERROR, f"{type(err).__name__}: {err}"[:300]
+    except (aiohttp.ClientError, OSError) as err:
+        if isinstance(err, OSError) and err.errno in _OUT_OF_FILES:  # aiohttp's connect errors are OSErrors
+            rec.status = CLIENT_ERROR
+        elif isinstance(err, aiohttp.ClientError):
+            rec.status = CONNECTION_ERROR
+        else:
+            raise
+        rec.error = f"{type(err).__name__}: {err}"[:300]
     finally:
         if rec.end is None:
             rec.end = clock()
@@ -560,6 +585,9 @@ class LoadGenerator:
         except asyncio.CancelledError:
             rec.status, rec.error = ABORTED, self._aborted or "cancelled"
             rec.end = rec.end or clock()
+        if rec.status == CLIENT_ERROR:  # what follows would measure this process, not the server
+            self.abort(f"the client ran out of open files ({rec.error}); raise its limit (ulimit -n) "
+                       "or lower the concurrency")
         if not warmup:
             started = self._window[0]
             rec.in_window = started <= scheduled <= self._common_end

@@ -42,6 +42,8 @@ class RequestRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     usage_reported: bool = False
+    streamed_tokens: int | None = None
+    """Token events the stream carried (None: not streamed), kept beside usage's count."""
     status: str = OK
     error: str = ""
     tenant: str | None = None
@@ -57,3 +59,9 @@ class RequestRecord:
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+    @property
+    def usage_disagrees(self) -> bool:
+        """The server's usage gives another output length than the token events it streamed
+        (speculative decoding sends several tokens in one event; otherwise a server fault)."""
+        return self.usage_reported and self.streamed_tokens is not None and self.output_tokens != self.streamed_tokens

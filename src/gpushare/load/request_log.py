@@ -21,8 +21,8 @@ FLUSH_S = 1.0
 
 REQUEST_COLUMNS = [
     "index", "warmup", "endpoint", "tenant", "status", "error", "scheduled", "sent", "first_token", "end",
-    "ttft_s", "tpot_s", "e2el_s", "queue_s", "input_tokens", "output_tokens", "usage_reported", "chunks",
-    "in_window", "step",
+    "ttft_s", "tpot_s", "e2el_s", "queue_s", "input_tokens", "output_tokens", "usage_reported",
+    "streamed_tokens", "usage_disagrees", "chunks", "in_window", "step",
 ]
 # A request is (tenant, index): each tenant numbers its own requests.
 CHUNK_COLUMNS = ["index", "t", "tokens", "tenant"]
@@ -39,7 +39,8 @@ def request_row(r: RequestRecord) -> list[object]:
         _num(ttft(r)), _num(tpot(r)), _num(e2el(r)), _num(queue_time(r)),
         "" if r.input_tokens is None else r.input_tokens,
         "" if r.output_tokens is None else r.output_tokens,
-        int(r.usage_reported), len(r.chunk_times), int(r.measured), "" if r.step is None else r.step,
+        int(r.usage_reported), "" if r.streamed_tokens is None else r.streamed_tokens, int(r.usage_disagrees),
+        len(r.chunk_times), int(r.measured), "" if r.step is None else r.step,
     ]
 
 

@@ -142,6 +142,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("usage_missing", "Usage missing", "requests",
                "Completed requests whose server sent no usage, so their output tokens were counted with the "
                "tokenizer.", type=int),
+    MetricSpec("usage_disagrees", "Usage disagrees", "requests",
+               "Completed streamed requests whose usage `completion_tokens` differs from the token events "
+               "streamed (`streamed_tokens` in requests.csv); their output tokens are usage's.", type=int),
     *_lengths("input", "prompt length", "input_sequence_length"),
     *_lengths("output", "output length", "output_sequence_length"),
     MetricSpec("client_cpu_s", "Client CPU", "s",

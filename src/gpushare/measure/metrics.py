@@ -136,6 +136,7 @@ class RunSummary:
     queue: LatencyStats
     good_requests: int | None = None
     usage_missing: int = 0
+    usage_disagrees: int = 0
     lengths: dict[str, float | None] = field(default_factory=dict)
 
     @property
@@ -193,6 +194,7 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float] | None 
         queue=LatencyStats.of([queue_time(r) for r in measured]),
         good_requests=None if not slo else sum(is_good(r, slo) for r in measured),
         usage_missing=sum(not r.usage_reported for r in done),
+        usage_disagrees=sum(r.usage_disagrees for r in done),
         lengths=token_lengths(done),
     )
 
