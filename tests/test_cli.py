@@ -50,6 +50,11 @@ def fake_server_config(tmp_path, port, *extra, n_requests=6, **sections):
         ("scenario: a\nload: {n_requests: 4}\nscenario: b\n",
          "--config: {path}: key 'scenario' is given twice in one mapping (again at line 3)"),
         ("scenario: caf\xe9\n", "--config: {path} is not UTF-8 text (near byte 13)"),
+        ("load:\n  concurrency: true\n", "config: load.concurrency: Input should be a number (got True)"),
+        ("seed: false\n", "config: seed: Input should be a number (got False)"),
+        ("slo:\n  ttft: true\n", "config: slo.ttft: Input should be a number (got True)"),
+        ("workload:\n  kind: synthetic\n  input_tokens: {dist: fixed, value: true}\n",
+         "config: workload.input_tokens.value: Input should be a number (got True)"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, content, expected):

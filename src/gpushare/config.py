@@ -10,12 +10,14 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union, get_args
 
 import numpy as np
 import yaml
+from pydantic_core import PydanticCustomError
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -35,8 +37,35 @@ MAX_NAME = 64
 solo-<tenant> phase): bounded, so that every folder name fits the file system."""
 
 
+def _mentions(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a field's type, through Optional, unions and Annotated, names one of `kinds`."""
+    if annotation is Any:
+        return bool in kinds
+    if isinstance(annotation, type):
+        return issubclass(annotation, kinds)
+    return any(_mentions(arg, kinds) for arg in get_args(annotation) if not isinstance(arg, (str, int, float)))
+
+
+BOOL_FOR_NUMBER = "bool_for_number"
+"""The error of a true/false given for a number; its context names the key (the model's
+validator sees the mapping, so the error's location stops at the model)."""
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:
+        """YAML's true/false is not a number: pydantic's lax mode would take true as 1 (a
+        concurrency of 1, a seed of 1). Only fields that admit a bool take one."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(value, bool) and field is not None and _mentions(field.annotation, (int, float)) \
+                        and not _mentions(field.annotation, (bool,)):
+                    raise PydanticCustomError(BOOL_FOR_NUMBER, "Input should be a number", {"key": key, "value": value})
+        return data
 
 
 # --- token length distributions -------------------------------------------------------
@@ -347,7 +376,13 @@ class LoadConfig(StrictModel):
                 "burstiness": self.burstiness}
 
 
-SloConfig = dict[Literal["ttft", "tpot", "itl", "e2el"], PositiveFloat]
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number")
+    return value
+
+
+SloConfig = dict[Literal["ttft", "tpot", "itl", "e2el"], Annotated[PositiveFloat, BeforeValidator(_not_a_bool)]]
 
 
 class TenantConfig(StrictModel):
@@ -506,6 +541,8 @@ def _error_key_and_text(err: ValidationError) -> tuple[str, str]:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return loc, "unknown key"
+    if first["type"] == BOOL_FOR_NUMBER:
+        return ".".join(p for p in (loc, first["ctx"]["key"]) if p), f"{msg} (got {first['ctx']['value']!r})"
     given = first.get("input")
     shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
     return loc, f"{msg}{shown}"
