@@ -145,10 +145,10 @@ def test_matrix_redoes_cells_that_failed_and_goes_on_after_a_crash(tmp_path, mon
 
     real_preflight = matrix.preflight
 
-    def crash_on_failing(config, say):
+    def crash_on_failing(config, say, cells=()):
         if config.scenario == "failing":
             raise ZeroDivisionError("a defect")
-        return real_preflight(config, say)
+        return real_preflight(config, say, cells)
 
     monkeypatch.setattr(matrix, "preflight", crash_on_failing)
     (out / "good" / "c1_rep1" / "summary.json").unlink()  # make the good cell run again
