@@ -138,12 +138,14 @@ def test_a_signal_to_the_driver_reaches_every_gpu_worker(tmp_path):
         assert not alive(first["servers"][0]["pid"])
 
 
-def worker_pids() -> list[int]:
-    """This machine's `--gpus` worker processes."""
+def pids_running(marker: bytes) -> list[int]:
+    """This machine's processes whose command line holds `marker`: b"gpushare.fleet.worker"
+    for `--gpus` workers, b"ScenarioActor" for the Ray workers that hold a scenario (Ray titles
+    them ray::ScenarioActor)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"gpushare.fleet.worker" in (entry / "cmdline").read_bytes():
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
         except OSError:
             continue
@@ -156,8 +158,9 @@ def test_a_dead_gpu_worker_fails_its_cell_under_way_and_not_the_cells_it_never_b
     driver = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", str(config),
                                "--concurrency", "1", "2", "3", "--duration", "30", "--gpus", "0", "--unchecked-gpus",
                                "--out", str(out)], stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: (out / "a" / "c1_rep1" / "requests.csv").exists() and worker_pids(), 60)
-    os.kill(worker_pids()[0], signal.SIGKILL)
+    worker = b"gpushare.fleet.worker"
+    wait_until(lambda: (out / "a" / "c1_rep1" / "requests.csv").exists() and pids_running(worker), 60)
+    os.kill(pids_running(worker)[0], signal.SIGKILL)
     _, stderr = driver.communicate(timeout=60)
     assert driver.returncode == 1, stderr
     by_cell = {c["cell"]: c for c in json.loads((out / "matrix.json").read_text())["cells"]}
@@ -225,15 +228,7 @@ def test_the_gpu_ray_assigns_is_resolved_to_the_one_nvml_lists():
 
 
 def actor_pids() -> list[int]:
-    """This machine's Ray worker processes that hold a scenario (Ray titles them ray::ScenarioActor)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"ScenarioActor" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return pids_running(b"ScenarioActor")
 
 
 @pytest.mark.timeout(600)
