@@ -280,7 +280,7 @@ def test_an_mps_daemon_we_did_not_start_is_neither_used_nor_stopped(standin, tmp
 
         assert other.process.pid in environment.mps()["control_daemons"]  # what doctor shows
         with pytest.raises(ConfigError, match=r"already serves GPU 0 \(pid \d+\); gpushare neither uses nor stops it"):
-            MpsDaemon(tmp_path, 0, say=lambda m: None).__enter__()
+            MpsDaemon(tmp_path, 0, say=lambda m: None, gpu_uuid="GPU-a").__enter__()  # the same GPU, as NVML names it
         with MpsDaemon(tmp_path, 0, existing_pipe_directory=other.pipe_directory, say=lambda m: None) as borrowed:
             assert borrowed.client_env["CUDA_MPS_PIPE_DIRECTORY"] == str(other.pipe_directory)
         assert alive(other.process.pid)  # left running
