@@ -1,7 +1,7 @@
 """Every summary.json metric, declared once: key, label, unit, definition, and its names in
 vLLM's `bench serve --save-result` and NVIDIA AIPerf (as AIPerf declares each of its metrics).
 
-Everything else follows from this catalogue: `RunSummary.flat()` writes its keys in this order,
+Everything else follows from this catalogue: `flat()` writes its keys in this order,
 analysis takes its table columns and axis labels from it, and the table of keys in
 docs/metrics.md is generated from it (scripts/gen_metrics_doc.py; a test keeps it in step).
 """
@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
-if TYPE_CHECKING:
-    from .metrics import LatencyStats, RunSummary
-
-PERCENTILES = (50, 95, 99)
-LENGTH_PERCENTILES = (50, 90, 99)
+from .summary import LENGTH_PERCENTILES, PERCENTILES, LatencyStats, RunSummary
 
 Where = Literal["summary", "slo", "run", "gpu"]
-"""Who writes a key. "summary": RunSummary.flat(), at the top level and in each per_endpoint
+"""Who writes a key. "summary": flat(), at the top level and in each per_endpoint
 block; "slo": the same, but only when the run has SLOs; "run": the runner, at the top level
 only; "gpu": metrics.gpu_window, in the `gpu` block."""
 
@@ -179,6 +175,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 )
 
 METRICS: dict[str, MetricSpec] = {m.key: m for m in CATALOGUE}
+
+
+def flat(summary: RunSummary) -> dict[str, Any]:
+    """The summary as vLLM-named keys (plus ours), ready for summary.json: the catalogue's keys
+    that a RunSummary gives, in its order; the SLO keys only where the run had SLOs."""
+    return {m.key: m.read(summary) for m in CATALOGUE
+            if m.where == "summary" or (m.where == "slo" and summary.good_requests is not None)}
 
 
 # --- docs/metrics.md ----------------------------------------------------------------------------

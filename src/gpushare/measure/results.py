@@ -85,7 +85,7 @@ def _catalogued(name: str, where: tuple[Where, ...], base: type[Record], doc: st
 
 
 MetricBlock = _catalogued("MetricBlock", ("summary", "slo"), Record,
-                          "RunSummary.flat()'s keys: the whole run, one endpoint, one tenant or one step.")
+                          "metric_catalog.flat()'s keys: the whole run, one endpoint, one tenant or one step.")
 GpuWindow = _catalogued("GpuWindow", ("gpu",), Record, "The `gpu` block (metrics.gpu_window).")
 
 
