@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
@@ -24,7 +23,7 @@ from matplotlib.ticker import FuncFormatter
 
 from ..experiment.interference_protocol import SHARED, STEP_METRICS, solo_cell
 from ..measure.results import read_verdict
-from .analysis import _legend, _save, markdown
+from .style import legend, markdown, save, subplots
 
 INTERFERENCE = "interference.json"
 COMPARISON_FIELDS = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]
@@ -186,7 +185,7 @@ def plot_noisy_neighbour(data: Interference, out: Path, colour: dict[str, tuple]
         return []
     labels = data.labels()
     solo = data.comparisons.set_index(["scenario", "tenant", "metric"])["solo"]
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
+    fig, axes = subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
     for row, ((victim, aggressor, kind), part) in zip(axes, groups):
         for ax, metric, name in zip(row, ("p99_ttft_ms", "p99_tpot_ms"), ("P99 TTFT", "P99 TPOT")):
             for scenario, lines in part.groupby("scenario"):
@@ -201,7 +200,7 @@ def plot_noisy_neighbour(data: Interference, out: Path, colour: dict[str, tuple]
         handles, names = row[1].get_legend_handles_labels()
         row[1].legend([*handles, Line2D([], [], color="grey", linestyle=":")], [*names, f"{victim} solo"],
                       loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
-    return _save(fig, out, "noisy_neighbour")
+    return save(fig, out, "noisy_neighbour")
 
 
 def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
@@ -214,7 +213,7 @@ def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple
     panels = (("p99_ttft_ms", "P99 TTFT shared / solo (>1: slower)", "RdYlGn_r"),
               ("output_throughput", "output tok/s shared / solo (<1: less)", "RdYlGn"))
     size = (2 * (2.5 + 1.6 * len(scenarios)), 2.2 + 0.6 * data.comparisons["tenant"].nunique())
-    fig, axes = plt.subplots(1, 2, figsize=size, squeeze=False)
+    fig, axes = subplots(1, 2, figsize=size, squeeze=False)
     for ax, (metric, title, cmap) in zip(axes[0], panels):
         grid = data.comparisons[data.comparisons["metric"] == metric].pivot(
             index="tenant", columns="scenario", values="slowdown").reindex(columns=scenarios)
@@ -234,7 +233,7 @@ def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple
         bar = fig.colorbar(image, ax=ax, label="shared / solo (ratio, log scale)",
                            ticks=np.geomspace(1 / reach, reach, 5), format=FuncFormatter(lambda v, _: f"{v:.2g}"))
         bar.minorticks_off()
-    return _save(fig, out, "slowdown_heatmap")
+    return save(fig, out, "slowdown_heatmap")
 
 
 def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
@@ -247,7 +246,7 @@ def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple])
         return []
     labels = data.labels()
     width = max(5.0, 1.6 * slo["scenario"].nunique())
-    fig, axes = plt.subplots(1, len(tenants), figsize=(width * len(tenants) + 2, 4), squeeze=False)
+    fig, axes = subplots(1, len(tenants), figsize=(width * len(tenants) + 2, 4), squeeze=False)
     sides = (("solo", -0.2, {"hatch": "//", "alpha": 0.45}), ("shared", 0.2, {}))
     for ax, tenant in zip(axes[0], tenants):
         part = slo[slo["tenant"] == tenant].sort_values("scenario")
@@ -266,7 +265,7 @@ def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple])
     key = [Patch(facecolor="white", edgecolor="black", hatch="//"), Patch(facecolor="grey", edgecolor="black")]
     axes[0][-1].legend(key, ["solo (tenant alone)", "shared (all tenants)"], loc="upper left",
                        bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
-    return _save(fig, out, "slo_attainment")
+    return save(fig, out, "slo_attainment")
 
 
 def phase_requests(folder: Path, tenant: str) -> pd.DataFrame:
@@ -285,7 +284,7 @@ def plot_latency_cdfs(data: Interference, out: Path, colour: dict[str, tuple]) -
         return []
     labels = data.labels()
     folders = data.phases.set_index(["scenario", "phase"])["folder"]
-    fig, axes = plt.subplots(1, len(tenants), figsize=(4.5 * len(tenants) + 2.5, 3.8), squeeze=False, sharey=True)
+    fig, axes = subplots(1, len(tenants), figsize=(4.5 * len(tenants) + 2.5, 3.8), squeeze=False, sharey=True)
     for ax, tenant in zip(axes[0], tenants):
         for scenario in data.scores["scenario"]:
             for phase, side, style in ((solo_cell(tenant), "solo", "--"), (SHARED, "shared", "-")):
@@ -298,8 +297,8 @@ def plot_latency_cdfs(data: Interference, out: Path, colour: dict[str, tuple]) -
         ax.set_xlabel("time to first token (ms)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of requests")
-    _legend(axes[0][-1])
-    return _save(fig, out, "latency_cdf_solo_vs_shared")
+    legend(axes[0][-1])
+    return save(fig, out, "latency_cdf_solo_vs_shared")
 
 
 def write_isolation(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
