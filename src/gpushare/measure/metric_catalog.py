@@ -29,6 +29,9 @@ class MetricSpec:
     unit: str | None
     description: str
     """How it is computed, in one sentence."""
+    higher_is_better: bool | None = None
+    """Which way is better: True for a throughput, False for a latency; None where neither is
+    (a count, a length, a duration)."""
     vllm: str | None = None
     """The same quantity's key in `vllm bench serve --save-result`."""
     aiperf: str | None = None
@@ -62,13 +65,13 @@ def _stat(stats: LatencyStats, stat: str) -> float | None:
 
 
 def _family(pattern: str, stats: tuple[str, ...], label: str, unit: str, description: str,
-            read: Callable[[RunSummary, str], Any], *, vllm: bool = False, aiperf: str | None = None,
-            table: Mapping[str, int] | None = None) -> tuple[MetricSpec, ...]:
+            read: Callable[[RunSummary, str], Any], *, higher_is_better: bool | None = None, vllm: bool = False,
+            aiperf: str | None = None, table: Mapping[str, int] | None = None) -> tuple[MetricSpec, ...]:
     """One declaration, one key per statistic: `pattern` with the statistic in place of {}."""
     return tuple(
         MetricSpec(pattern.format(stat), f"{_STAT_LABELS.get(stat, stat.upper())} {label}", unit, description,
-                   vllm=pattern.format(stat) if vllm else None, aiperf=aiperf, table=(table or {}).get(stat),
-                   family=pattern, value=lambda s, stat=stat: read(s, stat))
+                   higher_is_better, vllm=pattern.format(stat) if vllm else None, aiperf=aiperf,
+                   table=(table or {}).get(stat), family=pattern, value=lambda s, stat=stat: read(s, stat))
         for stat in stats)
 
 
@@ -76,7 +79,8 @@ def _latency(name: str, label: str, description: str, aiperf: str,
              table: Mapping[str, int] | None = None) -> tuple[MetricSpec, ...]:
     """A per-request latency over completed requests, in ms, with vLLM's key names."""
     return _family(f"{{}}_{name}_ms", LATENCY_STATS, label, "ms", description,
-                   lambda s, stat: _stat(s.latencies[name], stat), vllm=True, aiperf=aiperf, table=table)
+                   lambda s, stat: _stat(s.latencies[name], stat), higher_is_better=False, vllm=True, aiperf=aiperf,
+                   table=table)
 
 
 def _lengths(side: str, label: str, aiperf: str) -> tuple[MetricSpec, ...]:
@@ -95,7 +99,7 @@ def _seconds(ms: float | None) -> float | None:
 CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("completed", "Completed", "requests", "Measured requests with status `ok`.",
                vllm="completed", aiperf="request_count", type=int),
-    MetricSpec("failed", "Failed", "requests", "Measured requests that failed, whatever the reason.",
+    MetricSpec("failed", "Failed", "requests", "Measured requests that failed, whatever the reason.", False,
                vllm="failed", aiperf="error_request_count", table=0, type=int),
     MetricSpec("failed_by_kind", "Failed by kind", "requests", "`failed` by status (`timeout`, `http_error`, …).",
                value=lambda s: dict(s.failed_by_kind), type=dict[str, int]),
@@ -107,12 +111,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("total_output_tokens", "Total output", "tokens",
                "Sum of usage's `completion_tokens` over completed requests.", vllm="total_output_tokens",
                aiperf="total_osl", type=int),
-    MetricSpec("request_throughput", "Request throughput", "req/s", "`completed / duration`.",
+    MetricSpec("request_throughput", "Request throughput", "req/s", "`completed / duration`.", True,
                vllm="request_throughput", aiperf="request_throughput"),
-    MetricSpec("output_throughput", "Output throughput", "tokens/s", "`total_output_tokens / duration`.",
+    MetricSpec("output_throughput", "Output throughput", "tokens/s", "`total_output_tokens / duration`.", True,
                vllm="output_throughput", aiperf="output_token_throughput", table=0),
     MetricSpec("total_token_throughput", "Total token throughput", "tokens/s",
-               "`(total_input_tokens + total_output_tokens) / duration`.", vllm="total_token_throughput",
+               "`(total_input_tokens + total_output_tokens) / duration`.", True, vllm="total_token_throughput",
                aiperf="total_token_throughput"),
     *_latency("ttft", "TTFT", "Time to first token, `first_token − sent`, over completed requests.",
               "time_to_first_token", table={"p99": 0}),
@@ -123,17 +127,18 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     *_latency("e2el", "E2E latency", "End-to-end latency, `end − sent`, over completed requests.", "request_latency"),
     *_family("{}_latency_s", tuple(f"p{q}" for q in PERCENTILES), "E2E latency", "s",
              "E2E latency percentiles in seconds (the original gpushare tables' unit).",
-             lambda s, stat: _seconds(_stat(s.latencies["e2el"], stat)), aiperf="request_latency", table={"p99": 2}),
+             lambda s, stat: _seconds(_stat(s.latencies["e2el"], stat)), higher_is_better=False,
+             aiperf="request_latency", table={"p99": 2}),
     *_family("{}_queue_ms", ("mean", "p99"), "client queue time", "ms",
              "`sent − scheduled` over all measured requests: how late the client sent them.",
-             lambda s, stat: _stat(s.queue, stat)),
+             lambda s, stat: _stat(s.queue, stat), higher_is_better=False),
     MetricSpec("good_requests", "Good requests", "requests",
-               "Measured requests that completed within every SLO (see below).",
+               "Measured requests that completed within every SLO (see below).", True,
                aiperf="good_request_count", where="slo", type=int),
-    MetricSpec("request_goodput", "Request goodput", "req/s", "`good_requests / duration`.",
+    MetricSpec("request_goodput", "Request goodput", "req/s", "`good_requests / duration`.", True,
                vllm="request_goodput", aiperf="goodput", where="slo"),
-    MetricSpec("good_request_fraction", "Good request fraction", None,
-               "`good_requests` over all measured requests, failed ones included.",
+    MetricSpec("good_request_fraction", "SLO attainment", None,
+               "`good_requests` over all measured requests, failed ones included.", True,
                aiperf="good_request_fraction", where="slo"),
     MetricSpec("usage_missing", "Usage missing", "requests",
                "Completed requests whose server sent no usage, so their output tokens were counted with the "
@@ -148,7 +153,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                "reported as AIPerf does.",
                where="run"),
     MetricSpec("client_cpu_ms_per_request", "Client CPU per request", "ms",
-               "`client_cpu_s` per measured request.", where="run"),
+               "`client_cpu_s` per measured request.", False, where="run"),
     MetricSpec("requests_built_in_window", "Requests built in window", "requests",
                "Measured requests whose prompt and body were built inside the measured window (see below).",
                where="run", type=int),
@@ -157,7 +162,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("energy_j", "GPU energy", "J", "NVML's total-energy counter, last sample minus first in the window, "
                "summed over GPUs.", aiperf="nvidia_total_gpu_energy", where="gpu"),
     MetricSpec("energy_per_output_token_j", "Energy per output token", "J/token",
-               "`energy_j / total_output_tokens`.", aiperf="nvidia_energy_per_output_token", where="gpu", table=3),
+               "`energy_j / total_output_tokens`.", False, aiperf="nvidia_energy_per_output_token",
+               where="gpu", table=3),
     MetricSpec("avg_power_w", "Average power", "W", "`energy_j` over the span of the samples "
                "(`mean_power_w` where the energy counter is missing).", aiperf="nvidia_average_gpu_power",
                where="gpu"),
