@@ -198,13 +198,14 @@ _NOTES = {"slo": " Only with SLOs.", "run": " Top level only, not per endpoint."
 
 def _cells(m: MetricSpec) -> tuple[str, ...]:
     vllm = "same" if m.vllm == m.key else f"`{m.vllm}`" if m.vllm else "—"
-    return (f"`{'gpu.' if m.where == 'gpu' else ''}{m.key}`", m.unit or "—", m.description + _NOTES.get(m.where, ""),
-            vllm, f"`{m.aiperf}`" if m.aiperf else "—")
+    better = "—" if m.higher_is_better is None else "higher" if m.higher_is_better else "lower"
+    return (f"`{'gpu.' if m.where == 'gpu' else ''}{m.key}`", m.unit or "—", better,
+            m.description + _NOTES.get(m.where, ""), vllm, f"`{m.aiperf}`" if m.aiperf else "—")
 
 
 def markdown_table() -> str:
     """The catalogue as a Markdown table, one row per declaration (a family's keys share one)."""
-    lines = ["| Key | Unit | Definition | vLLM `bench serve` | AIPerf |", "|---|---|---|---|---|"]
+    lines = ["| Key | Unit | Better | Definition | vLLM `bench serve` | AIPerf |", "|---|---|---|---|---|---|"]
     for _, group in itertools.groupby(CATALOGUE, key=lambda m: m.family or m.key):
         columns = zip(*map(_cells, group))
         lines.append("| " + " | ".join(", ".join(dict.fromkeys(column)) for column in columns) + " |")
