@@ -2,6 +2,7 @@
 repeats show their spread, every figure is written, and bad input is one line."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,16 @@ def test_prefix_cache_hits_are_counted_where_servers_report_them(tmp_path):
     assert summary["prefix_cache_hit_tokens"][0] == 512
     assert "answered 512 prompt tokens from their prefix caches" in " ".join(observations(summary))
 
+
+
+def test_the_backend_is_chosen_where_a_figure_is_drawn_not_on_import():
+    """Importing the reporting modules (and the CLI) leaves matplotlib's backend to the process;
+    drawing a figure selects the file backend."""
+    code = ("import matplotlib, gpushare.cli, gpushare.reporting.report\n"
+            "print(matplotlib.rcParams._get_backend_or_none())\n"
+            "from gpushare.reporting.style import subplots\n"
+            "subplots()\n"
+            "print(matplotlib.get_backend())\n")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == ["None", "Agg"]

@@ -16,6 +16,7 @@ from gpushare import cli
 
 from gpushare.reporting import report
 from gpushare.reporting.analysis import read_runs
+from gpushare.measure.metric_catalog import flat
 from gpushare.measure.metrics import e2el, queue_time, summarize, tpot, ttft
 from gpushare.measure.monitor import GPU_COLUMNS
 from gpushare.load.records import RequestRecord
@@ -56,7 +57,7 @@ def cpu_run(folder: Path, scenario: str = "cpu-baseline", concurrency: int = 2, 
             writer.writerow([r.index, int(r.warmup), r.endpoint, "", r.status, r.error, r.scheduled, r.sent,
                              r.first_token, r.end, ttft(r), tpot(r), e2el(r), queue_time(r), r.input_tokens,
                              r.output_tokens, int(r.usage_reported), len(r.chunk_times)])
-    measured = summarize(records).flat()
+    measured = flat(summarize(records))
     doc = {"scenario": scenario, "complete": True, "error": None, "sharing_mode": "baseline",
            "load_mode": "closed_loop", "max_concurrency": concurrency, "request_rate": None, **measured,
            "per_endpoint": {"cpu-0": measured}, "server_counters": {}, "gpu": gpu}

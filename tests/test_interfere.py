@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from gpushare import cli
+from gpushare.measure.interference_doc import read_interference_doc
 from helpers import alive, error_line, summary, write_config
 from test_tenants import two_tenants
 
@@ -60,6 +61,8 @@ def test_interference_compares_each_tenant_alone_and_shared(tmp_path):
     doc = json.loads((out / "interference.json").read_text())
     steps = doc["scenarios"]["pair"]["by_step"]["chat"]
     assert steps["aggressor"] == "batch" and [s["level"] for s in steps["steps"]] == [0, 2, 4]
+    # The one reader gives what the one writer wrote, every key.
+    assert read_interference_doc(out / "interference.json").model_dump(mode="json", exclude_unset=True) == doc
 
 
 def test_phases_salt_the_prefix_cache_per_phase(tmp_path):

@@ -12,7 +12,6 @@ from gpushare.measure.interference import (
     jain_fairness,
     rows_for_csv,
     score_scenario,
-    scores_dict,
     slowdown,
     weighted_speedup,
 )
@@ -164,7 +163,7 @@ def test_one_tenant_halved():
 
     assert rows_for_csv(rows)[0] == {"tenant": "a", "metric": "p50_ttft_ms", "solo": None, "shared": None,
                                      "slowdown": None}
-    assert json.loads(json.dumps(scores_dict(scores))) == {
+    assert json.loads(scores.model_dump_json()) == {
         "tenants": 2, "normalised_throughput": {"a": 0.5, "b": 1.0}, "fairness": scores.fairness, "stp": 1.5,
         "aggregate_output_throughput": 250.0, "solo_output_throughput_sum": 300.0,
     }

@@ -7,12 +7,14 @@ import dataclasses
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
 from gpushare import cli
+from gpushare.measure.interference_doc import read_interference_doc
 from gpushare.reporting.analysis import read_runs
 from gpushare.reporting.isolation import find_interference, isolation_table, read_interference
 from gpushare.reporting.report import build_pdf, isolation_observations, tex_available, write_report
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.timeout(240)
 
 FIGURES = ["noisy_neighbour", "slowdown_heatmap", "slo_attainment", "latency_cdf_solo_vs_shared"]
 LABELS = {"split": "split (timeslice)", "packed": "packed (baseline)"}
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +134,8 @@ def test_scenarios_of_the_same_name_stay_apart_and_incomplete_ones_are_named(int
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "interference.json").write_text(json.dumps(doc))
-    doc["scenarios"]["packed"] = {"sharing_mode": "baseline", "complete": False,
-                                  "error": "phase(s) not complete: shared"}
+    doc["scenarios"]["packed"] = {"sharing_mode": "baseline", "phases": doc["scenarios"]["packed"]["phases"],
+                                  "complete": False, "error": "phase(s) not complete: shared"}
     (tmp_path / "b" / "interference.json").write_text(json.dumps(doc))
     data = read_interference(find_interference([tmp_path]))
     assert sorted(data.scores["scenario"]) == ["a/packed", "a/split", "b/split"]
@@ -144,3 +147,19 @@ def test_the_report_with_an_isolation_section_builds(report):
     text = subprocess.run(["pdftotext", str(build_pdf(report)), "-"], capture_output=True, text=True,
                           check=True).stdout
     assert "ISOLATION" in text.upper() and "isolated chat best" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.rglob("interference.json")), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_every_committed_interference_doc_reads_and_round_trips(path):
+    doc = read_interference_doc(path)
+    assert doc.model_dump(mode="json", exclude_unset=True) == json.loads(path.read_text())  # nothing invented
+    assert all(entry.complete == (entry.scores is not None) for entry in doc.scenarios.values())
+
+
+def test_an_interference_doc_with_a_key_it_does_not_declare_is_left_out_by_name(interference, tmp_path):
+    doc = json.loads((interference / "interference.json").read_text())
+    doc["scenarios"]["split"]["scores"]["fairnes"] = 1.0
+    (tmp_path / "interference.json").write_text(json.dumps(doc))
+    data = read_interference(find_interference([tmp_path]))
+    assert data.empty and data.left_out == [f"{tmp_path / 'interference.json'}: scenarios.split.scores.fairnes: "
+                                            "Extra inputs are not permitted"]

@@ -14,6 +14,7 @@ from aiohttp import web
 from gpushare.config import ApiConfig, LoadConfig
 from gpushare.events import RequestFinished
 from gpushare.load.loadgen import MAX_PREPARED, Endpoint, LoadGenerator, requests_for_duration
+from gpushare.measure.metric_catalog import flat
 from gpushare.measure.metrics import summarize
 from gpushare.load.records import RequestRecord, RequestSpec
 from gpushare.load.request_log import RequestLog
@@ -66,7 +67,7 @@ def test_closed_loop_measures_server_timings():
         assert r.output_tokens == 11 and r.usage_reported
         assert 0.05 <= r.first_token - r.sent < 0.5
         assert sum(r.chunk_tokens) == 11
-    s = summarize(recs).flat()
+    s = flat(summarize(recs))
     assert s["completed"] == 6 and s["failed"] == 0
     assert 9.0 <= s["median_itl_ms"] < 60
     assert 9.0 <= s["mean_tpot_ms"] < 60

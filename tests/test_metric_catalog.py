@@ -1,11 +1,11 @@
-"""The metric catalogue is the one declaration of summary.json's keys: what RunSummary.flat(),
+"""The metric catalogue is the one declaration of summary.json's keys: what flat(),
 gpu_window and analysis use is declared there, and docs/metrics.md's table is generated from it."""
 
 from collections import Counter
 from pathlib import Path
 
 from gpushare.reporting.analysis import GPU_FIELDS, METRIC_FIELDS, TABLE_METRICS
-from gpushare.measure.metric_catalog import CATALOGUE, with_generated_table
+from gpushare.measure.metric_catalog import CATALOGUE, flat, with_generated_table
 from gpushare.measure.metrics import gpu_window, summarize
 from gpushare.load.records import RequestRecord
 
@@ -28,9 +28,9 @@ def test_keys_are_unique():
 
 def test_flat_emits_exactly_the_declared_keys_in_catalogue_order():
     records = [record(0), record(1), record(2, status="timeout")]
-    assert list(summarize(records).flat()) == keys("summary")
-    assert list(summarize(records, {"ttft": 0.5}).flat()) == keys("summary", "slo")
-    assert list(summarize([]).flat()) == keys("summary")
+    assert list(flat(summarize(records))) == keys("summary")
+    assert list(flat(summarize(records, {"ttft": 0.5}))) == keys("summary", "slo")
+    assert list(flat(summarize([]))) == keys("summary")
 
 
 def test_gpu_window_emits_exactly_the_declared_gpu_keys():

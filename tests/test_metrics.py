@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpushare.measure.metric_catalog import flat
 from gpushare.measure.metrics import (
     gpu_window,
-    LatencyStats,
     inter_token_latencies,
     is_good,
     percentile,
@@ -17,6 +17,7 @@ from gpushare.measure.metrics import (
     ttft,
 )
 from gpushare.load.records import RequestRecord
+from gpushare.measure.summary import LatencyStats
 
 finite = st.floats(min_value=0, max_value=1e4, allow_nan=False, allow_infinity=False)
 
@@ -91,12 +92,12 @@ def test_summary_counts_every_request_and_excludes_warmup(rows):
     assert s.total_output_tokens == sum(r.output_tokens for r in measured if r.ok)
     if s.duration > 0:
         assert s.output_throughput == pytest.approx(s.total_output_tokens / s.duration)
-    flat = s.flat()
+    doc = flat(s)
     if s.completed:
-        assert flat["p50_e2el_ms"] <= flat["p99_e2el_ms"] + 1e-9
-        assert flat["p99_latency_s"] == pytest.approx(flat["p99_e2el_ms"] / 1000)
+        assert doc["p50_e2el_ms"] <= doc["p99_e2el_ms"] + 1e-9
+        assert doc["p99_latency_s"] == pytest.approx(doc["p99_e2el_ms"] / 1000)
     else:
-        assert flat["mean_ttft_ms"] is None
+        assert doc["mean_ttft_ms"] is None
 
 
 @given(requests, st.floats(0.01, 5), st.floats(0.001, 1))
@@ -109,20 +110,20 @@ def test_good_requests_are_completed_requests_meeting_every_slo(rows, ttft_slo, 
         r.ok and ttft(r) <= ttft_slo and (tpot(r) is None or tpot(r) <= tpot_slo) for r in recs
     )
     assert s.good_requests == expected <= s.completed
-    flat = s.flat()
-    assert flat["good_request_fraction"] == pytest.approx(expected / len(recs))
+    doc = flat(s)
+    assert doc["good_request_fraction"] == pytest.approx(expected / len(recs))
 
 
 def test_summary_uses_vllm_key_names():
-    flat = summarize([record(0), record(1, sent=0.5, first=0.7, end=2.0)]).flat()
+    doc = flat(summarize([record(0), record(1, sent=0.5, first=0.7, end=2.0)]))
     for key in ("completed", "duration", "total_input_tokens", "total_output_tokens", "request_throughput",
                 "output_throughput", "total_token_throughput"):
-        assert key in flat
+        assert key in doc
     for metric in ("ttft", "tpot", "itl", "e2el"):
         for stat in ("mean", "median", "std", "p50", "p95", "p99"):
-            assert f"{stat}_{metric}_ms" in flat
-    assert flat["duration"] == pytest.approx(2.0)  # first send (0.0) to last end (2.0)
-    assert flat["request_throughput"] == pytest.approx(1.0)
+            assert f"{stat}_{metric}_ms" in doc
+    assert doc["duration"] == pytest.approx(2.0)  # first send (0.0) to last end (2.0)
+    assert doc["request_throughput"] == pytest.approx(1.0)
 
 
 def test_token_lengths_are_the_mix_of_completed_measured_requests():
@@ -131,9 +132,9 @@ def test_token_lengths_are_the_mix_of_completed_measured_requests():
         "input_tokens_max": 30, "output_tokens_p50": 6.0, "output_tokens_p90": pytest.approx(7.6),
         "output_tokens_p99": pytest.approx(7.96), "output_tokens_max": 8}
     assert set(token_lengths([]).values()) == {None}
-    flat = summarize([record(0, inp=100, out=7), record(1, inp=5, out=3, warmup=True),
-                      record(2, inp=900, out=50, status="timeout")]).flat()
-    assert flat["input_tokens_max"] == flat["input_tokens_p50"] == 100 and flat["output_tokens_p99"] == 7
+    doc = flat(summarize([record(0, inp=100, out=7), record(1, inp=5, out=3, warmup=True),
+                      record(2, inp=900, out=50, status="timeout")]))
+    assert doc["input_tokens_max"] == doc["input_tokens_p50"] == 100 and doc["output_tokens_p99"] == 7
 
 
 def test_latency_stats_are_population_statistics_in_ms():

@@ -77,6 +77,12 @@ def test_a_summary_that_does_not_say_what_it_measured_is_unreadable_by_name(tmp_
     (tmp_path / "summary.json").write_text(json.dumps({**doc, "gpu": {"gpu_samples": "many"}}))
     with pytest.raises(SummaryUnreadable, match=r"summary.json: gpu.gpu_samples: Input should be a valid integer"):
         read_run(tmp_path)
+    # A misspelt key is refused, not kept: the writer fails, the reader names it.
+    with pytest.raises(ValueError, match="gpu.energy_jj"):
+        write_summary(tmp_path, {**doc, "gpu": {**doc["gpu"], "energy_jj": 1.0}})
+    (tmp_path / "summary.json").write_text(json.dumps({**doc, "p99_ttft": 1.0}))
+    with pytest.raises(SummaryUnreadable, match=r"summary.json: p99_ttft: Extra inputs are not permitted"):
+        read_run(tmp_path)
     # A run that has not finished says only that, and still reads: as not complete.
     write_unfinished(tmp_path, "s")
     assert read_run(tmp_path).verdict.reason == UNFINISHED

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, List, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, List, NoReturn, Optional
 
 import click
 import typer
@@ -19,6 +19,9 @@ from .config import apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
 from .interrupts import Interrupted, Interrupts
 from .serving.models import EMBEDDED, embedded_folder, is_prepared, prepare_embedded
+
+if TYPE_CHECKING:
+    from .measure.interference_doc import InterferenceDoc
 
 app = typer.Typer(
     help="Measure LLM serving on a shared GPU: start real OpenAI-compatible servers, drive them, record everything.",
@@ -272,27 +275,30 @@ def interfere(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
-def print_interference(doc: dict[str, Any]) -> None:
+def print_interference(doc: InterferenceDoc) -> None:
     """Per scenario: each tenant's slowdown in the headline metrics, fairness and STP."""
+    from .measure.metric_catalog import METRICS
+
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    headline = ("p99_ttft_ms", "p99_tpot_ms", "output_throughput", "good_request_fraction")
-    table = Table(title="interference: shared / solo per tenant (latency above 1 is worse, tok/s and SLO met below 1)")
-    for column in ("scenario", "tenant", "P99 TTFT", "P99 TPOT", "tok/s", "SLO met", "fairness", "STP"):
+    headline = [METRICS[key] for key in ("p99_ttft_ms", "p99_tpot_ms", "output_throughput", "good_request_fraction")]
+    worse = ", ".join(f"{m.label} {'below' if m.higher_is_better else 'above'} 1" for m in headline)
+    table = Table(title=f"interference: shared / solo per tenant (worse: {worse})")
+    for column in ("scenario", "tenant", *(m.label for m in headline), "fairness", "STP"):
         table.add_column(column, justify="left" if column in ("scenario", "tenant") else "right",
                          no_wrap=column == "scenario")
-    for name, entry in doc["scenarios"].items():
-        if not entry["complete"]:
-            table.add_row(name, "-", entry["error"], "", "", "", "", "")
+    for name, entry in doc.scenarios.items():
+        if entry.scores is None:
+            table.add_row(name, "-", entry.error, "", "", "", "", "")
             continue
-        rows: dict[str, dict[str, Any]] = {}
-        for row in entry["tenants"]:
-            rows.setdefault(row["tenant"], {})[row["metric"]] = row["slowdown"]
-        scores = entry["scores"]
+        rows: dict[str, dict[str, float | None]] = {}
+        for row in entry.tenants:
+            rows.setdefault(row.tenant, {})[row.metric] = row.slowdown
+        scores = entry.scores
         for i, (tenant, by_metric) in enumerate(rows.items()):
-            table.add_row(name if i == 0 else "", tenant, *(num(by_metric.get(k), ".2f") for k in headline),
-                          num(scores["fairness"], ".2f") if i == 0 else "", num(scores["stp"], ".2f") if i == 0 else "")
+            table.add_row(name if i == 0 else "", tenant, *(num(by_metric.get(m.key), ".2f") for m in headline),
+                          num(scores.fairness, ".2f") if i == 0 else "", num(scores.stp, ".2f") if i == 0 else "")
     Console().print(table)
 
 

@@ -15,20 +15,13 @@ from typing import Any
 
 from ..config import ScenarioConfig, parse_config
 from ..errors import ConfigError
-from ..measure.interference import (
-    INTERFERENCE_METRICS,
-    compare_tenants,
-    rows_for_csv,
-    score_scenario,
-    scores_dict,
-)
-from ..measure.results import Summary, SummaryUnreadable, read_run, write_json_atomic
+from ..measure.interference import INTERFERENCE_METRICS, compare_tenants, rows_for_csv, score_scenario
+from ..measure.interference_doc import (STEP_METRICS, ComparedMetric, InterferenceDoc, PhaseEntry, ScenarioEntry,
+                                        StepPoint, StepSeries, write_interference_doc)
+from ..measure.results import Summary, SummaryUnreadable, read_run
 from .matrix import PlannedCell, ScenarioPlan
 
 SHARED = "shared"
-# What the noisy-neighbour view keeps of each step: the victim's tail latencies and throughput.
-STEP_METRICS = ("p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms", "p99_e2el_ms", "output_throughput",
-                "good_request_fraction", "completed", "failed")
 
 
 def solo_cell(tenant: str) -> str:
@@ -91,56 +84,50 @@ def _phase(folder: Path) -> tuple[Summary | None, str]:
     return (summary, "complete") if verdict.complete else (None, verdict.reason)
 
 
-def scenario_interference(config: ScenarioConfig, folder: Path) -> dict[str, Any]:
+def scenario_interference(config: ScenarioConfig, folder: Path) -> ScenarioEntry:
     """One scenario's comparison from its phase folders; incomplete phases are named, and
     no number is given that would need one."""
     names = [t.name for t in config.tenants]
     phases = {cell: _phase(folder / cell) for cell in [*map(solo_cell, names), SHARED]}
     entry: dict[str, Any] = {
         "sharing_mode": config.sharing.mode,
-        "phases": {cell: {"run_dir": str(folder / cell), "status": status} for cell, (_, status) in phases.items()},
+        "phases": {cell: PhaseEntry(run_dir=str(folder / cell), status=status) for cell, (_, status) in phases.items()},
     }
     summaries = {cell: summary for cell, (summary, _) in phases.items()}
     missing = [cell for cell, summary in summaries.items() if summary is None]
     if missing:
-        entry["complete"] = False
-        entry["error"] = f"phase(s) not complete: {', '.join(missing)}"
-        return entry
+        return ScenarioEntry(**entry, complete=False, error=f"phase(s) not complete: {', '.join(missing)}")
     solo = {name: summaries[solo_cell(name)].tenants[name] for name in names}  # type: ignore[union-attr,index]
     shared = {name: summaries[SHARED].tenants[name] for name in names}  # type: ignore[union-attr,index]
     # interference's pure functions compare each tenant's flat keys
     solo_metrics = {name: block.model_dump() for name, block in solo.items()}
     shared_metrics = {name: block.model_dump() for name, block in shared.items()}
-    entry["complete"] = True
-    entry["tenants"] = rows_for_csv(compare_tenants(solo_metrics, shared_metrics))
-    entry["scores"] = scores_dict(score_scenario(solo_metrics, shared_metrics))
-    entry["slo_s"] = {name: shared[name].slo_s for name in names}
-    entry["by_step"] = {
-        name: {"aggressor": block.by_step.tenant, "kind": block.by_step.kind,
-               "steps": [{"step": s.step, "level": s.level, **s.pick(STEP_METRICS)} for s in block.by_step.steps]}
-        for name, block in shared.items() if block.by_step is not None
-    }
-    return entry
+    return ScenarioEntry(
+        **entry, complete=True, tenants=compare_tenants(solo_metrics, shared_metrics),
+        scores=score_scenario(solo_metrics, shared_metrics), slo_s={name: shared[name].slo_s for name in names},
+        by_step={name: StepSeries(aggressor=block.by_step.tenant, kind=block.by_step.kind,
+                                  steps=[StepPoint(step=s.step, level=s.level, **s.pick(STEP_METRICS))
+                                         for s in block.by_step.steps])
+                 for name, block in shared.items() if block.by_step is not None})
 
 
-def write_interference(plan: list[ScenarioPlan], out: Path) -> dict[str, Any]:
+def write_interference(plan: list[ScenarioPlan], out: Path) -> InterferenceDoc:
     """interference.json (every scenario: phases, per-tenant comparison, scores, the victim's
     latency per aggressor step), interference.csv (one row per scenario, tenant and metric) and
-    interference_scores.csv (one row per complete scenario: fairness, STP, aggregate tok/s)."""
-    doc = {
-        "metrics": [{"key": m.key, "label": m.label, "higher_is_better": m.higher_is_better}
-                    for m in INTERFERENCE_METRICS],
-        "scenarios": {p.config.scenario: scenario_interference(p.config, out / p.config.scenario) for p in plan},
-    }
-    write_json_atomic(out / "interference.json", doc)
+    interference_scores.csv (one row per complete scenario: fairness, STP, aggregate throughput)."""
+    doc = InterferenceDoc(
+        metrics=[ComparedMetric.of(m) for m in INTERFERENCE_METRICS],
+        scenarios={p.config.scenario: scenario_interference(p.config, out / p.config.scenario) for p in plan},
+    )
+    write_interference_doc(out, doc)
     columns = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]
     tmp = out / ".interference.csv.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
-        for name, entry in doc["scenarios"].items():
-            for row in entry.get("tenants", []):
-                writer.writerow({"scenario": name, "sharing_mode": entry["sharing_mode"], **row})
+        for name, entry in doc.scenarios.items():
+            for row in rows_for_csv(entry.tenants):
+                writer.writerow({"scenario": name, "sharing_mode": entry.sharing_mode, **row})
     tmp.replace(out / "interference.csv")
     score_columns = ["scenario", "sharing_mode", "tenants", "fairness", "stp", "aggregate_output_throughput",
                      "solo_output_throughput_sum"]
@@ -148,8 +135,8 @@ def write_interference(plan: list[ScenarioPlan], out: Path) -> dict[str, Any]:
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, score_columns, extrasaction="ignore")
         writer.writeheader()
-        for name, entry in doc["scenarios"].items():
-            if entry["complete"]:
-                writer.writerow({"scenario": name, "sharing_mode": entry["sharing_mode"], **entry["scores"]})
+        for name, entry in doc.scenarios.items():
+            if entry.scores is not None:
+                writer.writerow({"scenario": name, "sharing_mode": entry.sharing_mode, **entry.scores.model_dump()})
     tmp.replace(out / "interference_scores.csv")
     return doc

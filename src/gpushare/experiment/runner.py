@@ -36,9 +36,11 @@ from ..load.records import RequestRecord
 from ..load.request_log import RequestLog
 from ..load.sharegpt import with_max_model_len
 from ..load.workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
-from ..measure.metrics import RunSummary, gpu_window, is_good, measurement_window, summarize
+from ..measure.metric_catalog import flat
+from ..measure.metrics import gpu_window, is_good, measurement_window, summarize
 from ..measure.monitor import GpuMonitor
 from ..measure.results import Summary, gpu_device, location_of, write_summary, write_unfinished
+from ..measure.summary import RunSummary
 from ..serving import mig, mps
 from ..serving.engines import ENGINES, LaunchPlan, redact, redact_env
 from ..serving.models import ResolvedModel, cache_root, resolve_model
@@ -225,7 +227,7 @@ def summary_document(config: ScenarioConfig, records: list[RequestRecord], resul
         "stream": config.api.stream,
         "slo_s": dict(config.slo),
     }
-    doc.update(overall.flat())
+    doc.update(flat(overall))
     doc["token_counting"] = (
         "server usage" if overall.usage_missing == 0
         else f"tokenizer for {overall.usage_missing} request(s) without server usage"
@@ -244,7 +246,7 @@ def summary_document(config: ScenarioConfig, records: list[RequestRecord], resul
     by_endpoint: dict[str, RunSummary] = {}
     for name in sorted({r.endpoint for r in measured}):
         by_endpoint[name] = summarize([r for r in measured if r.endpoint == name], config.slo)
-    doc["per_endpoint"] = {name: s.flat() for name, s in by_endpoint.items()}
+    doc["per_endpoint"] = {name: flat(s) for name, s in by_endpoint.items()}
     return doc
 
 
@@ -706,12 +708,12 @@ def tenant_blocks(loads: list[TenantLoad], records: list[RequestRecord]) -> dict
             "warmup_requests": sum(r.tenant == tenant.name and r.warmup for r in records),
             "out_of_window": sum(r.tenant == tenant.name and not r.warmup and not r.in_window for r in records),
         }
-        block.update(summarize(mine, tenant.slo).flat())
+        block.update(flat(summarize(mine, tenant.slo)))
         if steps is not None:
             block["by_step"] = {
                 "tenant": aggressor, "step_s": steps.step_s, "kind": steps.kind,
                 "steps": [{"step": i, "level": level,
-                           **summarize([r for r in mine if r.step == i], tenant.slo).flat()}
+                           **flat(summarize([r for r in mine if r.step == i], tenant.slo))}
                           for i, level in enumerate(steps.levels)],
             }
         blocks[tenant.name] = block

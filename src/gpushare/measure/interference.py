@@ -2,39 +2,24 @@
 
 Each tenant runs alone ("solo") and together with the others ("shared") for the same duration;
 these functions turn the two sets of flat summaries into per-metric slowdowns and scenario-wide
-scores (Jain's fairness, weighted speedup). Pure functions, no I/O, so they are easy to test.
+scores (Jain's fairness, weighted speedup). Pure functions, no I/O, so they are easy to test;
+interference_doc writes and reads what they give.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
+
+from .metric_catalog import METRICS, MetricSpec
+from .results import Record
 
 Summary = Mapping[str, float | None]  # one tenant's flat summary: summary.json key -> value
 
-
-@dataclass(frozen=True)
-class InterferenceMetric:
-    """A summary key compared between solo and shared, and which direction is good."""
-
-    key: str
-    label: str
-    higher_is_better: bool
-
-
-INTERFERENCE_METRICS: tuple[InterferenceMetric, ...] = (
-    InterferenceMetric("p50_ttft_ms", "P50 TTFT", False),
-    InterferenceMetric("p99_ttft_ms", "P99 TTFT", False),
-    InterferenceMetric("p50_tpot_ms", "P50 TPOT", False),
-    InterferenceMetric("p99_tpot_ms", "P99 TPOT", False),
-    InterferenceMetric("p99_itl_ms", "P99 ITL", False),
-    InterferenceMetric("p50_e2el_ms", "P50 E2E latency", False),
-    InterferenceMetric("p99_e2el_ms", "P99 E2E latency", False),
-    InterferenceMetric("output_throughput", "Output throughput", True),
-    InterferenceMetric("good_request_fraction", "SLO attainment", True),
-    InterferenceMetric("request_goodput", "Request goodput", True),
-)
+INTERFERENCE_METRICS: tuple[MetricSpec, ...] = tuple(METRICS[key] for key in (
+    "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms", "p99_itl_ms", "p50_e2el_ms", "p99_e2el_ms",
+    "output_throughput", "good_request_fraction", "request_goodput"))
+"""The summary keys compared between solo and shared; the catalogue says which way each is good."""
 
 
 def _finite(value: float | None) -> bool:
@@ -80,9 +65,9 @@ def weighted_speedup(normalised: Sequence[float | None]) -> float | None:
     return math.fsum(normalised)
 
 
-@dataclass(frozen=True)
-class TenantComparison:
-    """One tenant's value of one metric, solo and shared, and their ratio."""
+class TenantComparison(Record):
+    """One tenant's value of one metric, solo and shared, and their ratio: a row of
+    interference.csv and of interference.json's `tenants`."""
 
     tenant: str
     metric: str
@@ -105,13 +90,14 @@ def compare_tenants(solo: Mapping[str, Summary], shared: Mapping[str, Summary]) 
     for tenant in _tenants(solo, shared):
         for metric in INTERFERENCE_METRICS:
             before, after = solo[tenant].get(metric.key), shared[tenant].get(metric.key)
-            rows.append(TenantComparison(tenant, metric.key, before, after, slowdown(before, after)))
+            rows.append(TenantComparison(tenant=tenant, metric=metric.key, solo=before, shared=after,
+                                         slowdown=slowdown(before, after)))
     return rows
 
 
-@dataclass(frozen=True)
-class ScenarioScores:
-    """Scenario-wide scores of one shared run against its tenants' solo runs."""
+class ScenarioScores(Record):
+    """Scenario-wide scores of one shared run against its tenants' solo runs (interference.json's
+    `scores`)."""
 
     tenants: int
     normalised_throughput: dict[str, float | None]
@@ -144,9 +130,4 @@ def score_scenario(solo: Mapping[str, Summary], shared: Mapping[str, Summary]) -
 
 def rows_for_csv(comparisons: Sequence[TenantComparison]) -> list[dict[str, Any]]:
     """interference.csv rows: tenant, metric, solo, shared, slowdown."""
-    return [asdict(c) for c in comparisons]
-
-
-def scores_dict(scores: ScenarioScores) -> dict[str, Any]:
-    """interference.json content (JSON-ready: only str, int, float and None)."""
-    return asdict(scores)
+    return [c.model_dump() for c in comparisons]

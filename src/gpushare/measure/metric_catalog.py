@@ -1,7 +1,7 @@
 """Every summary.json metric, declared once: key, label, unit, definition, and its names in
 vLLM's `bench serve --save-result` and NVIDIA AIPerf (as AIPerf declares each of its metrics).
 
-Everything else follows from this catalogue: `RunSummary.flat()` writes its keys in this order,
+Everything else follows from this catalogue: `flat()` writes its keys in this order,
 analysis takes its table columns and axis labels from it, and the table of keys in
 docs/metrics.md is generated from it (scripts/gen_metrics_doc.py; a test keeps it in step).
 """
@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
-if TYPE_CHECKING:
-    from .metrics import LatencyStats, RunSummary
-
-PERCENTILES = (50, 95, 99)
-LENGTH_PERCENTILES = (50, 90, 99)
+from .summary import LENGTH_PERCENTILES, PERCENTILES, LatencyStats, RunSummary
 
 Where = Literal["summary", "slo", "run", "gpu"]
-"""Who writes a key. "summary": RunSummary.flat(), at the top level and in each per_endpoint
+"""Who writes a key. "summary": flat(), at the top level and in each per_endpoint
 block; "slo": the same, but only when the run has SLOs; "run": the runner, at the top level
 only; "gpu": metrics.gpu_window, in the `gpu` block."""
 
@@ -33,6 +29,9 @@ class MetricSpec:
     unit: str | None
     description: str
     """How it is computed, in one sentence."""
+    higher_is_better: bool | None = None
+    """Which way is better: True for a throughput, False for a latency; None where neither is
+    (a count, a length, a duration)."""
     vllm: str | None = None
     """The same quantity's key in `vllm bench serve --save-result`."""
     aiperf: str | None = None
@@ -66,13 +65,13 @@ def _stat(stats: LatencyStats, stat: str) -> float | None:
 
 
 def _family(pattern: str, stats: tuple[str, ...], label: str, unit: str, description: str,
-            read: Callable[[RunSummary, str], Any], *, vllm: bool = False, aiperf: str | None = None,
-            table: Mapping[str, int] | None = None) -> tuple[MetricSpec, ...]:
+            read: Callable[[RunSummary, str], Any], *, higher_is_better: bool | None = None, vllm: bool = False,
+            aiperf: str | None = None, table: Mapping[str, int] | None = None) -> tuple[MetricSpec, ...]:
     """One declaration, one key per statistic: `pattern` with the statistic in place of {}."""
     return tuple(
         MetricSpec(pattern.format(stat), f"{_STAT_LABELS.get(stat, stat.upper())} {label}", unit, description,
-                   vllm=pattern.format(stat) if vllm else None, aiperf=aiperf, table=(table or {}).get(stat),
-                   family=pattern, value=lambda s, stat=stat: read(s, stat))
+                   higher_is_better, vllm=pattern.format(stat) if vllm else None, aiperf=aiperf,
+                   table=(table or {}).get(stat), family=pattern, value=lambda s, stat=stat: read(s, stat))
         for stat in stats)
 
 
@@ -80,7 +79,8 @@ def _latency(name: str, label: str, description: str, aiperf: str,
              table: Mapping[str, int] | None = None) -> tuple[MetricSpec, ...]:
     """A per-request latency over completed requests, in ms, with vLLM's key names."""
     return _family(f"{{}}_{name}_ms", LATENCY_STATS, label, "ms", description,
-                   lambda s, stat: _stat(s.latencies[name], stat), vllm=True, aiperf=aiperf, table=table)
+                   lambda s, stat: _stat(s.latencies[name], stat), higher_is_better=False, vllm=True, aiperf=aiperf,
+                   table=table)
 
 
 def _lengths(side: str, label: str, aiperf: str) -> tuple[MetricSpec, ...]:
@@ -99,7 +99,7 @@ def _seconds(ms: float | None) -> float | None:
 CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("completed", "Completed", "requests", "Measured requests with status `ok`.",
                vllm="completed", aiperf="request_count", type=int),
-    MetricSpec("failed", "Failed", "requests", "Measured requests that failed, whatever the reason.",
+    MetricSpec("failed", "Failed", "requests", "Measured requests that failed, whatever the reason.", False,
                vllm="failed", aiperf="error_request_count", table=0, type=int),
     MetricSpec("failed_by_kind", "Failed by kind", "requests", "`failed` by status (`timeout`, `http_error`, …).",
                value=lambda s: dict(s.failed_by_kind), type=dict[str, int]),
@@ -111,12 +111,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("total_output_tokens", "Total output", "tokens",
                "Sum of usage's `completion_tokens` over completed requests.", vllm="total_output_tokens",
                aiperf="total_osl", type=int),
-    MetricSpec("request_throughput", "Request throughput", "req/s", "`completed / duration`.",
+    MetricSpec("request_throughput", "Request throughput", "req/s", "`completed / duration`.", True,
                vllm="request_throughput", aiperf="request_throughput"),
-    MetricSpec("output_throughput", "Output throughput", "tokens/s", "`total_output_tokens / duration`.",
+    MetricSpec("output_throughput", "Output throughput", "tokens/s", "`total_output_tokens / duration`.", True,
                vllm="output_throughput", aiperf="output_token_throughput", table=0),
     MetricSpec("total_token_throughput", "Total token throughput", "tokens/s",
-               "`(total_input_tokens + total_output_tokens) / duration`.", vllm="total_token_throughput",
+               "`(total_input_tokens + total_output_tokens) / duration`.", True, vllm="total_token_throughput",
                aiperf="total_token_throughput"),
     *_latency("ttft", "TTFT", "Time to first token, `first_token − sent`, over completed requests.",
               "time_to_first_token", table={"p99": 0}),
@@ -127,17 +127,18 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     *_latency("e2el", "E2E latency", "End-to-end latency, `end − sent`, over completed requests.", "request_latency"),
     *_family("{}_latency_s", tuple(f"p{q}" for q in PERCENTILES), "E2E latency", "s",
              "E2E latency percentiles in seconds (the original gpushare tables' unit).",
-             lambda s, stat: _seconds(_stat(s.latencies["e2el"], stat)), aiperf="request_latency", table={"p99": 2}),
+             lambda s, stat: _seconds(_stat(s.latencies["e2el"], stat)), higher_is_better=False,
+             aiperf="request_latency", table={"p99": 2}),
     *_family("{}_queue_ms", ("mean", "p99"), "client queue time", "ms",
              "`sent − scheduled` over all measured requests: how late the client sent them.",
-             lambda s, stat: _stat(s.queue, stat)),
+             lambda s, stat: _stat(s.queue, stat), higher_is_better=False),
     MetricSpec("good_requests", "Good requests", "requests",
-               "Measured requests that completed within every SLO (see below).",
+               "Measured requests that completed within every SLO (see below).", True,
                aiperf="good_request_count", where="slo", type=int),
-    MetricSpec("request_goodput", "Request goodput", "req/s", "`good_requests / duration`.",
+    MetricSpec("request_goodput", "Request goodput", "req/s", "`good_requests / duration`.", True,
                vllm="request_goodput", aiperf="goodput", where="slo"),
-    MetricSpec("good_request_fraction", "Good request fraction", None,
-               "`good_requests` over all measured requests, failed ones included.",
+    MetricSpec("good_request_fraction", "SLO attainment", None,
+               "`good_requests` over all measured requests, failed ones included.", True,
                aiperf="good_request_fraction", where="slo"),
     MetricSpec("usage_missing", "Usage missing", "requests",
                "Completed requests whose server sent no usage, so their output tokens were counted with the "
@@ -152,7 +153,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                "reported as AIPerf does.",
                where="run"),
     MetricSpec("client_cpu_ms_per_request", "Client CPU per request", "ms",
-               "`client_cpu_s` per measured request.", where="run"),
+               "`client_cpu_s` per measured request.", False, where="run"),
     MetricSpec("requests_built_in_window", "Requests built in window", "requests",
                "Measured requests whose prompt and body were built inside the measured window (see below).",
                where="run", type=int),
@@ -161,7 +162,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("energy_j", "GPU energy", "J", "NVML's total-energy counter, last sample minus first in the window, "
                "summed over GPUs.", aiperf="nvidia_total_gpu_energy", where="gpu"),
     MetricSpec("energy_per_output_token_j", "Energy per output token", "J/token",
-               "`energy_j / total_output_tokens`.", aiperf="nvidia_energy_per_output_token", where="gpu", table=3),
+               "`energy_j / total_output_tokens`.", False, aiperf="nvidia_energy_per_output_token",
+               where="gpu", table=3),
     MetricSpec("avg_power_w", "Average power", "W", "`energy_j` over the span of the samples "
                "(`mean_power_w` where the energy counter is missing).", aiperf="nvidia_average_gpu_power",
                where="gpu"),
@@ -181,6 +183,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 METRICS: dict[str, MetricSpec] = {m.key: m for m in CATALOGUE}
 
 
+def flat(summary: RunSummary) -> dict[str, Any]:
+    """The summary as vLLM-named keys (plus ours), ready for summary.json: the catalogue's keys
+    that a RunSummary gives, in its order; the SLO keys only where the run had SLOs."""
+    return {m.key: m.read(summary) for m in CATALOGUE
+            if m.where == "summary" or (m.where == "slo" and summary.good_requests is not None)}
+
+
 # --- docs/metrics.md ----------------------------------------------------------------------------
 
 BEGIN, END = "<!-- generated: metrics table -->", "<!-- end generated -->"
@@ -189,13 +198,14 @@ _NOTES = {"slo": " Only with SLOs.", "run": " Top level only, not per endpoint."
 
 def _cells(m: MetricSpec) -> tuple[str, ...]:
     vllm = "same" if m.vllm == m.key else f"`{m.vllm}`" if m.vllm else "—"
-    return (f"`{'gpu.' if m.where == 'gpu' else ''}{m.key}`", m.unit or "—", m.description + _NOTES.get(m.where, ""),
-            vllm, f"`{m.aiperf}`" if m.aiperf else "—")
+    better = "—" if m.higher_is_better is None else "higher" if m.higher_is_better else "lower"
+    return (f"`{'gpu.' if m.where == 'gpu' else ''}{m.key}`", m.unit or "—", better,
+            m.description + _NOTES.get(m.where, ""), vllm, f"`{m.aiperf}`" if m.aiperf else "—")
 
 
 def markdown_table() -> str:
     """The catalogue as a Markdown table, one row per declaration (a family's keys share one)."""
-    lines = ["| Key | Unit | Definition | vLLM `bench serve` | AIPerf |", "|---|---|---|---|---|"]
+    lines = ["| Key | Unit | Better | Definition | vLLM `bench serve` | AIPerf |", "|---|---|---|---|---|---|"]
     for _, group in itertools.groupby(CATALOGUE, key=lambda m: m.family or m.key):
         columns = zip(*map(_cells, group))
         lines.append("| " + " | ".join(", ".join(dict.fromkeys(column)) for column in columns) + " |")

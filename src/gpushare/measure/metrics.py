@@ -8,13 +8,12 @@ compute the same quantity, so results can be compared column for column.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..load.records import RequestRecord
-from .metric_catalog import CATALOGUE, LENGTH_PERCENTILES, PERCENTILES
+from .summary import LENGTH_PERCENTILES, LatencyStats, RunSummary
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -66,28 +65,6 @@ def inter_token_latencies(chunk_times: Sequence[float], chunk_tokens: Sequence[i
 # --- per run ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """One latency metric over a set of requests, in milliseconds."""
-
-    mean: float | None
-    median: float | None
-    std: float | None
-    p: dict[int, float | None]
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> "LatencyStats":
-        if not len(seconds):
-            return cls(None, None, None, {q: None for q in PERCENTILES})
-        ms = np.asarray(seconds, dtype=float) * 1000.0
-        return cls(
-            float(ms.mean()),
-            float(np.median(ms)),
-            float(ms.std()),
-            {q: float(np.percentile(ms, q)) for q in PERCENTILES},
-        )
-
-
 # Each latency metric: how to get its values (seconds) from the completed requests.
 LATENCY_METRICS: dict[str, Callable[[Sequence[RequestRecord]], list[float]]] = {
     "ttft": lambda recs: [v for r in recs if (v := ttft(r)) is not None],
@@ -120,53 +97,6 @@ def is_good(rec: RequestRecord, slo: Mapping[str, float]) -> bool:
         "itl": max(inter_token_latencies(rec.chunk_times, rec.chunk_tokens), default=None),
     }
     return all(measured[k] is None or measured[k] <= limit for k, limit in slo.items())
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """The numbers of one run (or one endpoint of it) over its measured requests."""
-
-    completed: int
-    failed: int
-    failed_by_kind: dict[str, int]
-    duration: float
-    total_input_tokens: int
-    total_output_tokens: int
-    latencies: dict[str, LatencyStats]
-    queue: LatencyStats
-    good_requests: int | None = None
-    usage_missing: int = 0
-    usage_disagrees: int = 0
-    lengths: dict[str, float | None] = field(default_factory=dict)
-
-    @property
-    def request_throughput(self) -> float:
-        return self.completed / self.duration if self.duration > 0 else 0.0
-
-    @property
-    def output_throughput(self) -> float:
-        return self.total_output_tokens / self.duration if self.duration > 0 else 0.0
-
-    @property
-    def total_token_throughput(self) -> float:
-        return (self.total_input_tokens + self.total_output_tokens) / self.duration if self.duration > 0 else 0.0
-
-    @property
-    def request_goodput(self) -> float | None:
-        if self.good_requests is None:
-            return None
-        return self.good_requests / self.duration if self.duration > 0 else 0.0
-
-    @property
-    def good_request_fraction(self) -> float | None:
-        total = self.completed + self.failed
-        return None if self.good_requests is None or not total else self.good_requests / total
-
-    def flat(self) -> dict[str, Any]:
-        """The summary as vLLM-named keys (plus ours), ready for summary.json: the catalogue's
-        keys that RunSummary writes, in its order; the SLO keys only where the run had SLOs."""
-        return {m.key: m.read(self) for m in CATALOGUE
-                if m.where == "summary" or (m.where == "slo" and self.good_requests is not None)}
 
 
 def measurement_window(records: Iterable[RequestRecord]) -> tuple[float, float] | None:

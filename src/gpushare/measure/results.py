@@ -10,7 +10,8 @@ What the files hold is declared here as pydantic models (`Summary`, `MatrixIndex
 metric keys generated from metric_catalog. The writers validate a document through its model
 and then write the document itself, so the files stay as they were and whatever is written
 reads back; the readers return the models, so callers read attributes, not string keys. A key
-a model does not declare (an older or newer run's) is kept, not refused.
+a model does not declare is refused, so a misspelt key fails its writer instead of passing
+silently; a key that any committed run wrote is declared.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ class SummaryUnreadable(Exception):
 
 class Record(BaseModel):
     """A block of a results file: strict types (an int stays an int, a bool is no number); a key
-    it does not declare is kept."""
+    it does not declare is refused."""
 
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     def pick(self, keys: Iterable[str]) -> dict[str, Any]:
         """These keys' values in the order given (a table's columns); a key not declared fails."""
@@ -85,7 +86,7 @@ def _catalogued(name: str, where: tuple[Where, ...], base: type[Record], doc: st
 
 
 MetricBlock = _catalogued("MetricBlock", ("summary", "slo"), Record,
-                          "RunSummary.flat()'s keys: the whole run, one endpoint, one tenant or one step.")
+                          "metric_catalog.flat()'s keys: the whole run, one endpoint, one tenant or one step.")
 GpuWindow = _catalogued("GpuWindow", ("gpu",), Record, "The `gpu` block (metrics.gpu_window).")
 
 
@@ -322,7 +323,7 @@ def read_summary(folder: Path) -> dict[str, Any]:
     return doc
 
 
-def _problem(err: ValidationError) -> str:
+def validation_problem(err: ValidationError) -> str:
     """What is wrong, by key: the keys missing, else the first problem."""
     problems = err.errors()
     missing = [".".join(map(str, p["loc"])) for p in problems if p["type"] == "missing"]
@@ -337,7 +338,7 @@ def read_run(folder: Path) -> Summary:
     try:
         return Summary.model_validate(read_summary(folder))
     except ValidationError as err:
-        raise SummaryUnreadable(f"{folder / SUMMARY}: {_problem(err)}") from None
+        raise SummaryUnreadable(f"{folder / SUMMARY}: {validation_problem(err)}") from None
 
 
 def verdict_of(doc: dict[str, Any]) -> Verdict:

@@ -1,1 +1,1 @@
-"""From run folders to tables, figures (analysis, isolation) and the LaTeX report."""
+"""From run folders to tables, figures (analysis, isolation; both drawn in one style) and the LaTeX report."""

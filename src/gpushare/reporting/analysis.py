@@ -11,18 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..errors import ConfigError  # noqa: E402
-from ..measure.metric_catalog import CATALOGUE, METRICS  # noqa: E402
-from ..measure.results import (SUMMARY, GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run,  # noqa: E402
-                      read_run_config, read_verdict, run_location, workload_labels)
+from ..errors import ConfigError
+from ..measure.metric_catalog import CATALOGUE, METRICS
+from ..measure.results import (SUMMARY, GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run,
+                               read_run_config, read_verdict, run_location, workload_labels)
+from .isolation import find_interference, read_interference, write_isolation
+from .style import close, colours, legend, markdown, save, subplots
 
 # Per run: what identifies it, what it measured (summary.json keys), and the gpu block's keys;
 # metric_catalog says what each key means.
@@ -185,12 +183,6 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def markdown(shown: pd.DataFrame) -> str:
-    """A Markdown table of cells already formatted for reading."""
-    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
-    return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
-
-
 def write_tables(summary: pd.DataFrame, out: Path) -> list[Path]:
     shown = table(summary)
     paths = [out / "summary.csv", out / "summary.md", out / "summary.tex"]
@@ -276,26 +268,6 @@ def write_cross_gpu(runs: pd.DataFrame, out: Path) -> list[Path]:
 # --- figures -----------------------------------------------------------------------------------
 
 
-def colours(scenarios: Iterable[str]) -> dict[str, tuple]:
-    names = sorted(set(scenarios))
-    palette = plt.get_cmap("tab10")
-    return {name: palette(i % 10) for i, name in enumerate(names)}
-
-
-def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.tight_layout()
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
-
-
-def _legend(ax: plt.Axes) -> None:
-    """Outside the plot, to the right, so that it never covers data."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
-
-
 def _spread(std: pd.Series) -> pd.Series | None:
     """Error bars from repeated runs; none where every point is a single run."""
     return None if std.isna().all() else std.fillna(0)
@@ -307,19 +279,19 @@ def _load_axis_label(runs: pd.DataFrame) -> str:
 
 def plot_versus_load(summary: pd.DataFrame, runs: pd.DataFrame, column: str, name: str, out: Path,
                      colour: dict[str, tuple]) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = subplots(figsize=(7.5, 4))
     for scenario, part in summary.groupby("scenario"):
         ax.errorbar(part["load"], part[column], yerr=_spread(part[f"{column}_std"]), marker="o", capsize=3,
                     label=scenario, color=colour[scenario])
     ax.set_xlabel(_load_axis_label(runs))
     ax.set_ylabel(METRICS[column].title)
     ax.grid(alpha=0.3)
-    _legend(ax)
-    return _save(fig, out, name)
+    legend(ax)
+    return save(fig, out, name)
 
 
 def plot_tradeoff(summary: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = subplots(figsize=(7.5, 4))
     for scenario, part in summary.groupby("scenario"):
         ax.errorbar(part["p99_latency_s"], part["output_throughput"], xerr=_spread(part["p99_latency_s_std"]),
                     yerr=_spread(part["output_throughput_std"]), marker="o", capsize=3, label=scenario,
@@ -330,8 +302,8 @@ def plot_tradeoff(summary: pd.DataFrame, out: Path, colour: dict[str, tuple]) ->
     ax.set_xlabel(METRICS["p99_latency_s"].title)
     ax.set_ylabel(METRICS["output_throughput"].title)
     ax.grid(alpha=0.3)
-    _legend(ax)
-    return _save(fig, out, "throughput_vs_p99_latency")
+    legend(ax)
+    return save(fig, out, "throughput_vs_p99_latency")
 
 
 def request_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -354,7 +326,7 @@ def plot_cdfs(requests: pd.DataFrame, runs: pd.DataFrame, out: Path, colour: dic
     loads = sorted(requests["load"].unique())
     for column, label, name in (("ttft_s", "time to first token (s)", "ttft_cdf"),
                                 ("e2el_s", "end-to-end latency (s)", "e2e_latency_cdf")):
-        fig, axes = plt.subplots(1, len(loads), figsize=(4 * len(loads) + 2, 3.5), squeeze=False, sharey=True)
+        fig, axes = subplots(1, len(loads), figsize=(4 * len(loads) + 2, 3.5), squeeze=False, sharey=True)
         for ax, load in zip(axes[0], loads):
             for scenario, part in requests[requests["load"] == load].groupby("scenario"):
                 values = np.sort(part[column].dropna().to_numpy())
@@ -364,8 +336,8 @@ def plot_cdfs(requests: pd.DataFrame, runs: pd.DataFrame, out: Path, colour: dic
             ax.set_xlabel(label)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("fraction of requests")
-        _legend(axes[0][-1])
-        paths += _save(fig, out, name)
+        legend(axes[0][-1])
+        paths += save(fig, out, name)
     return paths
 
 
@@ -381,7 +353,7 @@ def plot_token_lengths(requests: pd.DataFrame, out: Path, colour: dict[str, tupl
     requests = requests[requests["run"].isin(varied[varied].index)] if varied.any() else requests.iloc[0:0]
     if requests.empty:
         return []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for ax, (column, label) in zip(axes, sides):
         bins = np.geomspace(1, max(2.0, requests[column].max() * 1.05), 40)
         for run, part in requests.groupby("run", sort=True):
@@ -395,14 +367,14 @@ def plot_token_lengths(requests: pd.DataFrame, out: Path, colour: dict[str, tupl
         ax.set_xlabel(label)
         ax.set_ylabel("share of the run's requests (%)")
         ax.grid(alpha=0.3)
-    _legend(axes[1])
-    return _save(fig, out, "token_lengths")
+    legend(axes[1])
+    return save(fig, out, "token_lengths")
 
 
 def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> list[Path]:
     """GPU utilisation, memory and power against time since each run's first measured request."""
     panels = (("gpu_util_pct", "GPU utilisation (%)"), ("mem_used_mib", "memory used (GiB)"), ("power_w", "power (W)"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 7), sharex=True)
+    fig, axes = subplots(len(panels), 1, figsize=(9, 7), sharex=True)
     drawn = 0
     for _, run in runs.drop_duplicates("run").iterrows():  # a run of several tenants: one GPU trace
         folder = Path(run["run"])
@@ -422,11 +394,11 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) 
             ax.grid(alpha=0.3)
         drawn += 1
     if not drawn:
-        plt.close(fig)
+        close(fig)
         return []
     axes[-1].set_xlabel("time since the first measured request (s)")
-    _legend(axes[0])
-    return _save(fig, out, "gpu_timeline")
+    legend(axes[0])
+    return save(fig, out, "gpu_timeline")
 
 
 PER_SERVER_FIELDS = ["output_throughput", "p99_latency_s"]
@@ -444,14 +416,14 @@ def plot_per_server(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) -> 
     bars = pd.DataFrame(rows)
     bars[PER_SERVER_FIELDS] = bars[PER_SERVER_FIELDS].apply(pd.to_numeric, errors="coerce")
     bars = bars.groupby(["label", "scenario"], sort=False).agg(["mean", "std"]).reset_index()
-    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.2 * len(bars)), 4.5))
+    fig, axes = subplots(1, 2, figsize=(max(7, 1.2 * len(bars)), 4.5))
     for ax, column in zip(axes, PER_SERVER_FIELDS):
         ax.bar(range(len(bars)), bars[(column, "mean")], yerr=_spread(bars[(column, "std")]), capsize=3,
                color=[colour[s] for s in bars["scenario"]])
         ax.set_xticks(range(len(bars)), bars["label"], fontsize="x-small", rotation=40, ha="right")
         ax.set_ylabel(METRICS[column].title)
         ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out, "per_server")
+    return save(fig, out, "per_server")
 
 
 def writable_folder(out: Path) -> None:
@@ -479,8 +451,6 @@ def analyze(found: RunSet, out: Path) -> list[Path]:
     what was written. With no complete run, nothing is written. Where the runs span several GPU
     models, the cross-GPU table comes too, and where `interfere`'s outputs lie under the
     searched folders, their isolation table and figures."""
-    from .isolation import find_interference, read_interference, write_isolation  # it draws with this module
-
     runs = found.complete_runs()
     writable_folder(out)
     runs.to_csv(out / "runs.csv", index=False)

@@ -9,12 +9,10 @@ scenario keeps the colour the other figures give it, so one mode reads the same 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
@@ -22,11 +20,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from ..experiment.interference_protocol import SHARED, STEP_METRICS, solo_cell
+from ..experiment.interference_protocol import SHARED, solo_cell
+from ..measure.interference_doc import (INTERFERENCE, STEP_METRICS, InterferenceUnreadable, ScenarioEntry,
+                                        read_interference_doc)
+from ..measure.metric_catalog import METRICS
 from ..measure.results import read_verdict
-from .analysis import _legend, _save, markdown
+from .style import legend, markdown, save, subplots
 
-INTERFERENCE = "interference.json"
 COMPARISON_FIELDS = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]
 SCORE_FIELDS = ["scenario", "sharing_mode", "label", "tenants", "fairness", "stp", "aggregate_output_throughput",
                 "solo_output_throughput_sum"]
@@ -81,16 +81,15 @@ def label(scenario: str, mode: str) -> str:
     return scenario if mode in scenario else f"{scenario} ({mode})"
 
 
-def _load(files: list[Path]) -> tuple[list[tuple[Path, str, dict]], list[str]]:
+def _load(files: list[Path]) -> tuple[list[tuple[Path, str, ScenarioEntry]], list[str]]:
     """(file, scenario, entry) for each scenario of each readable file, and the files left out."""
-    entries: list[tuple[Path, str, dict]] = []
+    entries: list[tuple[Path, str, ScenarioEntry]] = []
     left_out: list[str] = []
     for file in files:
         try:
-            doc = json.loads(file.read_text())
-            entries += [(file, name, entry) for name, entry in doc["scenarios"].items()]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            left_out.append(f"{file}: not readable ({err})")
+            entries += [(file, name, entry) for name, entry in read_interference_doc(file).scenarios.items()]
+        except InterferenceUnreadable as err:
+            left_out.append(str(err))
     return entries, left_out
 
 
@@ -106,17 +105,18 @@ def read_interference(files: Iterable[Path]) -> Interference:
     phases: list[dict] = []
     for file, name, entry in entries:
         scenario = name if counts[name] == 1 else f"{file.parent.name}/{name}"
-        if not entry.get("complete"):
-            left_out.append(f"{scenario} ({file}): {entry.get('error', 'not complete')}")
+        if not entry.complete or entry.scores is None:
+            left_out.append(f"{scenario} ({file}): {entry.error or 'not complete'}")
             continue
-        mode = entry["sharing_mode"]
-        comparisons += [{"scenario": scenario, "sharing_mode": mode, **row} for row in entry["tenants"]]
-        scores.append({"scenario": scenario, "sharing_mode": mode, "label": label(scenario, mode), **entry["scores"]})
-        steps += [{"scenario": scenario, "sharing_mode": mode, "tenant": tenant, "aggressor": block["aggressor"],
-                   "kind": block["kind"], **step}
-                  for tenant, block in entry.get("by_step", {}).items() for step in block["steps"]]
+        mode = entry.sharing_mode
+        comparisons += [{"scenario": scenario, "sharing_mode": mode, **row.model_dump()} for row in entry.tenants]
+        scores.append({"scenario": scenario, "sharing_mode": mode, "label": label(scenario, mode),
+                       **entry.scores.model_dump()})
+        steps += [{"scenario": scenario, "sharing_mode": mode, "tenant": tenant, "aggressor": block.aggressor,
+                   "kind": block.kind, **step.model_dump()}
+                  for tenant, block in entry.by_step.items() for step in block.steps]
         phases += [{"scenario": scenario, "phase": phase, "folder": file.parent / name / phase}
-                   for phase in entry["phases"]]
+                   for phase in entry.phases]
 
     def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
         out = pd.DataFrame(rows, columns=columns)
@@ -148,15 +148,17 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     def pct(v: float) -> str:
         return num(100 * v, ".0f") + ("%" if pd.notna(v) else "")
 
+    ttft, tpot, throughput, slo = (METRICS[key] for key in
+                                   ("p99_ttft_ms", "p99_tpot_ms", "output_throughput", "good_request_fraction"))
     return pd.DataFrame({
         "Scenario": table["scenario"], "Mode": table["sharing_mode"], "Tenant": table["tenant"],
-        "P99 TTFT solo → shared (ms)": [f"{num(a, ',.1f')} → {num(b, ',.1f')} (×{num(s, '.2f')})" for a, b, s in
-                                        zip(table["p99_ttft_solo_ms"], table["p99_ttft_shared_ms"],
-                                            table["p99_ttft_slowdown"])],
-        "P99 TPOT shared/solo": ["×" + num(v, ".2f") for v in table["p99_tpot_slowdown"]],
-        "tok/s shared/solo": ["×" + num(v, ".2f") for v in table["output_throughput_slowdown"]],
-        "SLO met solo → shared": ["–" if pd.isna(a) and pd.isna(b) else f"{pct(a)} → {pct(b)}"
-                                  for a, b in zip(table["slo_met_solo"], table["slo_met_shared"])],
+        f"{ttft.label} solo → shared ({ttft.unit})": [
+            f"{num(a, ',.1f')} → {num(b, ',.1f')} (×{num(s, '.2f')})"
+            for a, b, s in zip(table["p99_ttft_solo_ms"], table["p99_ttft_shared_ms"], table["p99_ttft_slowdown"])],
+        f"{tpot.label} shared/solo": ["×" + num(v, ".2f") for v in table["p99_tpot_slowdown"]],
+        f"{throughput.label} shared/solo": ["×" + num(v, ".2f") for v in table["output_throughput_slowdown"]],
+        f"{slo.label} solo → shared": ["–" if pd.isna(a) and pd.isna(b) else f"{pct(a)} → {pct(b)}"
+                                       for a, b in zip(table["slo_met_solo"], table["slo_met_shared"])],
         "Fairness": table["fairness"].map(lambda v: num(v, ".2f")),
         "STP": table["stp"].map(lambda v: num(v, ".2f")),
     })
@@ -186,37 +188,36 @@ def plot_noisy_neighbour(data: Interference, out: Path, colour: dict[str, tuple]
         return []
     labels = data.labels()
     solo = data.comparisons.set_index(["scenario", "tenant", "metric"])["solo"]
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
+    fig, axes = subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
     for row, ((victim, aggressor, kind), part) in zip(axes, groups):
-        for ax, metric, name in zip(row, ("p99_ttft_ms", "p99_tpot_ms"), ("P99 TTFT", "P99 TPOT")):
+        for ax, metric in zip(row, (METRICS["p99_ttft_ms"], METRICS["p99_tpot_ms"])):
             for scenario, lines in part.groupby("scenario"):
-                ax.plot(lines["level"], lines[metric], marker="o", color=colour[scenario], label=labels[scenario])
-                ax.axhline(solo.get((scenario, victim, metric), np.nan), color=colour[scenario], linestyle=":",
+                ax.plot(lines["level"], lines[metric.key], marker="o", color=colour[scenario], label=labels[scenario])
+                ax.axhline(solo.get((scenario, victim, metric.key), np.nan), color=colour[scenario], linestyle=":",
                            linewidth=1)
-            ax.set_title(f"{victim}: {name} while {aggressor} steps up its load", fontsize="medium")
+            ax.set_title(f"{victim}: {metric.label} while {aggressor} steps up its load", fontsize="medium")
             ax.set_xlabel(f"{aggressor}'s {LEVEL_AXIS.get(kind, kind)}")
-            ax.set_ylabel(f"{victim}'s {name} (ms)")
+            ax.set_ylabel(f"{victim}'s {metric.title}")
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
         handles, names = row[1].get_legend_handles_labels()
         row[1].legend([*handles, Line2D([], [], color="grey", linestyle=":")], [*names, f"{victim} solo"],
                       loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
-    return _save(fig, out, "noisy_neighbour")
+    return save(fig, out, "noisy_neighbour")
 
 
 def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
-    """Tenant × mode: P99 TTFT shared/solo (above 1 is worse) and output tok/s shared/solo
+    """Tenant × mode: P99 TTFT shared/solo (above 1 is worse) and output throughput shared/solo
     (below 1 is worse); green is good, red is bad in both, pale is little change. The colour
     scale is logarithmic and symmetric about 1 (×0.5 reads as strong as ×2), at least ×0.5 to ×2
     so that noise does not look like harm."""
     labels = data.labels()
     scenarios = list(data.scores["scenario"])
-    panels = (("p99_ttft_ms", "P99 TTFT shared / solo (>1: slower)", "RdYlGn_r"),
-              ("output_throughput", "output tok/s shared / solo (<1: less)", "RdYlGn"))
+    panels = ((METRICS["p99_ttft_ms"], ">1: slower", "RdYlGn_r"), (METRICS["output_throughput"], "<1: less", "RdYlGn"))
     size = (2 * (2.5 + 1.6 * len(scenarios)), 2.2 + 0.6 * data.comparisons["tenant"].nunique())
-    fig, axes = plt.subplots(1, 2, figsize=size, squeeze=False)
-    for ax, (metric, title, cmap) in zip(axes[0], panels):
-        grid = data.comparisons[data.comparisons["metric"] == metric].pivot(
+    fig, axes = subplots(1, 2, figsize=size, squeeze=False)
+    for ax, (metric, worse, cmap) in zip(axes[0], panels):
+        grid = data.comparisons[data.comparisons["metric"] == metric.key].pivot(
             index="tenant", columns="scenario", values="slowdown").reindex(columns=scenarios)
         values = grid.to_numpy(dtype=float)
         positive = values[np.isfinite(values) & (values > 0)]
@@ -230,11 +231,11 @@ def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple
         ax.set_yticks(range(len(grid.index)), grid.index)
         ax.set_xlabel("sharing mode (scenario)")
         ax.set_ylabel("tenant")
-        ax.set_title(title, fontsize="medium")
+        ax.set_title(f"{metric.label} shared / solo ({worse})", fontsize="medium")
         bar = fig.colorbar(image, ax=ax, label="shared / solo (ratio, log scale)",
                            ticks=np.geomspace(1 / reach, reach, 5), format=FuncFormatter(lambda v, _: f"{v:.2g}"))
         bar.minorticks_off()
-    return _save(fig, out, "slowdown_heatmap")
+    return save(fig, out, "slowdown_heatmap")
 
 
 def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
@@ -247,7 +248,7 @@ def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple])
         return []
     labels = data.labels()
     width = max(5.0, 1.6 * slo["scenario"].nunique())
-    fig, axes = plt.subplots(1, len(tenants), figsize=(width * len(tenants) + 2, 4), squeeze=False)
+    fig, axes = subplots(1, len(tenants), figsize=(width * len(tenants) + 2, 4), squeeze=False)
     sides = (("solo", -0.2, {"hatch": "//", "alpha": 0.45}), ("shared", 0.2, {}))
     for ax, tenant in zip(axes[0], tenants):
         part = slo[slo["tenant"] == tenant].sort_values("scenario")
@@ -261,12 +262,12 @@ def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple])
         ax.set_ylim(0, 110)
         ax.set_ylabel("requests meeting the SLO (%)")
         ax.set_xlabel("sharing mode (scenario)")
-        ax.set_title(f"{tenant}: SLO attainment, solo vs shared", fontsize="medium")
+        ax.set_title(f"{tenant}: {METRICS['good_request_fraction'].label}, solo vs shared", fontsize="medium")
         ax.grid(alpha=0.3, axis="y")
     key = [Patch(facecolor="white", edgecolor="black", hatch="//"), Patch(facecolor="grey", edgecolor="black")]
     axes[0][-1].legend(key, ["solo (tenant alone)", "shared (all tenants)"], loc="upper left",
                        bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
-    return _save(fig, out, "slo_attainment")
+    return save(fig, out, "slo_attainment")
 
 
 def phase_requests(folder: Path, tenant: str) -> pd.DataFrame:
@@ -285,7 +286,7 @@ def plot_latency_cdfs(data: Interference, out: Path, colour: dict[str, tuple]) -
         return []
     labels = data.labels()
     folders = data.phases.set_index(["scenario", "phase"])["folder"]
-    fig, axes = plt.subplots(1, len(tenants), figsize=(4.5 * len(tenants) + 2.5, 3.8), squeeze=False, sharey=True)
+    fig, axes = subplots(1, len(tenants), figsize=(4.5 * len(tenants) + 2.5, 3.8), squeeze=False, sharey=True)
     for ax, tenant in zip(axes[0], tenants):
         for scenario in data.scores["scenario"]:
             for phase, side, style in ((solo_cell(tenant), "solo", "--"), (SHARED, "shared", "-")):
@@ -298,8 +299,8 @@ def plot_latency_cdfs(data: Interference, out: Path, colour: dict[str, tuple]) -
         ax.set_xlabel("time to first token (ms)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of requests")
-    _legend(axes[0][-1])
-    return _save(fig, out, "latency_cdf_solo_vs_shared")
+    legend(axes[0][-1])
+    return save(fig, out, "latency_cdf_solo_vs_shared")
 
 
 def write_isolation(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:

@@ -1,0 +1,136 @@
+"""The package's import graph has no cycle and never imports upward.
+
+Each module sits on a floor and may import only its own floor and those below it; within a
+floor, modules may import each other but never in a circle. Every import counts, the ones
+inside functions and under TYPE_CHECKING too: a late import hides a dependency, it does not
+remove it. The graph is read from the source with `ast`, so nothing is imported to check it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "gpushare"
+
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("gpushare", "core", "errors", "interrupts", "events"),  # the ground floor: imports nothing above it
+    ("config",),  # what a scenario says
+    ("measure",),  # metrics, summaries, the run folder's files
+    ("load",),  # workloads and the load generator
+    ("serving",),  # engines, servers, sharing modes
+    ("environment",),  # what env.json records of the machine and its engines
+    ("experiment",),  # a run, a matrix, the interference protocol
+    ("fleet",),  # a matrix's cells over GPUs and nodes
+    ("reporting",),  # tables, figures, the report
+    ("cli",),
+)
+"""Lowest first; a module's floor is its first name under gpushare (the package itself: ground)."""
+
+KNOWN_UPWARD: set[tuple[str, str]] = {
+    # Request records and run events move to the ground floor, with the run folder's writer;
+    # these entries go with them.
+    ("gpushare.events", "gpushare.load.records"),
+    ("gpushare.events", "gpushare.measure.results"),
+    ("gpushare.measure.metrics", "gpushare.load.records"),
+}
+"""Upward imports being removed; an entry that no longer occurs fails, so the list only shrinks."""
+
+KNOWN_CYCLES: list[set[str]] = [
+    # Process primitives move to the ground floor and clean-up stays in serving/.
+    {"gpushare.serving.leftovers", "gpushare.serving.mps", "gpushare.serving.servers"},
+]
+"""Cycles being cut (each the exact set of modules in it); one that no longer occurs fails."""
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+Graph = dict[str, set[str]]
+"""Each module and the package's modules it imports."""
+
+
+def imported(name: str, source: str, package: str) -> set[str]:
+    """The package's modules that module `name` (of `package`) imports, anywhere in `source`."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            found |= {target, *(f"{target}.{alias.name}" for alias in node.names)}  # `from . import mps`
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {target for target in found if target in MODULES and target != name}
+
+
+def graph() -> Graph:
+    return {name: imported(name, path.read_text(), name if path.name == "__init__.py" else name.rpartition(".")[0])
+            for name, path in MODULES.items()}
+
+
+def floor(module: str) -> int:
+    top = module.split(".")[1] if "." in module else module
+    return next(i for i, names in enumerate(FLOORS) if top in names)
+
+
+def upward(edges: Graph) -> set[tuple[str, str]]:
+    return {(a, b) for a, targets in edges.items() for b in targets if floor(b) > floor(a)}
+
+
+def reachable(edges: Graph, start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for target in edges[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def cycles(edges: Graph) -> list[set[str]]:
+    """Each set of modules that import each other round a circle (the graph's strongly connected parts)."""
+    reach = {name: reachable(edges, name) for name in edges}
+    groups = {frozenset({name} | {other for other in reach[name] if name in reach[other]})
+              for name in edges if name in reach[name]}
+    return [set(group) for group in groups]
+
+
+def test_every_module_has_a_floor():
+    placed = {top for names in FLOORS for top in names}
+    assert sorted({m.split(".")[1] for m in MODULES if "." in m} - placed) == []
+
+
+def test_no_module_imports_a_floor_above_its_own():
+    found = upward(graph())
+    assert sorted(found - KNOWN_UPWARD) == []
+    assert sorted(KNOWN_UPWARD - found) == [], "no longer imported upward: take it off KNOWN_UPWARD"
+
+
+def test_no_import_cycles():
+    found = cycles(graph())
+    assert [sorted(group) for group in found if group not in KNOWN_CYCLES] == []
+    assert [sorted(group) for group in KNOWN_CYCLES if group not in found] == [], \
+        "no longer a cycle: take it off KNOWN_CYCLES"
+
+
+@pytest.mark.parametrize("source, broken", [
+    ("from . import analysis\n", "cycles"),  # isolation back to analysis, at the top
+    ("def later():\n    from .analysis import analyze\n", "cycles"),  # and late
+    ("from ..cli import app\n", "upward"),
+])
+def test_the_check_sees_cycles_and_upward_imports_late_ones_too(source, broken):
+    """reporting/isolation.py with one more import, as the check reads it."""
+    edges = graph()
+    edges["gpushare.reporting.isolation"] |= imported("gpushare.reporting.isolation", source, "gpushare.reporting")
+    if broken == "cycles":
+        assert {"gpushare.reporting.analysis", "gpushare.reporting.isolation"} <= set().union(*cycles(edges))
+    else:
+        assert ("gpushare.reporting.isolation", "gpushare.cli") in upward(edges)
+
