@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .serving.engines import ENGINES
 
 EMBEDDED_MODEL = "smollm2"
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
@@ -192,12 +193,14 @@ Workload = Annotated[Union[SyntheticWorkload, DatasetWorkload, ShareGPTWorkload]
 
 # --- servers ----------------------------------------------------------------------------
 
+EngineName = ENGINES.literal()
+
 
 class ServerConfig(StrictModel):
     """One OpenAI-compatible server: launched by gpushare (`vllm`) or already running (`external`)."""
 
     name: str | None = None
-    engine: Literal["vllm", "external"] = "vllm"
+    engine: EngineName = "vllm"
     model: str | None = None
     """Overrides the scenario's model for this server."""
     url: str | None = None
@@ -224,15 +227,17 @@ class ServerConfig(StrictModel):
 
     @model_validator(mode="after")
     def _engine_fields(self) -> "ServerConfig":
-        if self.engine == "external" and not self.url:
-            raise ValueError("an external server needs 'url'")
-        if self.engine != "external" and self.url:
-            raise ValueError("'url' is only for engine: external")
+        ENGINES[self.engine].check_keys(self)
         if self.mig_profile is not None and (self.memory_gib is not None or self.sm_percent is not None):
             raise ValueError("give either mig_profile or memory_gib/sm_percent, not both")
         if self.memory_gib is not None and self.gpu_memory_utilization is not None:
             raise ValueError("give either memory_gib or gpu_memory_utilization, not both")
         return self
+
+    @property
+    def launched(self) -> bool:
+        """Whether gpushare starts this server (an external one is already running)."""
+        return ENGINES[self.engine].launched
 
     @property
     def capped(self) -> bool:
@@ -448,7 +453,7 @@ class ScenarioConfig(StrictModel):
 
     @model_validator(mode="after")
     def _servers_distinct(self) -> "ScenarioConfig":
-        launched = [(s.host, s.port) for s in self.servers if s.engine != "external" and s.port is not None]
+        launched = [(s.host, s.port) for s in self.servers if s.launched and s.port is not None]
         if len(set(launched)) != len(launched):
             raise ValueError("servers: two launched servers share a host and port")
         mode = self.sharing.mode

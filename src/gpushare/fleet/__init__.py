@@ -66,7 +66,7 @@ def longest_first(work: list[tuple[ScenarioPlan, list[PlannedCell]]]) -> list[tu
     are ranked by their number. Ties keep --configs' order."""
     def length(item: tuple[ScenarioPlan, list[PlannedCell]]) -> tuple[float, int]:
         plan, cells = item
-        starts = SERVER_START_S * sum(s.engine != "external" for s in plan.config.servers)
+        starts = SERVER_START_S * sum(s.launched for s in plan.config.servers)
         return starts + sum(c.config.load.duration_s or 0.0 for c in cells), len(cells)
 
     return sorted(work, key=length, reverse=True)
