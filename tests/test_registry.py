@@ -5,8 +5,10 @@ from typing import Literal, get_args
 
 import pytest
 
+from gpushare.cli import matrix_executors, matrix_parser
 from gpushare.config import ScenarioConfig, ServerConfig, TenantConfig
 from gpushare.errors import ConfigError
+from gpushare.experiment.matrix import Executor
 from gpushare.load.workloads import WORKLOADS, Workload
 from gpushare.registry import Registry
 from gpushare.serving.engines import ENGINES, Engine
@@ -77,3 +79,12 @@ def test_every_engine_the_config_accepts_is_registered_and_every_registered_engi
     assert set(ENGINES.names) == {"vllm", "external"}
     assert all(issubclass(cls, Engine) for cls in ENGINES)
     assert [ENGINES[name].launched for name in ("vllm", "external")] == [True, False]
+
+
+def test_every_executor_declares_the_flag_that_chooses_it_and_the_matrix_parser_takes_it():
+    executors = matrix_executors()
+    assert executors.names == ("here", "gpus", "ray")
+    assert all(issubclass(cls, Executor) for cls in executors)
+    flags = matrix_parser().parse(["--configs", "a.yaml", "--gpus", "0,1", "--ray", "local"])
+    assert [name for name in executors.names if executors[name].chosen(flags)] == ["gpus", "ray"]
+    assert [executors[name].flag for name in executors.names] == [None, "--gpus", "--ray"]
