@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from gpushare.config import EMBEDDED_MODEL, ApiConfig, SyntheticWorkload
+from gpushare.config import EMBEDDED_MODEL, ApiConfig
+from gpushare.load.workloads.synthetic import SyntheticWorkload
 from gpushare.environment import cpu_model
 from gpushare.serving.models import embedded_folder
 from gpushare.load.workload import RequestSource, load_tokenizer

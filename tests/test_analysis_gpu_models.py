@@ -14,7 +14,10 @@ import pytest
 import yaml
 
 from gpushare.reporting.analysis import analyze, cross_gpu_table, figure_series, read_runs, summarize_runs, write_cross_gpu
-from gpushare.config import DatasetWorkload, ScenarioConfig, ShareGPTWorkload, SyntheticWorkload
+from gpushare.config import ScenarioConfig
+from gpushare.load.workloads.dataset import DatasetWorkload
+from gpushare.load.workloads.sharegpt import ShareGPTWorkload
+from gpushare.load.workloads.synthetic import SyntheticWorkload
 from gpushare.reporting.report import observations, write_report
 from gpushare.measure.results import read_run_config
 

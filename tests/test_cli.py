@@ -130,9 +130,9 @@ def test_port_in_use_and_engine_not_installed(tmp_path, capsys, monkeypatch):
         assert cli.main(["run", "--config", str(cfg)]) == 2
         assert capsys.readouterr().err.strip() == f"error: servers[0].port: port {port} on 127.0.0.1 is already in use"
 
-    import gpushare.serving.engines as engines
+    import gpushare.serving.engines.vllm as vllm
 
-    monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(vllm.importlib.util, "find_spec", lambda name: None)
     cfg = write_config(tmp_path / "e.yaml", servers=[{"port": free_port()}], out=str(tmp_path / "runs"))
     assert cli.main(["run", "--config", str(cfg)]) == 2
     assert capsys.readouterr().err.strip().startswith("error: engine 'vllm' is not installed")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gpushare.config import ApiConfig, ShareGPTWorkload
+from gpushare.config import ApiConfig
+from gpushare.load.workloads.sharegpt import ShareGPTWorkload
 from gpushare.serving.models import embedded_folder
 from gpushare.serving.servers import group_members
 from gpushare.load.workload import RequestSource, load_tokenizer, random_streams

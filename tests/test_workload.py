@@ -9,13 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpushare import cli
-from gpushare.config import (
-    ApiConfig, DatasetWorkload, LoadConfig, ScenarioConfig, SyntheticWorkload, apply_overrides, parse_config, read_config_file,
-)
+from gpushare.config import ApiConfig, LoadConfig, ScenarioConfig, apply_overrides, parse_config, read_config_file
+from gpushare.load.workloads.dataset import DatasetWorkload
+from gpushare.load.workloads.synthetic import SyntheticWorkload
 from gpushare.errors import ConfigError
 from gpushare.serving.models import embedded_folder, resolve_model
 from gpushare.measure.monitor import GPU_COLUMNS, GpuMonitor
-from gpushare.load.workload import RequestSource, batch_codec, load_label, load_tokenizer, random_streams, random_token_ids
+from gpushare.load.tokens import batch_codec, random_token_ids
+from gpushare.load.workload import RequestSource, load_label, load_tokenizer, random_streams
 from helpers import error_line
 
 

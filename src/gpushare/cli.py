@@ -18,9 +18,11 @@ from . import __version__, environment
 from .config import apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
 from .interrupts import Interrupted, Interrupts
+from .registry import Registry, import_modules
 from .serving.models import EMBEDDED, embedded_folder, is_prepared, prepare_embedded
 
 if TYPE_CHECKING:
+    from .experiment.matrix import Executor
     from .measure.interference_doc import InterferenceDoc
 
 app = typer.Typer(
@@ -128,6 +130,14 @@ class FlagParser(argparse.ArgumentParser):
         return ns
 
 
+def matrix_executors() -> Registry[Executor]:
+    """Every executor a matrix can run on: `here` (experiment.matrix) and each module's of gpushare.fleet."""
+    from .experiment.matrix import EXECUTORS
+
+    import_modules("gpushare.fleet")
+    return EXECUTORS
+
+
 def matrix_parser() -> FlagParser:
     parser = FlagParser("matrix")
     parser.add_argument("--configs", nargs="+", type=Path, required=True)
@@ -139,11 +149,9 @@ def matrix_parser() -> FlagParser:
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/matrix"))
-    parser.add_argument("--gpus", default=None)
-    parser.add_argument("--unchecked-gpus", action="store_true")
-    parser.add_argument("--ray", nargs="?", const="auto", default=None)
-    parser.add_argument("--shared-out", action="store_true")
     parser.add_argument("--redo-changed", action="store_true")
+    for executor in matrix_executors():
+        executor.add_flags(parser)
     return parser
 
 
@@ -157,33 +165,22 @@ def parse_matrix_args(args: list[str]) -> argparse.Namespace:
                          ("--duration", [ns.duration or 1])):
         if not all(0 < v < math.inf for v in values):
             raise ConfigError(f"{flag}: must be a finite number greater than 0")
-    if ns.gpus is not None and ns.ray is not None:
-        raise ConfigError("--gpus: give either --gpus (this machine) or --ray (a cluster), not both")
-    if ns.unchecked_gpus and ns.gpus is None:
-        raise ConfigError("--unchecked-gpus: only with --gpus")
-    if ns.shared_out and ns.ray is None:
-        raise ConfigError("--shared-out: only with --ray (on one machine every worker writes into --out anyway)")
-    if ns.ray is not None and not (ns.ray in ("auto", "local") or ns.ray.startswith("ray://") or ":" in ns.ray):
-        raise ConfigError(f"--ray: give auto, local, HOST:PORT or ray://HOST:PORT, not {ns.ray!r}")
+    chosen = [executor for executor in matrix_executors() if executor.chosen(ns)]
+    if len(chosen) > 1:
+        first, second = chosen[:2]
+        raise ConfigError(f"{first.flag}: give either {first.flag} ({first.where}) or {second.flag} "
+                          f"({second.where}), not both")
+    for executor in matrix_executors():
+        executor.check_flags(ns)
     return ns
 
 
-def matrix_executor(ns: argparse.Namespace, interrupts: Interrupts) -> Any:
-    """Where the matrix runs: here, one scenario after another (None); side by side on this
-    machine's GPUs (--gpus); or on a Ray cluster (--ray)."""
-    if ns.gpus is not None:
-        from .environment import gpus
-        from .fleet.local_gpus import LocalGpusExecutor, parse_gpus
-
-        found = gpus()
-        return LocalGpusExecutor(parse_gpus(ns.gpus, len(found["devices"]) if found["nvml"] else None,
-                                            ns.unchecked_gpus), err_console, interrupts)
-    if ns.ray is not None:
-        from .fleet.ray_cluster import RayExecutor, preflight
-
-        preflight(ns.ray)  # one line now, not after the plan, if Ray is not installed or no head answers
-        return RayExecutor(ns.ray, err_console, interrupts, ns.shared_out)
-    return None
+def matrix_executor(ns: argparse.Namespace, interrupts: Interrupts) -> Executor:
+    """Where the matrix runs: the executor its flag chooses (--gpus: side by side on this
+    machine's GPUs; --ray: on a Ray cluster), else here, one scenario after another."""
+    executors = matrix_executors()
+    chosen = next((executor for executor in executors if executor.chosen(ns)), executors["here"])
+    return chosen.from_flags(ns, err_console, interrupts)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

