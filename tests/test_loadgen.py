@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 
 from gpushare.config import ApiConfig, LoadConfig
-from gpushare.events import RequestFinished
+from gpushare.core.events import RequestFinished
 from gpushare.load.loadgen import MAX_PREPARED, Endpoint, LoadGenerator, requests_for_duration
 from gpushare.measure.metrics import summarize
-from gpushare.load.records import RequestRecord, RequestSpec
+from gpushare.core.records import RequestRecord, RequestSpec
 from gpushare.load.request_log import RequestLog
 from gpushare.load.workload import inter_arrival_gaps
 from helpers import free_port

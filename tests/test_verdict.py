@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gpushare import cli
 from gpushare.interrupts import Interrupted, Interrupts
-from gpushare.load.records import RequestRecord
+from gpushare.core.records import RequestRecord
 from gpushare.measure.results import read_verdict, verdict_of, write_unfinished
 from gpushare.config import ApiConfig, LoadConfig, SyntheticWorkload, Tenant
 from gpushare.experiment.runner import run_verdict, tenants_verdict
@@ -145,10 +145,10 @@ def test_matrix_redoes_cells_that_failed_and_goes_on_after_a_crash(tmp_path, mon
 
     real_preflight = matrix.preflight
 
-    def crash_on_failing(config, say):
+    def crash_on_failing(config, say, cells=()):
         if config.scenario == "failing":
             raise ZeroDivisionError("a defect")
-        return real_preflight(config, say)
+        return real_preflight(config, say, cells)
 
     monkeypatch.setattr(matrix, "preflight", crash_on_failing)
     (out / "good" / "c1_rep1" / "summary.json").unlink()  # make the good cell run again

@@ -347,16 +347,16 @@ def doctor(
     from dataclasses import asdict
 
     from .errors import RunFailure
-    from .serving import leftovers
+    from .serving import cleanup, leftovers
     from .serving.servers import STOP_GRACE_S
 
     found = leftovers.find()
     folders = leftovers.ray_folders()
     if clean:
-        for left in leftovers.clean(found, STOP_GRACE_S):
+        for left in cleanup.clean(found, STOP_GRACE_S):
             print(f"stopped {left.kind} {left.name}: process group {left.pgid} "
                   f"(pids {', '.join(map(str, left.members))}), run folder {left.folder}")
-        for folder in leftovers.clean_ray_folders(folders):
+        for folder in cleanup.clean_ray_folders(folders):
             print(f"removed {folder}: a Ray actor's folder whose actor is gone (cells it never handed back)")
         remaining = leftovers.find()
         if remaining:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ScenarioConfig, parse_config
+from ..core.files import write_json_atomic
 from ..errors import ConfigError
 from ..measure.interference import (
     INTERFERENCE_METRICS,
@@ -22,7 +23,7 @@ from ..measure.interference import (
     score_scenario,
     scores_dict,
 )
-from ..measure.results import Summary, SummaryUnreadable, read_run, write_json_atomic
+from ..measure.results import Summary, SummaryUnreadable, read_run
 from .matrix import PlannedCell, ScenarioPlan
 
 SHARED = "shared"

@@ -29,10 +29,12 @@ from rich.table import Table
 from .. import environment
 from ..config import ScenarioConfig, Tenant, dump_config, step_clock
 from ..errors import ConfigError, GpushareError, RunFailure
-from ..events import Event, PhaseChanged, Publisher, RequestFinished
+from ..core.events import Event, PhaseChanged, Publisher, RequestFinished
+from ..core.files import CONFIG, ENV, GPU_SAMPLES, TRACEBACK
+from ..core.processes import process_alive
 from ..interrupts import Interrupted, Interrupts
 from ..load.loadgen import Endpoint, LoadGenerator, LoadGroup, LoadResult
-from ..load.records import RequestRecord
+from ..core.records import RequestRecord
 from ..load.request_log import RequestLog
 from ..load.sharegpt import with_max_model_len
 from ..load.workload import RequestSource, inter_arrival_gaps, load_label, load_tokenizer, random_streams
@@ -43,7 +45,7 @@ from ..serving import mig, mps
 from ..serving.engines import ENGINES, LaunchPlan, redact, redact_env
 from ..serving.models import ResolvedModel, cache_root, resolve_model
 from ..serving.mps import MpsDaemon
-from ..serving.servers import ServerFleet, ensure_port_free, free_port, process_alive
+from ..serving.servers import ServerFleet, ensure_port_free, free_port
 from ..serving.sharing import Placement, place_servers
 
 INTERRUPTED_EXIT = 130
@@ -587,14 +589,14 @@ def open_run_dir(config: ScenarioConfig, run_dir: Path | None, plans: list[Launc
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_unfinished(run_dir, config.scenario)
-        (run_dir / "config.yaml").write_text(dump_config(config))
+        (run_dir / CONFIG).write_text(dump_config(config))
         env = environment.collect()
         env["servers"] = [
             {"name": p.name, "base_url": p.base_url, "argv": None if p.argv is None else redact(p.argv),
              "env": redact_env(p.env)}
             for p in plans
         ]
-        (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str))
+        (run_dir / ENV).write_text(json.dumps(env, indent=2, default=str))
     except OSError as err:
         raise ConfigError(f"--out: cannot write the run folder {run_dir}: {err.strerror or err}") from None
     return run_dir
@@ -613,7 +615,7 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
         mark = interrupts.mark()
         try:
             with interrupts.interruptible():
-                stack.enter_context(GpuMonitor(run_dir / "gpu.csv", config.monitor_interval_s,
+                stack.enter_context(GpuMonitor(run_dir / GPU_SAMPLES, config.monitor_interval_s,
                                                say=lambda m: say(console, m), gpus=[config.sharing.gpu]))
                 if scenario_servers is None:  # a matrix's servers stay up after the cell
                     scenario_servers = ScenarioServers(config, prepared, run_dir, console, interrupts)
@@ -639,7 +641,7 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
         except GpushareError as err:
             error, exit_code = str(err), err.exit_code
         except Exception as err:  # a defect or an unforeseen fault: recorded, never a complete run
-            (run_dir / "traceback.txt").write_text(traceback.format_exc())
+            (run_dir / TRACEBACK).write_text(traceback.format_exc())
             if signal_name := interrupts.signal_since(mark):
                 error, exit_code = f"interrupted by {signal_name}", INTERRUPTED_EXIT
             else:
@@ -659,7 +661,7 @@ def _measure(config: ScenarioConfig, console: Console, servers: ScenarioServers 
     doc["location"] = location_of(prepared.gpu, socket.gethostname(), config.sharing.gpu).model_dump()
     if not config.tenants:
         doc["workload"] = loads[0].source.describe()
-    doc["gpu"] = gpu_summary(run_dir / "gpu.csv", [r for r in records if r.in_window], doc["total_output_tokens"],
+    doc["gpu"] = gpu_summary(run_dir / GPU_SAMPLES, [r for r in records if r.in_window], doc["total_output_tokens"],
                              fleet)
     summary = write_summary(run_dir, doc)
     try:

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator, Sequence
 import aiohttp
 
 from ..config import ApiConfig, LoadConfig, StepSchedule, step_clock
-from ..events import Listener, PhaseChanged, RequestFinished
-from .records import RequestRecord, RequestSpec
+from ..core.events import Listener, PhaseChanged, RequestFinished
+from ..core.records import RequestRecord, RequestSpec
 
 clock = time.perf_counter
 

@@ -22,7 +22,7 @@ from ..config import (
     Workload,
 )
 from ..errors import ConfigError
-from .records import RequestSpec
+from ..core.records import RequestSpec
 from .sharegpt import ShareGPTSampler, sharegpt_pair
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..load.records import RequestRecord
+from ..core.records import RequestRecord
 from .metric_catalog import CATALOGUE, LENGTH_PERCENTILES, PERCENTILES
 
 

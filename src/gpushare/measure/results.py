@@ -16,7 +16,6 @@ a model does not declare (an older or newer run's) is kept, not refused.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,13 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
 from ..config import ConfigError, LoadConfig, ScenarioConfig, load_yaml, parse_config
+from ..core.files import CONFIG, ENV, INDEX, SUMMARY, SUPERSEDED, write_json_atomic
 from ..errors import RunFailure
 from .metric_catalog import CATALOGUE, Where
 
-SUMMARY = "summary.json"
-INDEX = "matrix.json"
-SUPERSEDED = "superseded.json"
-"""In a run folder that a matrix's rerun set aside as an earlier attempt: which cell, and why."""
 UNFINISHED = "the run did not finish (it was killed, or is still running)"
 IDENTITY = ("scenario", "sharing_mode", "load_mode")
 """What a complete summary must say it measured; analysis cannot place a run without them."""
@@ -285,16 +281,6 @@ class MatrixIndex(Record):
 # --- writing and reading -----------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write through a temporary file and a rename, so a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(doc, indent=2, allow_nan=False))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_summary(folder: Path, doc: dict[str, Any]) -> Summary:
     """summary.json: the document, once `Summary` has read it (a defect here fails the run's
     writer, not a later reader)."""
@@ -427,7 +413,7 @@ def run_location(folder: Path, summary: Summary) -> Location | None:
     if summary.location is not None:
         return summary.location
     try:
-        env = json.loads((folder / "env.json").read_text())
+        env = json.loads((folder / ENV).read_text())
     except (OSError, ValueError):
         return None
     config = read_run_config(folder)
@@ -440,7 +426,7 @@ def read_run_config(folder: Path) -> ScenarioConfig | None:
     """The configuration a run ran (its config.yaml), typed; None where it is missing or no
     longer reads under this version's schema."""
     try:
-        raw = load_yaml((folder / "config.yaml").read_text())
+        raw = load_yaml((folder / CONFIG).read_text())
         return parse_config(raw) if isinstance(raw, dict) else None
     except (OSError, ValueError, yaml.YAMLError, ConfigError):  # ValueError: not UTF-8
         return None

@@ -19,9 +19,10 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..core.files import SUMMARY  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..measure.metric_catalog import CATALOGUE, METRICS  # noqa: E402
-from ..measure.results import (SUMMARY, GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run,  # noqa: E402
+from ..measure.results import (GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run,  # noqa: E402
                       read_run_config, read_verdict, run_location, workload_labels)
 
 # Per run: what identifies it, what it measured (summary.json keys), and the gpu block's keys;
