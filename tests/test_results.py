@@ -63,8 +63,8 @@ def test_a_runs_summary_round_trips_with_its_tenant_blocks(tmp_path):
     assert batch.load.steps is not None and [s.level for s in batch.by_step.steps] == [0.0, 2.0, 4.0]
     assert set(summary.per_endpoint) == {"chat-s", "batch-s"}
     assert [s.name for s in summary.servers] == ["chat-s", "batch-s"]
-    # The one writer writes the document as it was given: the same bytes.
-    write_summary(tmp_path, doc)
+    # The one writer writes a summary read back as it wrote it: the same bytes.
+    write_summary(tmp_path, summary)
     assert (tmp_path / "summary.json").read_text() == text
 
 

@@ -66,7 +66,7 @@ def run(
     slo: List[str] = typer.Option([], help="SLO for goodput, e.g. --slo ttft=0.5 --slo tpot=0.05 (seconds)."),
 ) -> None:
     """Start the scenario's servers, drive them, and write a run folder."""
-    from .experiment.runner import run_scenario
+    from .experiment.run.run import run_scenario
 
     overrides = {
         "load.concurrency": concurrency,

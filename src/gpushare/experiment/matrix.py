@@ -30,7 +30,10 @@ from ..measure.results import (CellCounts, CellEntry, Invocation, Location, Matr
                       read_matrix_index, read_run_config, read_verdict, write_matrix_index, write_superseded)
 from ..load.workload import load_tokenizer
 from .matrix_events import CellFinished, CellStarted, MatrixEvent, ServersTimed
-from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
+from .run.console import say
+from .run.preflight import Prepared, preflight
+from .run.run import INTERRUPTED_EXIT, run_scenario
+from .run.servers import ScenarioServers
 
 DRAIN_S = 2.0  # at most, between cells: until every server says it holds no request
 

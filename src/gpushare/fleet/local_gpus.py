@@ -26,7 +26,7 @@ from ..core.processes import end_with_parent
 from ..errors import ConfigError
 from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport
 from ..experiment.matrix_events import decode_event
-from ..experiment.runner import say
+from ..experiment.run.console import say
 from ..interrupts import Interrupts
 from . import longest_first, plan_doc, wait_for
 

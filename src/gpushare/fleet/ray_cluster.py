@@ -37,7 +37,7 @@ from ..core.files import CONSOLE_LOG
 from ..errors import ConfigError, GpushareError
 from ..experiment.matrix import MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport, ScenarioSession, on_gpu
 from ..experiment.matrix_events import MatrixEvent, decode_event, encode_event
-from ..experiment.runner import say
+from ..experiment.run.console import say
 from ..interrupts import Interrupts
 from ..measure.results import assigned_gpu
 from ..serving import leftovers

@@ -144,7 +144,7 @@ class Measured(MetricBlock):
 
 
 class TenantBlock(Measured):
-    """One of `tenants` (runner.tenant_blocks): over the common window, the tenant's requests only."""
+    """One of `tenants` (experiment.run.summary.tenant_blocks): over the common window, the tenant's requests only."""
 
     servers: list[str] = []
     load: LoadConfig
@@ -156,7 +156,7 @@ RunMetrics = _catalogued("RunMetrics", ("run",), Measured, "A run's metrics and 
 
 
 class Summary(RunMetrics):
-    """summary.json, as runner.summary_document and _measure write it, or the placeholder that
+    """summary.json, as experiment.run.summary assembles it, or the placeholder that
     says a run has not finished (scenario, complete, error only)."""
 
     scenario: str
@@ -281,17 +281,14 @@ class MatrixIndex(Record):
 # --- writing and reading -----------------------------------------------------------------------
 
 
-def write_summary(folder: Path, doc: dict[str, Any]) -> Summary:
-    """summary.json: the document, once `Summary` has read it (a defect here fails the run's
-    writer, not a later reader)."""
-    summary = Summary.model_validate(doc)
-    write_json_atomic(folder / SUMMARY, doc)
-    return summary
+def write_summary(folder: Path, summary: Summary) -> None:
+    """summary.json: the keys `summary` was given (or read with), none it was not."""
+    write_json_atomic(folder / SUMMARY, summary.model_dump(mode="json", exclude_unset=True))
 
 
 def write_unfinished(folder: Path, scenario: str) -> None:
     """The summary a run folder holds until its run ends: not complete."""
-    write_summary(folder, {"scenario": scenario, "complete": False, "error": UNFINISHED})
+    write_summary(folder, Summary(scenario=scenario, complete=False, error=UNFINISHED))
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
@@ -400,8 +397,8 @@ def assigned_gpu(name: str, gpu: dict[str, Any]) -> int:
 def location_of(gpu: dict[str, Any], node: str, gpu_index: int) -> Location:
     """A run's `Location` from what `environment.gpus()` read and the GPU the run used."""
     device = gpu_device(gpu, gpu_index)
-    if device is None:
-        return Location(node=node)
+    if device is None:  # every key said, null: the summary writes the keys it was given
+        return Location(node=node, gpu_index=None, gpu_name=None, gpu_uuid=None, gpu_memory_mib=None)
     return Location(node=node, gpu_index=gpu_index, gpu_name=device.get("name"), gpu_uuid=device.get("uuid"),
                     gpu_memory_mib=device.get("memory_mib"))
 
