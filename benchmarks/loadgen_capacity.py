@@ -177,7 +177,8 @@ def worker_ours(port: int, n: int, concurrency: int, rate: float | None) -> dict
     import uvloop
 
     from gpushare.config import ApiConfig, LoadConfig
-    from gpushare.load.loadgen import Endpoint, LoadGenerator
+    from gpushare.load.loadgen import LoadGenerator
+    from gpushare.load.sending import Endpoint
     from gpushare.measure.metrics import queue_time, summarize
     from gpushare.core.records import RequestSpec
     from gpushare.load.workload import inter_arrival_gaps

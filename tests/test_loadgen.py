@@ -13,7 +13,8 @@ from aiohttp import web
 
 from gpushare.config import ApiConfig, LoadConfig
 from gpushare.core.events import RequestFinished
-from gpushare.load.loadgen import MAX_PREPARED, Endpoint, LoadGenerator, requests_for_duration
+from gpushare.load.loadgen import MAX_PREPARED, LoadGenerator, requests_for_duration
+from gpushare.load.sending import Endpoint
 from gpushare.measure.metrics import summarize
 from gpushare.core.records import RequestRecord, RequestSpec
 from gpushare.load.request_log import RequestLog

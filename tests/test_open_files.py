@@ -66,7 +66,8 @@ CLIENT = """
 import asyncio, json, os, resource, sys
 from collections import Counter
 from gpushare.config import ApiConfig, LoadConfig
-from gpushare.load.loadgen import Endpoint, LoadGenerator
+from gpushare.load.loadgen import LoadGenerator
+from gpushare.load.sending import Endpoint
 from gpushare.core.records import RequestSpec
 
 endpoint = Endpoint("s", sys.argv[1], "test")

@@ -7,7 +7,8 @@ from typing import Any
 
 from ...config import ScenarioConfig, Tenant
 from ...core.events import Publisher
-from ...load.loadgen import Endpoint, LoadGenerator
+from ...load.loadgen import LoadGenerator
+from ...load.sending import Endpoint
 from ...load.sharegpt import with_max_model_len
 from ...load.workload import RequestSource, inter_arrival_gaps, load_tokenizer, random_streams
 from ...serving.engines import LaunchPlan
