@@ -172,9 +172,7 @@ def matrix_executor(ns: argparse.Namespace, interrupts: Interrupts) -> Any:
         from .environment import gpus
         from .fleet.local_gpus import LocalGpusExecutor, parse_gpus
 
-        found = gpus()
-        return LocalGpusExecutor(parse_gpus(ns.gpus, len(found["devices"]) if found["nvml"] else None,
-                                            ns.unchecked_gpus), err_console, interrupts)
+        return LocalGpusExecutor(parse_gpus(ns.gpus, gpus().count(), ns.unchecked_gpus), err_console, interrupts)
     if ns.ray is not None:
         from .fleet.ray_cluster import RayExecutor, preflight
 
@@ -365,10 +363,11 @@ def doctor(
         if not found and not folders:
             print("nothing to clean: no server, MPS daemon or Ray folder left behind by an earlier gpushare run")
         return
+    gpu = environment.gpus()
     facts: dict[str, Any] = {
         "gpushare": __version__,
         "python": sys.version.split()[0],
-        "gpu": environment.gpus(),
+        "gpu": gpu.model_dump(exclude_unset=True),
         "mps": environment.mps(),
         "engines": environment.engines(),
         "embedded_models": {
@@ -383,15 +382,14 @@ def doctor(
     table = Table(title="gpushare doctor", show_header=False)
     table.add_column("what")
     table.add_column("found")
-    gpu = facts["gpu"]
     table.add_row("gpushare / python", f"{__version__} / {facts['python']}")
-    if gpu["nvml"]:
-        table.add_row("NVIDIA driver", f"{gpu.get('driver')} (CUDA {gpu.get('cuda_driver')})")
-        for d in gpu["devices"]:
-            mig = {True: "MIG enabled", False: "MIG disabled", None: "no MIG"}[d["mig_enabled"]]
-            table.add_row(f"GPU {d['index']}", f"{d['name']}, {d['memory_mib']} MiB, {mig}, compute mode {d['compute_mode']}")
+    if gpu.nvml:
+        table.add_row("NVIDIA driver", f"{gpu.driver} (CUDA {gpu.cuda_driver})")
+        for d in gpu.devices:
+            mig = {True: "MIG enabled", False: "MIG disabled", None: "no MIG"}[d.mig_enabled]
+            table.add_row(f"GPU {d.index}", f"{d.name}, {d.memory_mib} MiB, {mig}, compute mode {d.compute_mode}")
     else:
-        table.add_row("GPU / NVML", f"not available ({gpu.get('reason')})")
+        table.add_row("GPU / NVML", f"not available ({gpu.reason})")
     mps = facts["mps"]
     daemons = ", ".join(map(str, mps["control_daemons"])) or "none"
     table.add_row("MPS control", f"{mps['control_binary'] or 'not found'}; control daemons running: {daemons}")

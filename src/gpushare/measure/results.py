@@ -27,6 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from ..config import ConfigError, LoadConfig, ScenarioConfig, load_yaml, parse_config
 from ..core.files import CONFIG, ENV, INDEX, SUMMARY, SUPERSEDED, write_json_atomic
+from ..core.gpus import GpuInfo
 from ..errors import RunFailure
 from .metric_catalog import CATALOGUE, Where
 
@@ -371,36 +372,30 @@ def read_matrix_index(folder: Path) -> MatrixIndex | None:
         return None
 
 
-def gpu_device(gpu: dict[str, Any], index: int) -> dict[str, Any] | None:
-    """GPU `index` among what `environment.gpus()` read; None where NVML does not list it."""
-    return next((d for d in gpu.get("devices") or [] if d.get("index") == index), None)
-
-
-def assigned_gpu(name: str, gpu: dict[str, Any]) -> int:
+def assigned_gpu(name: str, gpu: GpuInfo) -> int:
     """The NVML index of a GPU a scheduler assigned by the name CUDA_VISIBLE_DEVICES gives it
     (Ray's `get_gpu_ids()`): a UUID, or an index as the node lists its GPUs. Everything of the
     run (its sharing.gpu, hence its location, GPU monitor and MPS daemon) then names this one
     GPU. Without NVML an index is taken as given. One line if NVML does not list it."""
-    devices = gpu.get("devices") or []
-    by_uuid = next((d for d in devices if d.get("uuid") == name), None)
+    by_uuid = gpu.by_uuid(name)
     if by_uuid is not None:
-        return int(by_uuid["index"])
+        return by_uuid.index
     try:
         index = int(name)
     except ValueError:
         raise RunFailure(f"the GPU assigned here, {name!r}, is neither an index nor a UUID NVML lists") from None
-    if devices and gpu_device(gpu, index) is None:
-        raise RunFailure(f"the GPU assigned here, {name!r}, is not among the {len(devices)} GPU(s) NVML lists")
+    if gpu.devices and gpu.device(index) is None:
+        raise RunFailure(f"the GPU assigned here, {name!r}, is not among the {len(gpu.devices)} GPU(s) NVML lists")
     return index
 
 
-def location_of(gpu: dict[str, Any], node: str, gpu_index: int) -> Location:
+def location_of(gpu: GpuInfo, node: str, gpu_index: int) -> Location:
     """A run's `Location` from what `environment.gpus()` read and the GPU the run used."""
-    device = gpu_device(gpu, gpu_index)
+    device = gpu.device(gpu_index)
     if device is None:  # every key said, null: the summary writes the keys it was given
         return Location(node=node, gpu_index=None, gpu_name=None, gpu_uuid=None, gpu_memory_mib=None)
-    return Location(node=node, gpu_index=gpu_index, gpu_name=device.get("name"), gpu_uuid=device.get("uuid"),
-                    gpu_memory_mib=device.get("memory_mib"))
+    return Location(node=node, gpu_index=gpu_index, gpu_name=device.name, gpu_uuid=device.uuid,
+                    gpu_memory_mib=device.memory_mib)
 
 
 def run_location(folder: Path, summary: Summary) -> Location | None:
@@ -416,7 +411,7 @@ def run_location(folder: Path, summary: Summary) -> Location | None:
     config = read_run_config(folder)
     if not isinstance(env, dict) or not isinstance(env.get("host"), str):
         return None
-    return location_of(env.get("gpu") or {}, env["host"], config.sharing.gpu if config else 0)
+    return location_of(GpuInfo.model_validate(env.get("gpu") or {}), env["host"], config.sharing.gpu if config else 0)
 
 
 def read_run_config(folder: Path) -> ScenarioConfig | None:

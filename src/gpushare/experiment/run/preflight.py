@@ -12,8 +12,8 @@ from typing import Any, Iterable, Sequence
 
 from ... import environment
 from ...config import ScenarioConfig
+from ...core.gpus import GpuInfo
 from ...errors import ConfigError
-from ...measure.results import gpu_device
 from ...serving import mig, mps
 from ...serving.engines import ENGINES, LaunchPlan
 from ...serving.models import ResolvedModel, cache_root, resolve_model
@@ -28,21 +28,22 @@ class Prepared:
     models: dict[int, ResolvedModel]
     placements: list[Placement]
     plans: list[LaunchPlan]
-    gpu: dict[str, Any]
+    gpu: GpuInfo
 
 
-def gpu_memory_gib(gpu: dict[str, Any], index: int) -> float | None:
+def gpu_memory_gib(gpu: GpuInfo, index: int) -> float | None:
     """The GPU's memory by NVML, or None on a machine without NVML or GPUs."""
-    if not gpu.get("nvml") or not gpu["devices"]:
+    if not gpu.nvml or not gpu.devices:
         return None
-    device = gpu_device(gpu, index)
+    device = gpu.device(index)
     if device is None:
-        raise ConfigError(f"sharing.gpu: there is no GPU {index} (found {len(gpu['devices'])})")
-    return device["memory_mib"] / 1024
+        raise ConfigError(f"sharing.gpu: there is no GPU {index} (found {len(gpu.devices)})")
+    return None if device.memory_mib is None else device.memory_mib / 1024
 
 
-def gpu_uuid(gpu: dict[str, Any], index: int) -> str | None:
-    return (gpu_device(gpu, index) or {}).get("uuid")
+def gpu_uuid(gpu: GpuInfo, index: int) -> str | None:
+    device = gpu.device(index)
+    return None if device is None else device.uuid
 
 
 def with_ports(config: ScenarioConfig) -> ScenarioConfig:
