@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ class LaunchPlan:
     argv: list[str] | None
     """None: the server is already running and nothing is launched."""
     env: dict[str, str] = field(default_factory=dict)
-    """Variables set for the server on top of gpushare's own environment."""
+    """Variables set for the server on top of what it is given of gpushare's own (server_env)."""
     ready_path: str = "/v1/models"
     ready_timeout_s: float = 900.0
     counters: dict[str, str] = field(default_factory=dict)
@@ -141,10 +140,3 @@ def redact_env(env: dict[str, str]) -> dict[str, str]:
         for k, v in env.items()
     }
 
-
-def server_environment(plan: LaunchPlan) -> dict[str, str]:
-    """gpushare's environment plus the plan's, except the GPU choice: a server sees the GPU
-    its placement names (sharing.gpu, a MIG instance, or its MPS daemon's), never one
-    inherited from whoever started gpushare (a Ray worker is given one, for instance)."""
-    inherited = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return {**inherited, **plan.env}

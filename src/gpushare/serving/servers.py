@@ -22,7 +22,8 @@ from typing import Callable
 from ..core.processes import end_with_parent, group_members, signal_group
 from ..errors import ConfigError, RunFailure
 from . import leftovers
-from .engines import LaunchPlan, server_environment
+from .engines import LaunchPlan
+from .server_env import server_environment
 
 STOP_GRACE_S = 20.0
 STARTING_GRACE_S = 5.0  # a server stopped before it was ready has no request to finish

@@ -15,6 +15,7 @@ from ...errors import ConfigError, RunFailure
 from ...load.workload import load_label
 from ...measure.results import write_unfinished
 from ...serving.engines import LaunchPlan, redact, redact_env
+from ...serving.server_env import server_environment
 
 MAX_RUN_LABEL = 100
 """Characters of a run folder's name after its time stamp: far below the file systems' 255
@@ -61,7 +62,7 @@ def open_run_dir(config: ScenarioConfig, tenants: list[Tenant], run_dir: Path | 
         env = environment.collect()
         env["servers"] = [
             {"name": p.name, "base_url": p.base_url, "argv": None if p.argv is None else redact(p.argv),
-             "env": redact_env(p.env)}
+             "env": redact_env(p.env), "environment": redact_env(server_environment(p))}
             for p in plans
         ]
         (run_dir / ENV).write_text(json.dumps(env, indent=2, default=str))
