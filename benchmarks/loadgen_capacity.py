@@ -177,9 +177,10 @@ def worker_ours(port: int, n: int, concurrency: int, rate: float | None) -> dict
     import uvloop
 
     from gpushare.config import ApiConfig, LoadConfig
-    from gpushare.load.loadgen import Endpoint, LoadGenerator
+    from gpushare.load.loadgen import LoadGenerator
+    from gpushare.load.sending import Endpoint
     from gpushare.measure.metrics import queue_time, summarize
-    from gpushare.load.records import RequestSpec
+    from gpushare.core.records import RequestSpec
     from gpushare.load.workload import inter_arrival_gaps
 
     specs = [RequestSpec(index=i, prompt="hello world", max_tokens=OUTPUT_TOKENS) for i in range(n + WARMUP)]

@@ -31,8 +31,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpushare.core.files import INDEX
 from gpushare.fleet.simulate import Cell, Scenario, Schedule, simulate
-from gpushare.measure.results import INDEX, MatrixIndex, read_matrix_index
+from gpushare.measure.results import MatrixIndex, read_matrix_index
 
 LEVELS = 8
 MIX = (("short", 15), ("long", 5), ("tenants", 5))  # 25 scenarios

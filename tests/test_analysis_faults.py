@@ -19,7 +19,7 @@ from gpushare.reporting.analysis import read_runs
 from gpushare.measure.metric_catalog import flat
 from gpushare.measure.metrics import e2el, queue_time, summarize, tpot, ttft
 from gpushare.measure.monitor import GPU_COLUMNS
-from gpushare.load.records import RequestRecord
+from gpushare.core.records import RequestRecord
 from gpushare.reporting.report import write_report
 from gpushare.measure.results import UNFINISHED, write_unfinished
 from helpers import error_line

@@ -17,7 +17,7 @@ import pytest
 from gpushare.config import ApiConfig
 from gpushare.load.workloads.sharegpt import ShareGPTWorkload
 from gpushare.serving.models import embedded_folder
-from gpushare.serving.servers import group_members
+from gpushare.core.processes import group_members
 from gpushare.load.workload import RequestSource, load_tokenizer, random_streams
 from helpers import alive, free_port, run_folder, summary, write_config
 

@@ -11,7 +11,8 @@ import pytest
 
 from fault_server import FaultServer
 from gpushare.config import ApiConfig, LoadConfig
-from gpushare.load.loadgen import Endpoint, LoadGenerator
+from gpushare.load.loadgen import LoadGenerator
+from gpushare.load.sending import Endpoint
 from gpushare.measure.metrics import summarize
 from helpers import FAULT_SERVER, free_port
 from sse_server import SseServer

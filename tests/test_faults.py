@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from gpushare.measure.results import read_verdict
-from gpushare.serving.servers import group_members
+from gpushare.core.processes import group_members
 from helpers import SSE_SERVER, alive, free_port, server_pids, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(300)

@@ -17,6 +17,7 @@ import pytest
 
 from gpushare.fleet.local_gpus import parse_gpus
 from gpushare.errors import ConfigError, RunFailure
+from gpushare.core.gpus import GpuDevice, GpuInfo
 from gpushare.measure.results import assigned_gpu, read_run_config, read_verdict
 from helpers import SSE_SERVER, alive, cli, error_line, free_port, summary, wait_until, write_config
 
@@ -219,9 +220,9 @@ def test_every_ray_cell_names_and_samples_its_actors_gpu(tmp_path, ray_cluster, 
 
 def test_the_gpu_ray_assigns_is_resolved_to_the_one_nvml_lists():
     """Ray names a GPU as the node's CUDA_VISIBLE_DEVICES does: an index or a UUID."""
-    listed = {"nvml": True, "devices": [{"index": 0, "uuid": "GPU-aaa"}, {"index": 1, "uuid": "GPU-bbb"}]}
+    listed = GpuInfo(nvml=True, devices=[GpuDevice(index=0, uuid="GPU-aaa"), GpuDevice(index=1, uuid="GPU-bbb")])
     assert assigned_gpu("GPU-bbb", listed) == 1 and assigned_gpu("1", listed) == 1
-    assert assigned_gpu("3", {"nvml": False, "devices": []}) == 3  # no NVML: as given
+    assert assigned_gpu("3", GpuInfo(nvml=False, devices=[])) == 3  # no NVML: as given
     for name in ("GPU-ccc", "2"):
         with pytest.raises(RunFailure, match=f"the GPU assigned here, '{name}'"):
             assigned_gpu(name, listed)

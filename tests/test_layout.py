@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "gpushare"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("gpushare", "core", "errors", "interrupts", "events", "registry", "strict"),  # the ground floor
+    ("gpushare", "core", "errors", "interrupts", "registry", "strict"),  # the ground floor
     ("load.lengths", "load.tokens", "load.sharegpt", "load.workloads", "serving.engines"),  # the seams'
     # registered config types, which the scenario is built from
     ("config",),  # what a scenario says
@@ -33,21 +33,6 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 )
 """Lowest first. A module's floor is that of the longest name here that is it or a package
 holding it (names under gpushare; the package itself is on the ground floor)."""
-
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # Request records and run events move to the ground floor, with the run folder's writer;
-    # these entries go with them.
-    ("gpushare.events", "gpushare.load.records"),
-    ("gpushare.measure.metrics", "gpushare.load.records"),
-}
-"""Upward imports being removed; an entry that no longer occurs fails, so the list only shrinks."""
-
-KNOWN_CYCLES: list[set[str]] = [
-    # Process primitives move to the ground floor and clean-up stays in serving/.
-    {"gpushare.serving.leftovers", "gpushare.serving.mps", "gpushare.serving.servers"},
-]
-"""Cycles being cut (each the exact set of modules in it); one that no longer occurs fails."""
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -125,16 +110,11 @@ def test_every_module_has_a_floor():
 
 
 def test_no_module_imports_a_floor_above_its_own():
-    found = upward(graph())
-    assert sorted(found - KNOWN_UPWARD) == []
-    assert sorted(KNOWN_UPWARD - found) == [], "no longer imported upward: take it off KNOWN_UPWARD"
+    assert sorted(upward(graph())) == []
 
 
 def test_no_import_cycles():
-    found = cycles(graph())
-    assert [sorted(group) for group in found if group not in KNOWN_CYCLES] == []
-    assert [sorted(group) for group in KNOWN_CYCLES if group not in found] == [], \
-        "no longer a cycle: take it off KNOWN_CYCLES"
+    assert [sorted(group) for group in cycles(graph())] == []
 
 
 @pytest.mark.parametrize("source, broken", [

@@ -18,7 +18,7 @@ import pytest
 
 from gpushare import cli
 
-from gpushare.serving import leftovers
+from gpushare.serving import cleanup, leftovers
 from gpushare.serving.engines import LaunchPlan
 from gpushare.errors import ConfigError
 from gpushare.serving.models import cache_root
@@ -41,7 +41,7 @@ def cache(tmp_path, monkeypatch):
     (tmp_path / "temp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
     yield path
-    leftovers.clean(leftovers.find(), 1.0)
+    cleanup.clean(leftovers.find(), 1.0)
 
 
 def listening(port: int) -> bool:
@@ -138,7 +138,7 @@ def test_stale_entries_are_dropped_without_signalling(orphan, tmp_path, cache):
     # The leader's PID now names another process: the group recorded must have ended.
     entry = json.loads(entry_path.read_text())
     entry_path.write_text(json.dumps({**entry, "start_time": entry["start_time"] + 1}))
-    assert leftovers.clean([found], 1.0) == []
+    assert cleanup.clean([found], 1.0) == []
     assert leftovers.find() == [] and not entry_path.exists()
     assert all(alive(pid) for pid in orphan.pids)
 
@@ -179,7 +179,7 @@ def test_a_leftover_mps_daemon_is_asked_to_quit(standin, tmp_path, cache):
     wait_until(lambda: (pipe / "control").exists())
     record_orphaned("mps", daemon.pid, "mps-control", ["nvidia-cuda-mps-control", "-f"], tmp_path, pipe_directory=pipe)
     (found,) = leftovers.find()
-    assert [left.pgid for left in leftovers.clean([found], 10.0)] == [daemon.pid]
+    assert [left.pgid for left in cleanup.clean([found], 10.0)] == [daemon.pid]
     assert daemon.wait(10) == 0 and standin.read_text().splitlines()[-2:] == ["quit clients_alive=0", "daemon exit"]
 
 
@@ -209,7 +209,7 @@ def killed_run(tmp_path, cache, *server_flags):
 
 
 def test_a_server_ends_with_the_gpushare_run_killed_outright(tmp_path, cache):
-    """Its parent's death sends it SIGTERM (leftovers.end_with_parent): nothing to clean."""
+    """Its parent's death sends it SIGTERM (core.processes.end_with_parent): nothing to clean."""
     _, _, _, pid = killed_run(tmp_path, cache)
     wait_until(lambda: not alive(pid), timeout=30)
 

@@ -12,11 +12,12 @@ import pytest
 from aiohttp import web
 
 from gpushare.config import ApiConfig, LoadConfig
-from gpushare.events import RequestFinished
-from gpushare.load.loadgen import MAX_PREPARED, Endpoint, LoadGenerator, requests_for_duration
+from gpushare.core.events import RequestFinished
+from gpushare.load.loadgen import MAX_PREPARED, LoadGenerator, requests_for_duration
+from gpushare.load.sending import Endpoint
 from gpushare.measure.metric_catalog import flat
 from gpushare.measure.metrics import summarize
-from gpushare.load.records import RequestRecord, RequestSpec
+from gpushare.core.records import RequestRecord, RequestSpec
 from gpushare.load.request_log import RequestLog
 from gpushare.load.workload import inter_arrival_gaps
 from helpers import free_port
@@ -233,35 +234,35 @@ def test_abort_ends_an_open_loop_waiting_for_a_far_arrival():
     assert result.records == []  # the first arrival was decades away
 
 
-def test_overlapping_measured_windows_share_one_gc_pause():
-    """Loads side by side in one process: the collector stays paused until the last window
-    closes, and is restored as it was."""
+def test_overlapping_measured_windows_share_one_gc_freeze():
+    """Loads side by side in one process: what was alive stays frozen until the last window
+    closes, and the collector stays on throughout, for the other threads too."""
     import gc
     import threading
 
-    from gpushare.load.loadgen import paused_gc
+    from gpushare.load.loadgen import frozen_gc
 
     assert gc.isenabled()
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
     seen = {}
 
     def first():
-        with paused_gc():
+        with frozen_gc():
             first_in.set()
             second_in.wait(5)
         first_out.set()
 
     def second():
         first_in.wait(5)
-        with paused_gc():
+        with frozen_gc():
             second_in.set()
             first_out.wait(5)
-            seen["after_first_closed"] = gc.isenabled()
+            seen["after_first_closed"] = (gc.isenabled(), gc.get_freeze_count() > 0)
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    assert seen == {"after_first_closed": False}
+    assert seen == {"after_first_closed": (True, True)}
     assert gc.isenabled() and gc.get_freeze_count() == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from gpushare.reporting.analysis import GPU_FIELDS, METRIC_FIELDS, TABLE_METRICS
 from gpushare.measure.metric_catalog import CATALOGUE, flat, with_generated_table
 from gpushare.measure.metrics import gpu_window, summarize
-from gpushare.load.records import RequestRecord
+from gpushare.core.records import RequestRecord
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

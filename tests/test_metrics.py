@@ -16,7 +16,7 @@ from gpushare.measure.metrics import (
     tpot,
     ttft,
 )
-from gpushare.load.records import RequestRecord
+from gpushare.core.records import RequestRecord
 from gpushare.measure.summary import LatencyStats
 
 finite = st.floats(min_value=0, max_value=1e4, allow_nan=False, allow_infinity=False)

@@ -66,8 +66,9 @@ CLIENT = """
 import asyncio, json, os, resource, sys
 from collections import Counter
 from gpushare.config import ApiConfig, LoadConfig
-from gpushare.load.loadgen import Endpoint, LoadGenerator
-from gpushare.load.records import RequestSpec
+from gpushare.load.loadgen import LoadGenerator
+from gpushare.load.sending import Endpoint
+from gpushare.core.records import RequestSpec
 
 endpoint = Endpoint("s", sys.argv[1], "test")
 load = LoadConfig(concurrency=32, n_requests=64, warmup_requests=0)

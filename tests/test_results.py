@@ -18,6 +18,7 @@ from gpushare.measure.results import (
     GpuWindow,
     Invocation,
     MetricBlock,
+    Summary,
     SummaryUnreadable,
     read_matrix_index,
     read_run,
@@ -63,8 +64,8 @@ def test_a_runs_summary_round_trips_with_its_tenant_blocks(tmp_path):
     assert batch.load.steps is not None and [s.level for s in batch.by_step.steps] == [0.0, 2.0, 4.0]
     assert set(summary.per_endpoint) == {"chat-s", "batch-s"}
     assert [s.name for s in summary.servers] == ["chat-s", "batch-s"]
-    # The one writer writes the document as it was given: the same bytes.
-    write_summary(tmp_path, doc)
+    # The one writer writes a summary read back as it wrote it: the same bytes.
+    write_summary(tmp_path, summary)
     assert (tmp_path / "summary.json").read_text() == text
 
 
@@ -77,9 +78,9 @@ def test_a_summary_that_does_not_say_what_it_measured_is_unreadable_by_name(tmp_
     (tmp_path / "summary.json").write_text(json.dumps({**doc, "gpu": {"gpu_samples": "many"}}))
     with pytest.raises(SummaryUnreadable, match=r"summary.json: gpu.gpu_samples: Input should be a valid integer"):
         read_run(tmp_path)
-    # A misspelt key is refused, not kept: the writer fails, the reader names it.
+    # A misspelt key is refused, not kept: no summary is made of it to write, the reader names it.
     with pytest.raises(ValueError, match="gpu.energy_jj"):
-        write_summary(tmp_path, {**doc, "gpu": {**doc["gpu"], "energy_jj": 1.0}})
+        Summary.model_validate({**doc, "gpu": {**doc["gpu"], "energy_jj": 1.0}})
     (tmp_path / "summary.json").write_text(json.dumps({**doc, "p99_ttft": 1.0}))
     with pytest.raises(SummaryUnreadable, match=r"summary.json: p99_ttft: Extra inputs are not permitted"):
         read_run(tmp_path)

@@ -4,6 +4,7 @@ import http.server
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from gpushare.config import ServerConfig
 from gpushare.serving.engines import LaunchPlan, redact
 from gpushare.serving.engines.vllm import VllmEngine
 from gpushare.errors import ConfigError, RunFailure
+from gpushare.serving.server_env import passed_on, server_environment
 from gpushare.serving.servers import ServerFleet, ServerHandle, ensure_port_free
 from helpers import SSE_SERVER, alive, free_port, server_pids
 
@@ -139,3 +141,28 @@ def test_wait_idle_returns_once_the_servers_gauges_reach_zero(tmp_path):
         assert time.monotonic() - t0 >= 0.3
     finally:
         httpd.shutdown()
+
+
+def test_a_server_gets_the_stated_environment_not_the_drivers_whole_one(tmp_path, monkeypatch):
+    """Named variables and families pass, the plan's win, the GPU choice is never inherited,
+    and whatever else the driver holds stays with it."""
+    monkeypatch.setenv("DRIVER_ONLY_SECRET", "s3cret")
+    monkeypatch.setenv("HF_HOME", "/models/hf")
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    port = free_port()
+    plan = sse_plan("s", port)
+    plan = LaunchPlan(plan.name, plan.base_url, plan.argv, {"VLLM_LOGGING_LEVEL": "INFO", "CUDA_VISIBLE_DEVICES": "0"},
+                      ready_timeout_s=plan.ready_timeout_s)
+    handle = ServerHandle(plan, tmp_path / "s.log")
+    handle.start()
+    try:
+        handle.wait_ready(poll_s=0.1)
+        raw = Path(f"/proc/{handle.pid}/environ").read_bytes().split(b"\0")
+        seen = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    finally:
+        handle.stop(grace_s=1.0)
+    assert seen == server_environment(plan)
+    assert "DRIVER_ONLY_SECRET" not in seen and seen["PATH"] and seen["HF_HOME"] == "/models/hf"
+    assert seen["VLLM_LOGGING_LEVEL"] == "INFO" and seen["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "CUDA_VISIBLE_DEVICES" not in passed_on({"CUDA_VISIBLE_DEVICES": "3", "PATH": "/bin"})

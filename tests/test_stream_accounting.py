@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushare.load.loadgen import _TAIL_BYTES, StreamAccounting
+from gpushare.load.stream import _TAIL_BYTES, StreamAccounting
 from sse_server import _chat_event, _completion_event, sse
 
 

@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from gpushare import cli
 from gpushare.interrupts import Interrupted, Interrupts
-from gpushare.load.records import RequestRecord
+from gpushare.core.records import RequestRecord
 from gpushare.measure.results import read_verdict, verdict_of, write_unfinished
 from gpushare.config import ApiConfig, LoadConfig, Tenant
+from gpushare.experiment.run.verdict import run_verdict, tenants_verdict
 from gpushare.load.workloads.synthetic import SyntheticWorkload
-from gpushare.experiment.runner import run_verdict, tenants_verdict
 from helpers import FAULT_SERVER, cli as run_cli, free_port, run_folder, summary, write_config
 
 pytestmark = pytest.mark.timeout(300)

@@ -71,7 +71,7 @@ def run(
     slo: List[str] = typer.Option([], help="SLO for goodput, e.g. --slo ttft=0.5 --slo tpot=0.05 (seconds)."),
 ) -> None:
     """Start the scenario's servers, drive them, and write a run folder."""
-    from .experiment.runner import run_scenario
+    from .experiment.run.run import run_scenario
 
     overrides = {
         "load.concurrency": concurrency,
@@ -350,16 +350,16 @@ def doctor(
     from dataclasses import asdict
 
     from .errors import RunFailure
-    from .serving import leftovers
+    from .serving import cleanup, leftovers
     from .serving.servers import STOP_GRACE_S
 
     found = leftovers.find()
     folders = leftovers.ray_folders()
     if clean:
-        for left in leftovers.clean(found, STOP_GRACE_S):
+        for left in cleanup.clean(found, STOP_GRACE_S):
             print(f"stopped {left.kind} {left.name}: process group {left.pgid} "
                   f"(pids {', '.join(map(str, left.members))}), run folder {left.folder}")
-        for folder in leftovers.clean_ray_folders(folders):
+        for folder in cleanup.clean_ray_folders(folders):
             print(f"removed {folder}: a Ray actor's folder whose actor is gone (cells it never handed back)")
         remaining = leftovers.find()
         if remaining:
@@ -368,10 +368,11 @@ def doctor(
         if not found and not folders:
             print("nothing to clean: no server, MPS daemon or Ray folder left behind by an earlier gpushare run")
         return
+    gpu = environment.gpus()
     facts: dict[str, Any] = {
         "gpushare": __version__,
         "python": sys.version.split()[0],
-        "gpu": environment.gpus(),
+        "gpu": gpu.model_dump(exclude_unset=True),
         "mps": environment.mps(),
         "engines": environment.engines(),
         "embedded_models": {
@@ -386,15 +387,14 @@ def doctor(
     table = Table(title="gpushare doctor", show_header=False)
     table.add_column("what")
     table.add_column("found")
-    gpu = facts["gpu"]
     table.add_row("gpushare / python", f"{__version__} / {facts['python']}")
-    if gpu["nvml"]:
-        table.add_row("NVIDIA driver", f"{gpu.get('driver')} (CUDA {gpu.get('cuda_driver')})")
-        for d in gpu["devices"]:
-            mig = {True: "MIG enabled", False: "MIG disabled", None: "no MIG"}[d["mig_enabled"]]
-            table.add_row(f"GPU {d['index']}", f"{d['name']}, {d['memory_mib']} MiB, {mig}, compute mode {d['compute_mode']}")
+    if gpu.nvml:
+        table.add_row("NVIDIA driver", f"{gpu.driver} (CUDA {gpu.cuda_driver})")
+        for d in gpu.devices:
+            mig = {True: "MIG enabled", False: "MIG disabled", None: "no MIG"}[d.mig_enabled]
+            table.add_row(f"GPU {d.index}", f"{d.name}, {d.memory_mib} MiB, {mig}, compute mode {d.compute_mode}")
     else:
-        table.add_row("GPU / NVML", f"not available ({gpu.get('reason')})")
+        table.add_row("GPU / NVML", f"not available ({gpu.reason})")
     mps = facts["mps"]
     daemons = ", ".join(map(str, mps["control_daemons"])) or "none"
     table.add_row("MPS control", f"{mps['control_binary'] or 'not found'}; control daemons running: {daemons}")

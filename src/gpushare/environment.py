@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .core.gpus import GpuDevice, GpuInfo
 from .serving.engines import installed_distribution
 from .serving.mps import CONTROL, running_control_daemons
 
@@ -36,35 +37,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def gpus() -> dict[str, Any]:
+def gpus() -> GpuInfo:
     """Driver, CUDA driver version and each GPU's name, memory, MIG and compute mode (NVML)."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception as err:
-        return {"nvml": False, "reason": str(err) or type(err).__name__, "devices": []}
+        return GpuInfo(nvml=False, reason=str(err) or type(err).__name__, devices=[])
     try:
-        info: dict[str, Any] = {"nvml": True, "devices": []}
-        info["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        info["cuda_driver"] = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+        devices = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             try:
                 mig = pynvml.nvmlDeviceGetMigMode(h)[0] == pynvml.NVML_DEVICE_MIG_ENABLE
             except pynvml.NVMLError:
                 mig = None  # not MIG-capable
-            info["devices"].append(
-                {
-                    "index": i,
-                    "name": pynvml.nvmlDeviceGetName(h),
-                    "uuid": pynvml.nvmlDeviceGetUUID(h),
-                    "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20,
-                    "mig_enabled": mig,
-                    "compute_mode": int(pynvml.nvmlDeviceGetComputeMode(h)),
-                }
-            )
-        return info
+            devices.append(GpuDevice(
+                index=i,
+                name=pynvml.nvmlDeviceGetName(h),
+                uuid=pynvml.nvmlDeviceGetUUID(h),
+                memory_mib=pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20,
+                mig_enabled=mig,
+                compute_mode=int(pynvml.nvmlDeviceGetComputeMode(h)),
+            ))
+        return GpuInfo(nvml=True, devices=devices, driver=pynvml.nvmlSystemGetDriverVersion(),
+                       cuda_driver=pynvml.nvmlSystemGetCudaDriverVersion_v2())
     finally:
         pynvml.nvmlShutdown()
 
@@ -89,7 +87,7 @@ def collect() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "packages": package_versions(),
-        "gpu": gpus(),
+        "gpu": gpus().model_dump(exclude_unset=True),
         "mps": mps(),
         "command": sys.argv,
         "cwd": os.getcwd(),

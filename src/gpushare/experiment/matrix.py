@@ -24,14 +24,18 @@ import numpy as np
 from rich.console import Console
 
 from ..config import ScenarioConfig, apply_overrides, parse_config, read_config_file
+from ..core.files import TRACEBACK
 from ..errors import ConfigError, GpushareError
-from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
 from ..interrupts import Interrupted, Interrupts
 from ..measure.results import (CellCounts, CellEntry, Invocation, Location, MatrixIndex, SupersededAttempt, Verdict,
                       read_matrix_index, read_run_config, read_verdict, write_matrix_index, write_superseded)
 from ..load.workload import load_tokenizer
 from ..registry import Registry
-from .runner import INTERRUPTED_EXIT, Prepared, ScenarioServers, preflight, run_scenario, say
+from .matrix_events import CellFinished, CellStarted, MatrixEvent, ServersTimed
+from .run.console import say
+from .run.preflight import Prepared, preflight
+from .run.run import INTERRUPTED_EXIT, run_scenario
+from .run.servers import ScenarioServers
 
 DRAIN_S = 2.0  # at most, between cells: until every server says it holds no request
 
@@ -444,8 +448,8 @@ class ScenarioReport:
     def rest(self, status: str, error: str, exit_code: int = 0) -> None:
         """The cells that got no run of their own, recorded with `status` and why."""
         for cell in self.left():
-            self(CellFinished(cell_entry(self.scenario, cell, Path(self.scenario) / cell.name, status, error),
-                              exit_code))
+            self(CellFinished(entry=cell_entry(self.scenario, cell, Path(self.scenario) / cell.name, status, error),
+                              exit_code=exit_code))
 
     def lost(self, reason: str, under_way: PlannedCell | None) -> None:
         """Whatever ran the scenario (a worker process, a Ray actor) died: the cell under way
@@ -488,7 +492,7 @@ class ScenarioSession:
         t_start = time.monotonic()
         self.servers = ScenarioServers(config, prepared, self.scenario_dir, self.console, self.interrupts)
         self.servers.__enter__()
-        self.publish(ServersTimed("start", time.monotonic() - t_start))
+        self.publish(ServersTimed(what="start", seconds=time.monotonic() - t_start))
         tokenizer.join()
         return self
 
@@ -498,16 +502,16 @@ class ScenarioSession:
         self.interrupts.checkpoint()  # a signal that came while the last cell was ending
         folder = self.scenario_dir / cell.name
         what = cell.name if cell.load is None else f"{cell.load_kind} {cell.load:g} repeat {cell.repeat}"
-        self.publish(CellStarted(self.config.scenario, what, self.where))
+        self.publish(CellStarted(scenario=self.config.scenario, cell=what, where=self.where))
         t0 = time.monotonic()
         outcome = run_scenario(cell.config, self.console, self.servers, folder, self.prepared, self.interrupts)
         wall = time.monotonic() - t0
         verdict = outcome.summary.verdict
         complete = verdict.complete and outcome.exit_code == 0
         finished = CellFinished(
-            cell_entry(self.config.scenario, cell, folder, "complete" if complete else "failed", verdict.error, wall,
-                       outcome.summary.duration if complete else 0.0, outcome.summary.location),
-            outcome.exit_code or (0 if complete else 1))
+            entry=cell_entry(self.config.scenario, cell, folder, "complete" if complete else "failed", verdict.error,
+                             wall, outcome.summary.duration if complete else 0.0, outcome.summary.location),
+            exit_code=outcome.exit_code or (0 if complete else 1))
         self.publish(finished)
         return finished
 
@@ -521,7 +525,7 @@ class ScenarioSession:
         if self.servers is not None:
             t_stop = time.monotonic()
             self.servers.close()
-            self.publish(ServersTimed("stop", time.monotonic() - t_stop))
+            self.publish(ServersTimed(what="stop", seconds=time.monotonic() - t_stop))
 
 
 def run_scenario_here(plan: ScenarioPlan, todo: list[PlannedCell], root: Path, console: Console,
@@ -548,7 +552,7 @@ def run_scenario_here(plan: ScenarioPlan, todo: list[PlannedCell], root: Path, c
     except Exception as err:  # this scenario failed (a defect included): record it, go on
         if not isinstance(err, GpushareError):
             session.scenario_dir.mkdir(parents=True, exist_ok=True)
-            (session.scenario_dir / "traceback.txt").write_text(traceback.format_exc())
+            (session.scenario_dir / TRACEBACK).write_text(traceback.format_exc())
         if interrupts.signal_since(mark):  # an Interrupted that came out wrapped
             report.rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
             return

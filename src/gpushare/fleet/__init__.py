@@ -7,21 +7,19 @@ per scenario on a GPU anywhere in a cluster. Each is a registered executor (expe
 EXECUTORS) in a module of this package; `matrix` imports every module here, so a new executor
 is its file. Either way the driver's `MatrixBook` keeps the
 single matrix.json, fed by the typed events (`CellStarted`, `CellFinished`, `ServersTimed`)
-that the workers send back; this module turns plans and events into JSON and back for them.
+that the workers send back (as JSON lines: matrix_events' one encoding); this module turns
+plans into JSON and back for them.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict
 from typing import Any, Callable
 
 from ..config import parse_config
-from ..events import CellFinished, CellStarted, MatrixEvent, ServersTimed
 from ..interrupts import Interrupts
 from ..experiment.matrix import PlannedCell, ScenarioPlan
-from ..measure.results import CellEntry
 
 
 def plan_doc(plan: ScenarioPlan) -> dict[str, Any]:
@@ -37,23 +35,6 @@ def plan_from_doc(doc: dict[str, Any]) -> ScenarioPlan:
     return ScenarioPlan(parse_config(doc["config"]), [
         PlannedCell(c["name"], c["load_kind"], c["load"], c["repeat"], parse_config(c["config"])) for c in doc["cells"]
     ])
-
-
-def event_doc(event: MatrixEvent) -> dict[str, Any]:
-    if isinstance(event, CellFinished):
-        return {"event": "cell_finished", "entry": event.entry.model_dump(mode="json"), "exit_code": event.exit_code}
-    if isinstance(event, CellStarted):
-        return {"event": "cell_started", **asdict(event)}
-    return {"event": "servers_timed", **asdict(event)}
-
-
-def event_from_doc(doc: dict[str, Any]) -> MatrixEvent:
-    kind = doc.pop("event")
-    if kind == "cell_finished":
-        return CellFinished(CellEntry.model_validate(doc["entry"]), int(doc["exit_code"]))
-    if kind == "cell_started":
-        return CellStarted(**doc)
-    return ServersTimed(**doc)
 
 
 SERVER_START_S = 60.0

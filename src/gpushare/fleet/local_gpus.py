@@ -23,12 +23,14 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import environment
+from ..core.files import FLEET_LOGS
+from ..core.processes import end_with_parent
 from ..errors import ConfigError
 from ..experiment.matrix import EXECUTORS, Executor, MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport
-from ..experiment.runner import say
+from ..experiment.matrix_events import decode_event
+from ..experiment.run.console import say
 from ..interrupts import Interrupts
-from ..serving import leftovers
-from . import event_from_doc, longest_first, plan_doc, wait_for
+from . import longest_first, plan_doc, wait_for
 
 FORWARDED = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGTERM}
 
@@ -80,15 +82,13 @@ class LocalGpusExecutor(Executor):
 
     @classmethod
     def from_flags(cls, flags: argparse.Namespace, console: Console, interrupts: Interrupts) -> "LocalGpusExecutor":
-        found = environment.gpus()
-        return cls(parse_gpus(flags.gpus, len(found["devices"]) if found["nvml"] else None, flags.unchecked_gpus),
-                   console, interrupts)
+        return cls(parse_gpus(flags.gpus, environment.gpus().count(), flags.unchecked_gpus), console, interrupts)
 
     def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
         jobs: queue.Queue[tuple[ScenarioPlan, list[PlannedCell]]] = queue.Queue()
         for item in longest_first(work):
             jobs.put(item)
-        logs = book.out / "fleet-logs"
+        logs = book.out / FLEET_LOGS
         logs.mkdir(exist_ok=True)
         threads = [threading.Thread(target=self._gpu_loop, args=(gpu, jobs, book, logs), daemon=True)
                    for gpu in self.gpus]
@@ -132,7 +132,7 @@ class LocalGpusExecutor(Executor):
                     process = subprocess.Popen(
                         [sys.executable, "-m", "gpushare.fleet.worker"], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-                        preexec_fn=leftovers.end_with_parent)
+                        preexec_fn=end_with_parent)
                     self._workers[gpu] = process
             if process is not None:
                 assert process.stdin is not None and process.stdout is not None
@@ -142,7 +142,7 @@ class LocalGpusExecutor(Executor):
                 except BrokenPipeError:  # it died at once; its log says why
                     pass
                 for line in process.stdout:
-                    report(event_from_doc(json.loads(line)))
+                    report(decode_event(line))
                 code = process.wait()
                 with self._lock:
                     self._workers.pop(gpu, None)

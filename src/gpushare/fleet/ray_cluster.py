@@ -13,7 +13,7 @@ at once. So:
   actor kept in its node's folder (the cell under way as it stood, the server logs) is
   fetched back into --out by a task on the same node, which then removes the folder;
 - actors die with the driver (Ray ends the actors a driver owns), and a dying actor's servers
-  get SIGTERM (leftovers.end_with_parent), so a killed driver leaves nothing running;
+  get SIGTERM (core.processes.end_with_parent), so a killed driver leaves nothing running;
 - a signal to the driver ends every actor, and the cells under way are indexed as not run.
 """
 
@@ -34,11 +34,12 @@ from typing import Any
 from rich.console import Console
 
 from .. import environment
+from ..core.files import CONSOLE_LOG
 from ..errors import ConfigError, GpushareError
-from ..events import MatrixEvent
 from ..experiment.matrix import (EXECUTORS, Executor, MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport,
                                  ScenarioSession, on_gpu)
-from ..experiment.runner import say
+from ..experiment.matrix_events import MatrixEvent, decode_event, encode_event
+from ..experiment.run.console import say
 from ..interrupts import Interrupts
 from ..measure.results import assigned_gpu
 from ..serving import leftovers
@@ -108,7 +109,7 @@ class ScenarioActor:
 
     def _answer(self, packed: bytes | None = None) -> dict[str, Any]:
         events, self.events = self.events, []
-        return {"events": events, "packed": packed}
+        return {"events": [encode_event(e) for e in events], "packed": packed}
 
     def open(self, plan: ScenarioPlan, shared_root: str | None, token: str) -> dict[str, Any]:
         import ray
@@ -127,7 +128,7 @@ class ScenarioActor:
         if not self.shared:
             self.root.mkdir(mode=0o700)
             leftovers.mark_ray_folder(self.root)
-        log = self.root / plan.config.scenario / "console.log"
+        log = self.root / plan.config.scenario / CONSOLE_LOG
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "a")
         console = Console(file=self.log, width=120)
@@ -299,8 +300,8 @@ class RayExecutor(Executor):
                 if cell:
                     shutil.rmtree(target, ignore_errors=True)
                 unpack(answer["packed"], target)
-            for event in answer["events"]:
-                report(event)
+            for line in answer["events"]:
+                report(decode_event(line))
 
         actor, current, token, lost = None, None, uuid.uuid4().hex[:16], False
         handed: set[str] = set()

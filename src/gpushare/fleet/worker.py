@@ -15,10 +15,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..events import MatrixEvent
 from ..experiment.matrix import on_gpu, run_scenario_here
+from ..experiment.matrix_events import MatrixEvent, encode_event
 from ..interrupts import Interrupts
-from . import event_doc, plan_from_doc
+from . import plan_from_doc
 
 
 def main() -> int:
@@ -28,7 +28,7 @@ def main() -> int:
     console = Console(file=sys.stderr, width=120)
 
     def publish(event: MatrixEvent) -> None:
-        sys.stdout.write(json.dumps(event_doc(event)) + "\n")
+        sys.stdout.write(encode_event(event) + "\n")
         sys.stdout.flush()
 
     with Interrupts().installed() as interrupts:

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import IO
 
-from ..events import Event, RequestFinished
+from ..core.events import Event, RequestFinished
+from ..core.files import CHUNKS, REQUESTS
+from ..core.records import RequestRecord
 from ..measure.metrics import e2el, queue_time, tpot, ttft
-from .records import RequestRecord
 
 FLUSH_S = 1.0
 
@@ -54,8 +55,8 @@ class RequestLog:
 
     def __init__(self, folder: Path):
         self._files: list[IO[str]] = [
-            open(folder / "requests.csv", "w", newline=""),
-            open(folder / "chunks.csv", "w", newline=""),
+            open(folder / REQUESTS, "w", newline=""),
+            open(folder / CHUNKS, "w", newline=""),
         ]
         self._requests, self._chunks = (csv.writer(f) for f in self._files)
         self._requests.writerow(REQUEST_COLUMNS)

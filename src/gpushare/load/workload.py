@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import ApiConfig, LoadConfig
 from ..errors import ConfigError
-from .records import RequestSpec
+from ..core.records import RequestSpec
 from .tokens import Tokenizer
 from .workloads import Workload
 

@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 from pydantic import ValidationError, create_model
 
+from ..core.files import INTERFERENCE, write_json_atomic
 from .interference import ScenarioScores, TenantComparison
 from .metric_catalog import METRICS, MetricSpec
-from .results import Record, validation_problem, write_json_atomic
+from .results import Record, validation_problem
 
-INTERFERENCE = "interference.json"
 STEP_METRICS = ("p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms", "p99_e2el_ms", "output_throughput",
                 "good_request_fraction", "completed", "failed")
 """What the noisy-neighbour view keeps of each step: the victim's tail latencies and throughput."""

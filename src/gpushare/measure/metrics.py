@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..load.records import RequestRecord
+from ..core.records import RequestRecord
 from .summary import LENGTH_PERCENTILES, LatencyStats, RunSummary
 
 

@@ -17,7 +17,6 @@ silently; a key that any committed run wrote is declared.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,13 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
 from ..config import ConfigError, LoadConfig, ScenarioConfig, load_yaml, parse_config
+from ..core.files import CONFIG, ENV, INDEX, SUMMARY, SUPERSEDED, write_json_atomic
+from ..core.gpus import GpuInfo
 from ..errors import RunFailure
 from .metric_catalog import CATALOGUE, Where
 
-SUMMARY = "summary.json"
-INDEX = "matrix.json"
-SUPERSEDED = "superseded.json"
-"""In a run folder that a matrix's rerun set aside as an earlier attempt: which cell, and why."""
 UNFINISHED = "the run did not finish (it was killed, or is still running)"
 IDENTITY = ("scenario", "sharing_mode", "load_mode")
 """What a complete summary must say it measured; analysis cannot place a run without them."""
@@ -149,7 +146,7 @@ class Measured(MetricBlock):
 
 
 class TenantBlock(Measured):
-    """One of `tenants` (runner.tenant_blocks): over the common window, the tenant's requests only."""
+    """One of `tenants` (experiment.run.summary.tenant_blocks): over the common window, the tenant's requests only."""
 
     servers: list[str] = []
     load: LoadConfig
@@ -161,7 +158,7 @@ RunMetrics = _catalogued("RunMetrics", ("run",), Measured, "A run's metrics and 
 
 
 class Summary(RunMetrics):
-    """summary.json, as runner.summary_document and _measure write it, or the placeholder that
+    """summary.json, as experiment.run.summary assembles it, or the placeholder that
     says a run has not finished (scenario, complete, error only)."""
 
     scenario: str
@@ -286,27 +283,14 @@ class MatrixIndex(Record):
 # --- writing and reading -----------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write through a temporary file and a rename, so a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(doc, indent=2, allow_nan=False))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_summary(folder: Path, doc: dict[str, Any]) -> Summary:
-    """summary.json: the document, once `Summary` has read it (a defect here fails the run's
-    writer, not a later reader)."""
-    summary = Summary.model_validate(doc)
-    write_json_atomic(folder / SUMMARY, doc)
-    return summary
+def write_summary(folder: Path, summary: Summary) -> None:
+    """summary.json: the keys `summary` was given (or read with), none it was not."""
+    write_json_atomic(folder / SUMMARY, summary.model_dump(mode="json", exclude_unset=True))
 
 
 def write_unfinished(folder: Path, scenario: str) -> None:
     """The summary a run folder holds until its run ends: not complete."""
-    write_summary(folder, {"scenario": scenario, "complete": False, "error": UNFINISHED})
+    write_summary(folder, Summary(scenario=scenario, complete=False, error=UNFINISHED))
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
@@ -389,36 +373,30 @@ def read_matrix_index(folder: Path) -> MatrixIndex | None:
         return None
 
 
-def gpu_device(gpu: dict[str, Any], index: int) -> dict[str, Any] | None:
-    """GPU `index` among what `environment.gpus()` read; None where NVML does not list it."""
-    return next((d for d in gpu.get("devices") or [] if d.get("index") == index), None)
-
-
-def assigned_gpu(name: str, gpu: dict[str, Any]) -> int:
+def assigned_gpu(name: str, gpu: GpuInfo) -> int:
     """The NVML index of a GPU a scheduler assigned by the name CUDA_VISIBLE_DEVICES gives it
     (Ray's `get_gpu_ids()`): a UUID, or an index as the node lists its GPUs. Everything of the
     run (its sharing.gpu, hence its location, GPU monitor and MPS daemon) then names this one
     GPU. Without NVML an index is taken as given. One line if NVML does not list it."""
-    devices = gpu.get("devices") or []
-    by_uuid = next((d for d in devices if d.get("uuid") == name), None)
+    by_uuid = gpu.by_uuid(name)
     if by_uuid is not None:
-        return int(by_uuid["index"])
+        return by_uuid.index
     try:
         index = int(name)
     except ValueError:
         raise RunFailure(f"the GPU assigned here, {name!r}, is neither an index nor a UUID NVML lists") from None
-    if devices and gpu_device(gpu, index) is None:
-        raise RunFailure(f"the GPU assigned here, {name!r}, is not among the {len(devices)} GPU(s) NVML lists")
+    if gpu.devices and gpu.device(index) is None:
+        raise RunFailure(f"the GPU assigned here, {name!r}, is not among the {len(gpu.devices)} GPU(s) NVML lists")
     return index
 
 
-def location_of(gpu: dict[str, Any], node: str, gpu_index: int) -> Location:
+def location_of(gpu: GpuInfo, node: str, gpu_index: int) -> Location:
     """A run's `Location` from what `environment.gpus()` read and the GPU the run used."""
-    device = gpu_device(gpu, gpu_index)
-    if device is None:
-        return Location(node=node)
-    return Location(node=node, gpu_index=gpu_index, gpu_name=device.get("name"), gpu_uuid=device.get("uuid"),
-                    gpu_memory_mib=device.get("memory_mib"))
+    device = gpu.device(gpu_index)
+    if device is None:  # every key said, null: the summary writes the keys it was given
+        return Location(node=node, gpu_index=None, gpu_name=None, gpu_uuid=None, gpu_memory_mib=None)
+    return Location(node=node, gpu_index=gpu_index, gpu_name=device.name, gpu_uuid=device.uuid,
+                    gpu_memory_mib=device.memory_mib)
 
 
 def run_location(folder: Path, summary: Summary) -> Location | None:
@@ -428,20 +406,20 @@ def run_location(folder: Path, summary: Summary) -> Location | None:
     if summary.location is not None:
         return summary.location
     try:
-        env = json.loads((folder / "env.json").read_text())
+        env = json.loads((folder / ENV).read_text())
     except (OSError, ValueError):
         return None
     config = read_run_config(folder)
     if not isinstance(env, dict) or not isinstance(env.get("host"), str):
         return None
-    return location_of(env.get("gpu") or {}, env["host"], config.sharing.gpu if config else 0)
+    return location_of(GpuInfo.model_validate(env.get("gpu") or {}), env["host"], config.sharing.gpu if config else 0)
 
 
 def read_run_config(folder: Path) -> ScenarioConfig | None:
     """The configuration a run ran (its config.yaml), typed; None where it is missing or no
     longer reads under this version's schema."""
     try:
-        raw = load_yaml((folder / "config.yaml").read_text())
+        raw = load_yaml((folder / CONFIG).read_text())
         return parse_config(raw) if isinstance(raw, dict) else None
     except (OSError, ValueError, yaml.YAMLError, ConfigError):  # ValueError: not UTF-8
         return None

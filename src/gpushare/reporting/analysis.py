@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
+from ..core.files import CONFIG, GPU_SAMPLES, REQUESTS, SUMMARY
 from ..errors import ConfigError
 from ..measure.metric_catalog import CATALOGUE, METRICS
-from ..measure.results import (SUMMARY, GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run,
+from ..measure.results import (GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run,
                                read_run_config, read_verdict, run_location, workload_labels)
 from .isolation import find_interference, read_interference, write_isolation
 from .style import close, colours, legend, markdown, save, subplots
@@ -41,7 +42,7 @@ TABLE_METRICS = tuple(m for m in CATALOGUE if m.table is not None)
 
 def is_run_folder(folder: Path) -> bool:
     """A summary.json, or what a run killed before it wrote one leaves: its config and requests."""
-    return (folder / SUMMARY).exists() or ((folder / "config.yaml").exists() and (folder / "requests.csv").exists())
+    return (folder / SUMMARY).exists() or ((folder / CONFIG).exists() and (folder / REQUESTS).exists())
 
 
 def run_folders(paths: Iterable[Path]) -> list[Path]:
@@ -53,7 +54,7 @@ def run_folders(paths: Iterable[Path]) -> list[Path]:
         if is_run_folder(path):
             found.add(path)
         else:
-            found.update(filter(is_run_folder, {p.parent for name in (SUMMARY, "requests.csv")
+            found.update(filter(is_run_folder, {p.parent for name in (SUMMARY, REQUESTS)
                                                 for p in path.rglob(name)}))
     if not found:
         raise ConfigError(f"--runs: no run folders (with summary.json, or config.yaml and requests.csv) under "
@@ -309,7 +310,7 @@ def plot_tradeoff(summary: pd.DataFrame, out: Path, colour: dict[str, tuple]) ->
 def request_table(runs: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for _, run in runs.iterrows():
-        requests = pd.read_csv(Path(run["run"]) / "requests.csv")
+        requests = pd.read_csv(Path(run["run"]) / REQUESTS)
         measured = requests["in_window"] == 1 if "in_window" in requests else requests["warmup"] == 0
         if isinstance(run["tenant"], str):
             measured &= requests["tenant"] == run["tenant"]
@@ -378,11 +379,11 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: dict[str, tuple]) 
     drawn = 0
     for _, run in runs.drop_duplicates("run").iterrows():  # a run of several tenants: one GPU trace
         folder = Path(run["run"])
-        gpu = pd.read_csv(folder / "gpu.csv")
+        gpu = pd.read_csv(folder / GPU_SAMPLES)
         gpu = gpu[~gpu["gpu"].astype(str).str.contains(":")]
         if gpu.empty:
             continue
-        requests = pd.read_csv(folder / "requests.csv")
+        requests = pd.read_csv(folder / REQUESTS)
         measured = requests[requests["warmup"] == 0]
         start = measured["sent"].min()
         gpu = gpu[(gpu["t"] >= start) & (gpu["t"] <= measured["end"].max())]

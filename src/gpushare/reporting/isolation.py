@@ -20,9 +20,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
+from ..core.files import INTERFERENCE, REQUESTS
 from ..experiment.interference_protocol import SHARED, solo_cell
-from ..measure.interference_doc import (INTERFERENCE, STEP_METRICS, InterferenceUnreadable, ScenarioEntry,
-                                        read_interference_doc)
+from ..measure.interference_doc import STEP_METRICS, InterferenceUnreadable, ScenarioEntry, read_interference_doc
 from ..measure.metric_catalog import METRICS
 from ..measure.results import read_verdict
 from .style import legend, markdown, save, subplots
@@ -274,7 +274,7 @@ def phase_requests(folder: Path, tenant: str) -> pd.DataFrame:
     """A tenant's measured, completed requests in a complete phase; none if the phase is not."""
     if not read_verdict(folder).complete:
         return pd.DataFrame(columns=["ttft_s"])
-    requests = pd.read_csv(folder / "requests.csv")
+    requests = pd.read_csv(folder / REQUESTS)
     return requests[(requests["tenant"] == tenant) & (requests["in_window"] == 1) & (requests["status"] == "ok")]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..core.files import CONFIG, ENV
 from ..errors import RunFailure
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .isolation import Interference, find_interference, isolation_table, read_interference
@@ -30,8 +31,8 @@ def tex(text: Any) -> str:
 
 def _first_run_facts(runs: pd.DataFrame) -> dict[str, Any]:
     folder = Path(runs["run"].iloc[0])
-    env = json.loads((folder / "env.json").read_text())
-    config = (folder / "config.yaml").read_text()
+    env = json.loads((folder / ENV).read_text())
+    config = (folder / CONFIG).read_text()
     device = (env.get("gpu", {}).get("devices") or [{}])[0]
     packages = env.get("packages", {})
     argv = " ".join((env.get("servers") or [{}])[0].get("argv") or [])

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..core.files import MPS_LOGS
+from ..core.processes import end_with_parent
 from ..errors import ConfigError, RunFailure
 from . import leftovers
 
@@ -109,7 +111,7 @@ class MpsDaemon:
         self.say = say
         self.process: subprocess.Popen[bytes] | None = None
         self.pipe_directory: Path | None = None
-        self.log_directory = run_dir / "mps-log"
+        self.log_directory = run_dir / MPS_LOGS
 
     @property
     def client_env(self) -> dict[str, str]:
@@ -132,7 +134,7 @@ class MpsDaemon:
             try:
                 self.process = subprocess.Popen([CONTROL, "-f"], stdin=subprocess.DEVNULL, stdout=out,
                                                 stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                                preexec_fn=leftovers.end_with_parent)
+                                                preexec_fn=end_with_parent)
             except OSError as err:
                 raise RunFailure(f"MPS: cannot start {CONTROL}: {err.strerror}") from None
         try:

@@ -19,9 +19,11 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ..core.processes import end_with_parent, group_members, signal_group
 from ..errors import ConfigError, RunFailure
 from . import leftovers
-from .engines import LaunchPlan, server_environment
+from .engines import LaunchPlan
+from .server_env import server_environment
 
 STOP_GRACE_S = 20.0
 STARTING_GRACE_S = 5.0  # a server stopped before it was ready has no request to finish
@@ -125,7 +127,7 @@ class ServerHandle:
                     stderr=subprocess.STDOUT,
                     env=server_environment(self.plan),
                     start_new_session=True,
-                    preexec_fn=leftovers.end_with_parent,
+                    preexec_fn=end_with_parent,
                 )
             except OSError as err:
                 raise RunFailure(f"server {self.name}: cannot start {self.plan.argv[0]}: {err.strerror}") from None
@@ -192,13 +194,13 @@ class ServerHandle:
         if grace_s is None:
             grace_s = STOP_GRACE_S if self.startup_s is not None else STARTING_GRACE_S
         pgid = self.process.pid  # start_new_session makes the server its group's leader
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while group_members(pgid) and time.monotonic() < deadline and not hurry():
             self.process.poll()
             time.sleep(0.1)
         if group_members(pgid):
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
             deadline = time.monotonic() + 10
             while group_members(pgid) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -207,44 +209,6 @@ class ServerHandle:
         except subprocess.TimeoutExpired:
             pass
         leftovers.forget(pgid)  # kept while any member lives: `gpushare doctor` lists it
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def process_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks after boot) of a process, from /proc/PID/stat (fields
-    3 and 22); None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return stat[0], int(stat[19])
-
-
-def process_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie."""
-    stat = process_stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 class ServerFleet:

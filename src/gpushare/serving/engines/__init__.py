@@ -9,7 +9,6 @@ imported with the package, so a new engine is its file.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -29,7 +28,7 @@ class LaunchPlan:
     argv: list[str] | None
     """None: the server is already running and nothing is launched."""
     env: dict[str, str] = field(default_factory=dict)
-    """Variables set for the server on top of gpushare's own environment."""
+    """Variables set for the server on top of what it is given of gpushare's own (server_env)."""
     ready_path: str = "/v1/models"
     ready_timeout_s: float = 900.0
     counters: dict[str, str] = field(default_factory=dict)
@@ -99,14 +98,6 @@ def redact_env(env: dict[str, str]) -> dict[str, str]:
         k: ("***" if any(w in k.upper() for w in ("KEY", "TOKEN", "SECRET", "PASSWORD")) else v)
         for k, v in env.items()
     }
-
-
-def server_environment(plan: LaunchPlan) -> dict[str, str]:
-    """gpushare's environment plus the plan's, except the GPU choice: a server sees the GPU
-    its placement names (sharing.gpu, a MIG instance, or its MPS daemon's), never one
-    inherited from whoever started gpushare (a Ray worker is given one, for instance)."""
-    inherited = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return {**inherited, **plan.env}
 
 
 import_modules(__name__)

@@ -1,0 +1,81 @@
+"""The watch over the servers while the load runs: whether each one lived through the window,
+and what each counted itself."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ...core.events import Event, PhaseChanged, RequestFinished
+from ...core.processes import process_alive
+from ...core.records import RequestRecord
+from ...serving.servers import ServerFleet
+
+
+class ServerWatch:
+    """Whether every server lived through the window: its process, and every process of its
+    group alive when the window opened (vLLM's engine core can die while its API server
+    lives on, failing requests). Ends the load once one has died: polled, and checked after
+    every failed request (a dead server fails requests faster than any poll)."""
+
+    def __init__(self, fleet: ServerFleet):
+        self.fleet = fleet
+        self.stop_load: Any = None
+        self._members: dict[str, list[int]] = {}
+
+    def death(self) -> str | None:
+        dead = self.fleet.first_dead()
+        if dead is not None:
+            return f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}"
+        for handle in self.fleet.handles:
+            lost = [pid for pid in self._members.get(handle.name, []) if not process_alive(pid)]
+            if lost:
+                return (f"server {handle.name} lost process {', '.join(map(str, lost))} of its group during the run"
+                        f"{handle.log_hint()}")
+        return None
+
+    def check(self) -> bool:
+        reason = self.death()
+        if reason and self.stop_load is not None:
+            self.stop_load(reason)
+        return reason is not None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PhaseChanged) and event.phase == "measure":
+            self._members = {h.name: h.group() for h in self.fleet.handles}
+        elif isinstance(event, RequestFinished) and not event.record.ok:
+            self.check()
+
+    def settle(self, records: list[RequestRecord], wait_s: float = 1.0) -> str | None:
+        """After a load that ended on its own: a server whose death failed the last requests
+        may not be reaped yet. Where measured requests failed, give it `wait_s` to show."""
+        deadline = time.monotonic() + (wait_s if any(not r.ok for r in records if not r.warmup) else 0.0)
+        while True:
+            reason = self.death()
+            if reason or time.monotonic() >= deadline:
+                return reason
+            time.sleep(0.05)
+
+
+class CounterWindow:
+    """The servers' own counters at the window's start and end (None: a server has none)."""
+
+    def __init__(self, fleet: ServerFleet):
+        self.fleet = fleet
+        self.before: dict[str, dict[str, float] | None] = {}
+        self.after: dict[str, dict[str, float] | None] = {}
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PhaseChanged) and event.phase == "measure":
+            self.before = self.fleet.counters()
+
+    def close(self) -> None:
+        self.after = self.fleet.counters()
+
+    def deltas(self) -> dict[str, dict[str, float] | None]:
+        """What each server counted itself during the measured window."""
+        out: dict[str, dict[str, float] | None] = {}
+        for name, end in self.after.items():
+            start = self.before.get(name)
+            out[name] = None if end is None or start is None else {k: end[k] - start[k] for k in end if k in start}
+        return out
