@@ -19,8 +19,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "gpushare"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("gpushare", "core", "errors", "interrupts", "registry", "strict"),  # the ground floor
-    ("load.lengths", "load.tokens", "load.sharegpt", "load.workloads", "serving.engines"),  # the seams'
-    # registered config types, which the scenario is built from
+    ("load.lengths", "load.tokens", "load.sharegpt", "load.workloads", "serving.engines", "serving.sharing",
+     "serving.mig"),  # the seams' registered config types and classes, which the scenario is built from, and
+    # the MIG arithmetic and discovery the sharing modes use
     ("config",),  # what a scenario says
     ("measure",),  # metrics, summaries, the run folder's files
     ("load",),  # the request source and the load generator

@@ -1,17 +1,19 @@
 """Registries: one line for a name registered twice or not registered, and the config's
 accepted values are exactly the registered ones."""
 
+import importlib
 from typing import Literal, get_args
 
 import pytest
 
 from gpushare.cli import matrix_executors, matrix_parser
-from gpushare.config import ScenarioConfig, ServerConfig, TenantConfig
+from gpushare.config import ScenarioConfig, ServerConfig, SharingConfig, TenantConfig
 from gpushare.errors import ConfigError
 from gpushare.experiment.matrix import Executor
 from gpushare.load.workloads import WORKLOADS, Workload
-from gpushare.registry import Registry
+from gpushare.registry import Registry, import_modules
 from gpushare.serving.engines import ENGINES, Engine
+from gpushare.serving.sharing import SHARING_MODES, SharingMode
 from gpushare.strict import StrictModel
 
 
@@ -79,6 +81,24 @@ def test_every_engine_the_config_accepts_is_registered_and_every_registered_engi
     assert set(ENGINES.names) == {"vllm", "external"}
     assert all(issubclass(cls, Engine) for cls in ENGINES)
     assert [ENGINES[name].launched for name in ("vllm", "external")] == [True, False]
+
+
+def test_every_sharing_mode_the_config_accepts_is_registered_and_every_registered_mode_is_accepted():
+    assert get_args(SharingConfig.model_fields["mode"].annotation) == SHARING_MODES.names
+    assert SHARING_MODES.names == ("baseline", "mps", "timeslice", "mig_emulation", "mig")  # the order errors list
+    assert all(issubclass(cls, SharingMode) for cls in SHARING_MODES)
+    assert [SharingConfig(mode=name).implementation for name in SHARING_MODES.names] == list(SHARING_MODES)
+    under_mps = {name: SharingConfig(mode=name, mps=True).uses_mps for name in SHARING_MODES.names}
+    assert under_mps == {"baseline": False, "mps": True, "timeslice": False, "mig_emulation": True, "mig": False}
+    assert not SharingConfig(mode="mig_emulation").uses_mps
+
+
+def test_the_modules_named_first_are_imported_in_that_order_and_the_others_by_name(monkeypatch):
+    imported: list[str] = []
+    import_module = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name: imported.append(name) or import_module(name))
+    import_modules("gpushare.serving.sharing.modes", first=("mps", "baseline"))
+    assert [name.rpartition(".")[2] for name in imported[1:]] == ["mps", "baseline", "mig", "mig_emulation", "timeslice"]
 
 
 def test_every_executor_declares_the_flag_that_chooses_it_and_the_matrix_parser_takes_it():

@@ -17,7 +17,7 @@ from gpushare.errors import ConfigError, RunFailure
 from gpushare.serving import mig
 from gpushare.serving.mig import H100_80GB_PROFILES, memory_fraction, mig_instances, mig_profiles, profile_caps, table_profiles
 from gpushare.serving.mps import MpsDaemon
-from gpushare.serving.sharing import mps_memory_limit, place_servers
+from gpushare.serving.sharing.placement import mps_memory_limit, place_servers
 from helpers import SSE_SERVER, alive, cli, free_port, run_folder, summary, write_config
 
 

@@ -29,6 +29,7 @@ from .load.lengths import LengthDistribution
 from .load.workloads import WORKLOADS, Workload
 from .load.workloads.synthetic import SyntheticWorkload
 from .serving.engines import ENGINES
+from .serving.sharing import SHARING_MODES, SharingMode
 from .strict import BOOL_FOR_NUMBER, StrictModel
 
 EMBEDDED_MODEL = "smollm2"
@@ -94,13 +95,13 @@ class ServerConfig(StrictModel):
         return self.memory_gib is not None or self.sm_percent is not None or self.mig_profile is not None
 
 
-SHARING_MODES = ("baseline", "mps", "timeslice", "mig_emulation", "mig")
+SharingModeName = SHARING_MODES.literal()
 
 
 class SharingConfig(StrictModel):
     """How the servers share the GPU (docs/sharing.md)."""
 
-    mode: Literal["baseline", "mps", "timeslice", "mig_emulation", "mig"] = "baseline"
+    mode: SharingModeName = "baseline"
     mps: bool = False
     """mig_emulation: also run the servers under MPS (needed for compute caps)."""
     mps_pipe_directory: Path | None = None
@@ -110,8 +111,13 @@ class SharingConfig(StrictModel):
     """Kept out of a memory cap when it is turned into the engine's fraction of the GPU."""
 
     @property
+    def implementation(self) -> type[SharingMode]:
+        """The registered class of the mode."""
+        return SHARING_MODES[self.mode]
+
+    @property
     def uses_mps(self) -> bool:
-        return self.mode == "mps" or (self.mode == "mig_emulation" and self.mps)
+        return self.implementation.uses_mps(self)
 
 
 # --- requests and load -----------------------------------------------------------------
@@ -306,23 +312,7 @@ class ScenarioConfig(StrictModel):
         launched = [(s.host, s.port) for s in self.servers if s.launched and s.port is not None]
         if len(set(launched)) != len(launched):
             raise ValueError("servers: two launched servers share a host and port")
-        mode = self.sharing.mode
-        if mode == "baseline" and len(self.servers) > 1:
-            raise ValueError("sharing.mode: baseline runs one server; use timeslice, mps or mig_emulation for several")
-        for i, server in enumerate(self.servers):
-            if server.capped and mode not in ("mps", "mig_emulation"):
-                raise ValueError(f"servers.{i}: memory_gib, sm_percent and mig_profile need mode mps or mig_emulation")
-            if mode == "mig_emulation" and server.memory_gib is None and server.mig_profile is None:
-                raise ValueError(f"servers.{i}: mig_emulation needs a memory cap (memory_gib or mig_profile)")
-            if (server.sm_percent is not None or server.mig_profile is not None) and not self.sharing.uses_mps:
-                raise ValueError(
-                    f"servers.{i}: a compute cap needs MPS (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE); set sharing.mps: true"
-                    if mode == "mig_emulation" else f"servers.{i}: a compute cap needs MPS"
-                )
-            if server.mig_device is not None and mode != "mig":
-                raise ValueError(f"servers.{i}.mig_device: only for sharing.mode mig")
-        if self.sharing.mps_pipe_directory is not None and not self.sharing.uses_mps:
-            raise ValueError("sharing.mps_pipe_directory: only when the servers run under MPS")
+        self.sharing.implementation.check_servers(self.servers, self.sharing)
         if self.load.routing == "tenant" and any(s.tenant is None for s in self.servers):
             raise ValueError("load.routing: tenant needs a 'tenant' label on every server")
         self._tenants_valid()

@@ -1,4 +1,4 @@
-"""Registries: the seams where gpushare grows (engines, workload kinds, executors).
+"""Registries: the seams where gpushare grows (engines, sharing modes, workload kinds, executors).
 
 A registry maps the value of one discriminator (`engine: vllm`, `kind: sharegpt`) to the class
 that implements it. A plug-in is one module that registers its class; `import_modules` imports
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Annotated, Any, Callable, Generic, Iterator, Literal, TypeVar, Union, get_args
+from typing import Annotated, Any, Callable, Generic, Iterator, Literal, Sequence, TypeVar, Union, get_args
 
 from pydantic import BaseModel, Field
 
@@ -76,8 +76,11 @@ def _declared_names(cls: type, key: str) -> tuple[Any, ...] | None:
     return get_args(cls.model_fields[key].annotation)
 
 
-def import_modules(package: str) -> None:
-    """Import every module of `package` (by its dotted name), so that each registers what it defines."""
+def import_modules(package: str, first: Sequence[str] = ()) -> None:
+    """Import every module of `package` (by its dotted name), so that each registers what it
+    defines: the modules named in `first` in that order (the order a config's error lists the
+    names in), then the others by name."""
     found = importlib.import_module(package)
-    for module in sorted(pkgutil.iter_modules(found.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{package}.{module.name}")
+    names = sorted(module.name for module in pkgutil.iter_modules(found.__path__))
+    for name in [*first, *(name for name in names if name not in first)]:
+        importlib.import_module(f"{package}.{name}")

@@ -18,7 +18,7 @@ from ...serving import mig, mps
 from ...serving.engines import ENGINES, LaunchPlan
 from ...serving.models import ResolvedModel, cache_root, resolve_model
 from ...serving.servers import ensure_port_free, free_port
-from ...serving.sharing import Placement, place_servers
+from ...serving.sharing.placement import Placement, place_servers
 
 
 @dataclass
@@ -115,7 +115,7 @@ def preflight(config: ScenarioConfig, say: Any, cells: Iterable[ScenarioConfig] 
             assert server.port is not None
             ensure_port_free(server.host, server.port, f"servers[{i}].port")
     gpu = environment.gpus()
-    mig_list = mig.discover(config.sharing.gpu) if config.sharing.mode == "mig" else None
+    mig_list = config.sharing.implementation.preflight(config.sharing)
     profiles = mig.gpu_profiles(config.sharing.gpu) if any(s.mig_profile for s in config.servers) else None
     placements = place_servers(config, gpu_memory_gib(gpu, config.sharing.gpu), mig_list, profiles)
     if config.sharing.uses_mps:

@@ -1,27 +1,17 @@
-"""Sharing modes turned into per-server settings: which GPU (or MIG instance) a server sees,
-its memory budget, and its MPS limits. Pure: the GPU's facts come in as arguments.
-
-| mode          | servers | what gpushare sets                                                   |
-|---------------|---------|----------------------------------------------------------------------|
-| baseline      | 1       | CUDA_VISIBLE_DEVICES                                                 |
-| timeslice     | 1+      | CUDA_VISIBLE_DEVICES; no MPS: the GPU's default time-slicing         |
-| mps           | 1+      | an MPS daemon for the run; optional caps as below                    |
-| mig_emulation | 1+      | a memory cap per server (engine fraction; under MPS also the pinned  |
-|               |         | memory limit) and, under MPS, a compute cap (active thread percent)  |
-| mig           | 1+      | CUDA_VISIBLE_DEVICES=MIG-<uuid>, one existing instance per server    |
-
-MIG-like emulation is not hardware isolation: servers share the SMs' caches, the memory
-bandwidth and one fault domain, and the memory cap is the engine's own budget.
-"""
+"""A sharing mode turned into per-server settings: which GPU (or MIG instance) a server sees,
+its memory budget, and its MPS limits. Pure: the GPU's facts come in as arguments."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import ScenarioConfig, ServerConfig
-from ..errors import ConfigError
-from .mig import Caps, MigInstance, MigProfiles, memory_fraction, profile_caps
+from ...errors import ConfigError
+from ..mig import Caps, MigInstance, MigProfiles, memory_fraction, profile_caps
+from . import SHARING_MODES
+
+if TYPE_CHECKING:
+    from ...config import ScenarioConfig, ServerConfig
 
 
 @dataclass(frozen=True)
@@ -60,23 +50,12 @@ def server_caps(server: ServerConfig, gpu_memory_gib: float | None, key: str,
     return Caps(memory_gib=server.memory_gib, sm_percent=server.sm_percent)
 
 
-def _pick_instance(i: int, server: ServerConfig, instances: list[MigInstance]) -> MigInstance:
-    wanted = server.mig_device
-    if wanted is None:
-        if i >= len(instances):
-            raise ConfigError(f"servers.{i}: there are only {len(instances)} MIG instances for {i + 1} servers")
-        return instances[i]
-    for inst in instances:
-        if wanted in (inst.uuid, str(inst.index)):
-            return inst
-    raise ConfigError(f"servers.{i}.mig_device: no MIG instance '{wanted}' (found: {', '.join(m.uuid for m in instances)})")
-
-
 def place_servers(config: ScenarioConfig, gpu_memory_gib: float | None,
                   mig: list[MigInstance] | None = None, profiles: MigProfiles | None = None) -> list[Placement]:
     """Each launched server's settings under the scenario's sharing mode. `profiles` are the
     GPU's MIG profiles (mig.gpu_profiles); without them `mig_profile` takes an 80 GB H100's names."""
     sharing = config.sharing
+    mode = SHARING_MODES[sharing.mode]
     out = []
     for i, server in enumerate(config.servers):
         if server.engine == "external":
@@ -84,13 +63,10 @@ def place_servers(config: ScenarioConfig, gpu_memory_gib: float | None,
             continue
         env = dict(server.env)
         update: dict[str, Any] = {}
-        instance = None
-        if sharing.mode == "mig":
-            assert mig is not None
-            instance = _pick_instance(i, server, mig)
-            env["CUDA_VISIBLE_DEVICES"] = instance.uuid
-        elif gpu_memory_gib is not None:  # a machine with a GPU (none: CPU engines)
-            env["CUDA_VISIBLE_DEVICES"] = str(sharing.gpu)
+        # gpu_memory_gib is None on a machine without a GPU (CPU engines).
+        device, instance = mode.visible_device(i, server, sharing, gpu_memory_gib is not None, mig)
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
         caps = server_caps(server, gpu_memory_gib, f"servers.{i}", profiles)
         if caps is not None and caps.memory_gib is not None:
             assert gpu_memory_gib is not None

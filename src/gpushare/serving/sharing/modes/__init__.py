@@ -1,0 +1,1 @@
+"""The registered sharing modes, one module each, named after the mode."""
