@@ -72,7 +72,7 @@ def ray_cluster(tmp_path_factory):
     yield address
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(60)
+        head.wait(10)  # a head with nothing left to run needs no longer; the kill below ends the rest
     except subprocess.TimeoutExpired:
         head.kill()
         head.wait()
@@ -81,3 +81,20 @@ def ray_cluster(tmp_path_factory):
     except ProcessLookupError:
         pass
     shutil.rmtree(temp, ignore_errors=True)
+
+
+MACHINE_WIDE = {"ray_cluster", "standin"}
+"""Fixtures whose tests see what the whole machine runs (Ray's actors and its node folders,
+MPS control daemons, which are one per GPU machine-wide): with parallel workers, they all run
+on one, one at a time."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (--dist loadgroup), the tests that watch machine-wide state run on
+    one worker, and the real-vLLM tests on one (one vLLM CPU server at a time on two cores);
+    the rest are spread."""
+    for item in items:
+        if MACHINE_WIDE & set(getattr(item, "fixturenames", ())) or item.path.name == "test_fleet.py":
+            item.add_marker(pytest.mark.xdist_group("machine"))
+        elif item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("vllm"))
