@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 
 from gpushare import cli
-from helpers import SSE_SERVER, alive, cli as run_cli, error_line, free_port, run_folder, server_pids, summary, write_config
+from helpers import (SSE_SERVER, alive, cli as run_cli, error_line, free_port, run_folder, server_pids, summary,
+                     wait_until, write_config)
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def fake_server_config(tmp_path, port, *extra, n_requests=6, **sections):
     """A scenario whose server command is the local SSE test server (process handling only)."""
-    server = {"name": "fake", "command": [*SSE_SERVER, *extra], "port": port, "ready_timeout_s": 30}
+    server = {"name": "fake", "command": [*SSE_SERVER, *extra], "port": port, "ready_timeout_s": 30,
+              "stop_grace_s": 2}  # its SIGTERM-ignoring worker is killed after 2 s, not 20
     return write_config(
         tmp_path / "scenario.yaml",
         scenario="t",
@@ -226,7 +228,8 @@ def test_interrupt_mid_run_stops_every_process(tmp_path, sig):
         logs = list((tmp_path / "runs").glob("*/server-0.log"))
         pids = server_pids(logs[0]) if logs else []
         time.sleep(0.2)
-    time.sleep(3)
+    requests = logs[0].parent / "requests.csv"
+    wait_until(lambda: requests.exists() and len(requests.read_text().splitlines()) > 2, 60)  # a measured one done
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

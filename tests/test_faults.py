@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def config(tmp_path: Path, *server_flags: str, n_requests: int = 40, warmup: int = 1, name: str = "f") -> Path:
-    server = {"name": "fake", "command": [*SSE_SERVER, *server_flags], "port": free_port(), "ready_timeout_s": 60}
+    server = {"name": "fake", "command": [*SSE_SERVER, *server_flags], "port": free_port(), "ready_timeout_s": 60,
+              "stop_grace_s": 2}  # a SIGTERM-ignoring worker is killed after 2 s, not 20
     return write_config(
         tmp_path / f"{name}.yaml", scenario=name, servers=[server],
         workload={"kind": "synthetic", "input_tokens": 8, "output_tokens": 4},

@@ -92,7 +92,7 @@ def test_doctor_lists_a_leftover_and_clean_stops_every_member(orphan, cache, cap
     assert f"process group {orphan.proc.pid}" in capsys.readouterr().out
     assert all(alive(pid) for pid in orphan.pids)  # doctor alone changes nothing
 
-    monkeypatch.setattr("gpushare.serving.servers.STOP_GRACE_S", 1.0)
+    monkeypatch.setattr("gpushare.serving.engines.STOP_GRACE_S", 1.0)
     began = time.monotonic()
     assert cli.main(["doctor", "--clean"]) == 0
     out = capsys.readouterr().out.strip()
@@ -191,7 +191,7 @@ def killed_run(tmp_path, cache, *server_flags):
         (cache / "models").symlink_to(USER_MODELS)
     port = free_port()
     server = {"name": "fake", "command": [*SSE_SERVER, "--token-delay", "0.2", *server_flags], "port": port,
-              "ready_timeout_s": 30}
+              "ready_timeout_s": 30, "stop_grace_s": 2}
     cfg = write_config(tmp_path / "scenario.yaml", scenario="t", servers=[server],
                        workload={"kind": "synthetic", "input_tokens": 8, "output_tokens": 4},
                        load={"concurrency": 2, "n_requests": 500, "warmup_requests": 1}, out=str(tmp_path / "runs"))
@@ -224,6 +224,7 @@ def test_a_killed_gpushare_run_leaves_a_server_doctor_finds_and_cleans(tmp_path,
     assert doctor.returncode == 0, doctor.stderr
     (left,) = json.loads(doctor.stdout)["leftovers"]
     assert (left["pgid"], left["members"], left["folder"]) == (pid, [pid], str(folder.resolve()))
+    assert left["stop_grace_s"] == 2  # its config's, which doctor --clean gives it
     assert json.loads((folder / "processes.json").read_text())[0]["pgid"] == pid
 
     again = run_cli("run", "--config", str(cfg))

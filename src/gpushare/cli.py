@@ -351,7 +351,7 @@ def doctor(
 
     from .errors import RunFailure
     from .serving import cleanup, leftovers
-    from .serving.servers import STOP_GRACE_S
+    from .serving.engines import STOP_GRACE_S
 
     found = leftovers.find()
     folders = leftovers.ray_folders()

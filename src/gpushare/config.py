@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .load.lengths import LengthDistribution
 from .load.workloads import WORKLOADS, Workload
 from .load.workloads.synthetic import SyntheticWorkload
-from .serving.engines import ENGINES
+from .serving.engines import ENGINES, STOP_GRACE_S
 from .serving.sharing import SHARING_MODES, SharingMode
 from .strict import BOOL_FOR_NUMBER, StrictModel
 
@@ -75,6 +75,8 @@ class ServerConfig(StrictModel):
     """mig: the instance (MIG-<uuid>, or its index in NVML's list); default: the server's position."""
     tenant: str | None = None
     ready_timeout_s: PositiveFloat = 900.0
+    stop_grace_s: PositiveFloat = STOP_GRACE_S
+    """How long a stopping server may take to finish after SIGTERM before its group is killed."""
 
     @model_validator(mode="after")
     def _engine_fields(self) -> "ServerConfig":

@@ -21,8 +21,8 @@ def _wait_gone(pgid: int, seconds: float) -> None:
 
 def clean(leftovers: list[Leftover], grace_s: float) -> list[Leftover]:
     """Stop each group that is still the same leftover when its turn comes: an MPS daemon is
-    asked to quit first; then SIGTERM to the group, SIGKILL after `grace_s`. Returns those
-    stopped (and forgotten)."""
+    asked to quit first; then SIGTERM to the group, SIGKILL after the grace its run gave it
+    (else `grace_s`). Returns those stopped (and forgotten)."""
     stopped = []
     for left in leftovers:
         path = registry() / f"{left.pgid}.json"
@@ -31,7 +31,7 @@ def clean(leftovers: list[Leftover], grace_s: float) -> list[Leftover]:
             continue
         if left.kind == "mps" and left.pipe_directory and mps.send(Path(left.pipe_directory), "quit", timeout=grace_s):
             _wait_gone(left.pgid, grace_s)
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        for sig, wait_s in ((signal.SIGTERM, left.stop_grace_s or grace_s), (signal.SIGKILL, 10.0)):
             if group_members(left.pgid):
                 signal_group(left.pgid, sig)
                 _wait_gone(left.pgid, wait_s)

@@ -42,6 +42,9 @@ class Leftover:
     port: int | None
     pipe_directory: str | None
     owner_pid: int
+    stop_grace_s: float | None = None
+    """The grace its run gave it after SIGTERM (servers[].stop_grace_s); None for an MPS daemon
+    or an entry written before it was recorded."""
 
 
 def registry() -> Path:
@@ -49,7 +52,8 @@ def registry() -> Path:
 
 
 def record(kind: str, pid: int, name: str, argv: list[str], folder: Path, host: str | None = None,
-           port: int | None = None, pipe_directory: Path | None = None, owner: int | None = None) -> None:
+           port: int | None = None, pipe_directory: Path | None = None, owner: int | None = None,
+           stop_grace_s: float | None = None) -> None:
     """Note a group we just started (leader `pid`), owned by `owner` (default: this process), so
     that it is found if its owner dies without stopping it."""
     owner = os.getpid() if owner is None else owner
@@ -57,7 +61,7 @@ def record(kind: str, pid: int, name: str, argv: list[str], folder: Path, host: 
         "kind": kind, "name": name, "pid": pid, "pgid": pid, "start_time": start_time(pid), "argv": redact(argv),
         "host": host, "port": port, "pipe_directory": None if pipe_directory is None else str(pipe_directory),
         "folder": str(Path(folder).resolve()), "owner_pid": owner, "owner_start_time": start_time(owner),
-        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"), "stop_grace_s": stop_grace_s,
     }
     listed = Path(folder) / PROCESSES
     try:

@@ -25,7 +25,6 @@ from . import leftovers
 from .engines import LaunchPlan
 from .server_env import server_environment
 
-STOP_GRACE_S = 20.0
 STARTING_GRACE_S = 5.0  # a server stopped before it was ready has no request to finish
 
 
@@ -133,7 +132,7 @@ class ServerHandle:
                 raise RunFailure(f"server {self.name}: cannot start {self.plan.argv[0]}: {err.strerror}") from None
         url = urllib.parse.urlsplit(self.plan.base_url)
         leftovers.record("server", self.process.pid, self.name, self.plan.argv, self.log_path.parent,
-                         host=url.hostname, port=url.port)
+                         host=url.hostname, port=url.port, stop_grace_s=self.plan.stop_grace_s)
 
     def group(self) -> list[int]:
         """Live processes of the server's process group (none for an external server)."""
@@ -192,7 +191,7 @@ class ServerHandle:
         if self.process is None:
             return
         if grace_s is None:
-            grace_s = STOP_GRACE_S if self.startup_s is not None else STARTING_GRACE_S
+            grace_s = self.plan.stop_grace_s if self.startup_s is not None else STARTING_GRACE_S
         pgid = self.process.pid  # start_new_session makes the server its group's leader
         signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from ...config import ServerConfig
 
 
+STOP_GRACE_S = 20.0
+"""A served model's time to finish its requests and free the GPU once asked to stop (the
+default of servers[].stop_grace_s, and what `doctor --clean` gives a leftover)."""
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     """Everything needed to start (or reach) one server."""
@@ -31,6 +36,8 @@ class LaunchPlan:
     """Variables set for the server on top of what it is given of gpushare's own (server_env)."""
     ready_path: str = "/v1/models"
     ready_timeout_s: float = 900.0
+    stop_grace_s: float = STOP_GRACE_S
+    """After SIGTERM, how long the server's group may take before it is killed (servers[].stop_grace_s)."""
     counters: dict[str, str] = field(default_factory=dict)
     """Our name -> the server's Prometheus counter at /metrics, to cross-check token counts."""
     queue_gauges: list[str] = field(default_factory=list)

@@ -57,5 +57,6 @@ class VllmEngine(Engine):
         }
         host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
         return LaunchPlan(name, f"http://{host}:{server.port}", argv, env, ready_timeout_s=server.ready_timeout_s,
+                          stop_grace_s=server.stop_grace_s,
                           counters=dict(cls.counters), queue_gauges=list(cls.queue_gauges),
                           kv_cache_pattern=r"[GC]PU KV cache size: ([\d,]+) tokens")
