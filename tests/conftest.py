@@ -28,7 +28,16 @@ def private_process_registry(tmp_path_factory):
 
 @pytest.fixture
 def standin(monkeypatch, tmp_path):
-    """The MPS control stand-in first on PATH; returns the log of the commands it was sent."""
+    """The MPS control stand-in first on PATH; returns the log of the commands it was sent.
+    Waits until no control daemon runs: a daemon the test before quit may still be exiting, and
+    a run refuses a GPU another daemon serves."""
+    from gpushare.serving.mps import running_control_daemons
+    from helpers import wait_until
+
+    try:
+        wait_until(lambda: not running_control_daemons(), 30)
+    except AssertionError:
+        pytest.fail(f"an MPS control daemon outlived its test: pids {running_control_daemons()}")
     monkeypatch.setenv("PATH", f"{MPS_STANDIN}{os.pathsep}{os.environ['PATH']}")
     log = tmp_path / "mps-standin.log"
     monkeypatch.setenv("MPS_STANDIN_LOG", str(log))
