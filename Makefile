@@ -27,11 +27,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 quickstart: setup
 	$(BIN)/gpushare run --config configs/quickstart.yaml
 
-# Two workers (tests mostly wait on servers and processes); conftest.py keeps the tests that
-# watch machine-wide state on one worker and the real-vLLM tests on one. The 15 slowest are
-# printed so the suite's budget stays visible.
+# Two workers (tests mostly wait on servers and processes), each test file on one; the tests
+# that watch machine-wide state hold a lock shared by the workers (conftest.py). The 15 slowest
+# are printed so the suite's budget stays visible.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # TeX for `gpushare report` (IEEEtran) and pdftotext for its test; Debian packages, needs root.
 tex:

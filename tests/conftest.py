@@ -26,6 +26,25 @@ def private_process_registry(tmp_path_factory):
         os.environ["GPUSHARE_CACHE"] = before
 
 
+MACHINE_WIDE = {"ray_cluster", "standin"}
+"""Fixtures whose tests watch machine-wide state: MPS control daemons (a run refuses a GPU that
+any daemon on the machine may serve) and Ray's actors and node folders."""
+
+
+@pytest.fixture(autouse=True)
+def one_machine_wide_test_at_a_time(request, tmp_path_factory):
+    """Under pytest-xdist (make test runs two workers), a test that watches machine-wide state
+    holds a lock shared by the workers for its duration, so no two such tests overlap."""
+    if not MACHINE_WIDE & set(request.fixturenames):
+        yield
+        return
+    import fcntl
+
+    with open(tmp_path_factory.getbasetemp().parent / "machine-wide.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture
 def standin(monkeypatch, tmp_path):
     """The MPS control stand-in first on PATH; returns the log of the commands it was sent.
@@ -91,19 +110,3 @@ def ray_cluster(tmp_path_factory):
         pass
     shutil.rmtree(temp, ignore_errors=True)
 
-
-MACHINE_WIDE = {"ray_cluster", "standin"}
-"""Fixtures whose tests see what the whole machine runs (Ray's actors and its node folders,
-MPS control daemons, which are one per GPU machine-wide): with parallel workers, they all run
-on one, one at a time."""
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (--dist loadgroup), the tests that watch machine-wide state run on
-    one worker, and the real-vLLM tests on one (one vLLM CPU server at a time on two cores);
-    the rest are spread."""
-    for item in items:
-        if MACHINE_WIDE & set(getattr(item, "fixturenames", ())) or item.path.name == "test_fleet.py":
-            item.add_marker(pytest.mark.xdist_group("machine"))
-        elif item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.xdist_group("vllm"))
