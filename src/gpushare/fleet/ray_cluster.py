@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import shutil
 import socket
 import tarfile
@@ -296,10 +295,7 @@ class RayExecutor(Executor):
 
         def publish(answer: dict[str, Any], cell: str | None = None) -> None:
             if answer.get("packed") is not None:
-                target = book.out / name / cell if cell else book.out / name
-                if cell:
-                    shutil.rmtree(target, ignore_errors=True)
-                unpack(answer["packed"], target)
+                unpack(answer["packed"], book.out / name / cell if cell else book.out / name)
             for line in answer["events"]:
                 report(decode_event(line))
 
