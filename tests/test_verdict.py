@@ -46,7 +46,7 @@ def test_failed_requests_are_counted_not_a_reason_to_be_incomplete():
 
 def tenant(name: str | None, n_requests: int | None = None) -> Tenant:
     load = LoadConfig(n_requests=n_requests) if n_requests else LoadConfig(duration_s=1.0)
-    return Tenant(name, (0,), SyntheticWorkload(), load, ApiConfig(), {}, 0)
+    return Tenant(name, (0,), SyntheticWorkload(), load, ApiConfig(), {}, None, 0)
 
 
 def test_the_tenants_verdict_fails_closed():

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, environment
-from .config import apply_overrides, parse_config, read_config_file
+from .config import SLO_BOUNDS, apply_overrides, parse_config, read_config_file
 from .errors import ConfigError, GpushareError
 from .interrupts import Interrupted, Interrupts
 from .registry import Registry, import_modules
@@ -36,7 +36,7 @@ app.add_typer(model_app, name="model")
 
 err_console = Console(stderr=True)
 
-SLO_NAMES = ("ttft", "tpot", "itl", "e2el")
+SLO_NAMES = (*SLO_BOUNDS, "attainment")
 
 
 def parse_slos(items: list[str]) -> dict[str, float] | None:
@@ -46,15 +46,16 @@ def parse_slos(items: list[str]) -> dict[str, float] | None:
     for item in items:
         name, eq, value = item.partition("=")
         try:
-            seconds = float(value)
+            number = float(value)
         except ValueError:
-            seconds = -1.0
-        if not eq or name not in SLO_NAMES or not (0 < seconds < math.inf):
+            number = -1.0
+        allowed = 0 < number <= 1 if name == "attainment" else 0 < number < math.inf
+        if not eq or name not in SLO_NAMES or not allowed:
             raise ConfigError(
-                f"--slo: expected NAME=SECONDS with NAME one of {', '.join(SLO_NAMES)} and SECONDS a finite number > 0 "
-                f"(got {item!r})"
+                f"--slo: expected NAME=SECONDS with NAME one of {', '.join(SLO_BOUNDS)} and SECONDS a finite number > 0, "
+                f"or attainment=SHARE with SHARE in (0, 1] (got {item!r})"
             )
-        out[name] = seconds
+        out[name] = number
     return out
 
 
@@ -68,7 +69,7 @@ def run(
     duration: Optional[float] = typer.Option(None, help="Stop sending after this many seconds."),
     out: Optional[Path] = typer.Option(None, help="Folder that receives the run folder (default: runs)."),
     seed: Optional[int] = typer.Option(None, help="Seed for prompts and arrival times."),
-    slo: List[str] = typer.Option([], help="SLO for goodput, e.g. --slo ttft=0.5 --slo tpot=0.05 (seconds)."),
+    slo: List[str] = typer.Option([], help="SLO for goodput, e.g. --slo ttft=0.5 --slo tpot=0.05 (seconds) [--slo attainment=0.99]."),
 ) -> None:
     """Start the scenario's servers, drive them, and write a run folder."""
     from .experiment.run.run import run_scenario

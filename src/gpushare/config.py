@@ -10,12 +10,11 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, get_args
+from typing import Any, Iterable, Literal, get_args
 
 import numpy as np
 import yaml
 from pydantic import (
-    BeforeValidator,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -239,13 +238,31 @@ class LoadConfig(StrictModel):
                 "burstiness": self.burstiness}
 
 
-def _not_a_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("Input should be a number")
-    return value
+SLO_BOUNDS = ("ttft", "tpot", "itl", "e2el")
 
 
-SloConfig = dict[Literal["ttft", "tpot", "itl", "e2el"], Annotated[PositiveFloat, BeforeValidator(_not_a_bool)]]
+class SloConfig(StrictModel):
+    """A tenant's objective: bounds in seconds, every one of which a request must meet to be
+    good (a failed request meets none), and the share of its measured requests that must be
+    good (`attainment`), which the capacity search holds it to."""
+
+    ttft: PositiveFloat | None = None
+    tpot: PositiveFloat | None = None
+    itl: PositiveFloat | None = None
+    """Applies to a request's worst gap between tokens."""
+    e2el: PositiveFloat | None = None
+    attainment: float = Field(default=0.99, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "SloConfig":
+        if not self.bounds:
+            raise ValueError(f"give at least one bound ({', '.join(SLO_BOUNDS)}, in seconds); an SLO without "
+                             "bounds holds every request good")
+        return self
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in SLO_BOUNDS if getattr(self, name) is not None}
 
 
 class TenantConfig(StrictModel):
@@ -275,6 +292,9 @@ class Tenant:
     load: LoadConfig
     api: ApiConfig
     slo: dict[str, float]
+    """The SLO's bounds in seconds (none: no SLO)."""
+    attainment: float | None
+    """The share of requests that must meet them (None: no SLO)."""
     seed: int
 
 
@@ -297,7 +317,7 @@ class ScenarioConfig(StrictModel):
     workload: AnyWorkload = SyntheticWorkload()
     api: ApiConfig = ApiConfig()
     load: LoadConfig = LoadConfig()
-    slo: SloConfig = {}
+    slo: SloConfig | None = None
     """Service-level objectives in seconds; a request is good when it meets all of them."""
     tenants: list[TenantConfig] = []
     """Workloads that share the servers, each measured on its own (docs/tenants.md); none:
@@ -364,18 +384,27 @@ class ScenarioConfig(StrictModel):
         """The tenants with the scenario's values filled in; one implicit tenant without `tenants:`."""
         if not self.tenants:
             return [Tenant(None, tuple(range(len(self.servers))), self.workload, self.load, self.api,
-                           dict(self.slo), self.seed)]
+                           self.slo_bounds, self.slo and self.slo.attainment, self.seed)]
         position = {name: i for i, name in enumerate(self.server_names())}
         return [
             Tenant(t.name, tuple(position[s] for s in t.servers), t.workload or self.workload, t.load or self.load,
-                   t.api or self.api, dict(self.slo if t.slo is None else t.slo),
+                   t.api or self.api, *_objective(self.slo if t.slo is None else t.slo),
                    tenant_seed(self.seed, t.name) if t.seed is None else t.seed)
             for t in self.tenants if self.loads(t)
         ]
 
+    @property
+    def slo_bounds(self) -> dict[str, float]:
+        """The scenario's own SLO bounds (none: no SLO)."""
+        return self.slo.bounds if self.slo is not None else {}
+
     def loads(self, tenant: TenantConfig) -> bool:
         """Whether the tenant sends load in this run (every tenant, unless active_tenants says)."""
         return self.active_tenants is None or tenant.name in self.active_tenants
+
+
+def _objective(slo: SloConfig | None) -> tuple[dict[str, float], float | None]:
+    return (slo.bounds, slo.attainment) if slo is not None else ({}, None)
 
 
 _UNION_TAGS = {*WORKLOADS.names, *(get_args(cls.model_fields["dist"].annotation)[0]

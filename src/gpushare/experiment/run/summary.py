@@ -53,13 +53,13 @@ def run_summary(config: ScenarioConfig, prepared: Prepared, loads: list[TenantLo
         out_of_window=sum(not r.warmup and not r.in_window for r in records),
         endpoint_type=config.api.endpoint,
         stream=config.api.stream,
-        slo_s=dict(config.slo),
+        slo_s=config.slo_bounds,
         **flat(overall),
         token_counting=("server usage" if overall.usage_missing == 0
                         else f"tokenizer for {overall.usage_missing} request(s) without server usage"),
         **client_cost(end.result, measured),
         **({"servers": server_entries(end.fleet)} if end.fleet is not None else {}),
-        per_endpoint={name: MetricBlock(**flat(summarize([r for r in measured if r.endpoint == name], config.slo)))
+        per_endpoint={name: MetricBlock(**flat(summarize([r for r in measured if r.endpoint == name], config.slo_bounds)))
                       for name in sorted({r.endpoint for r in measured})},
         **({"tenants": tenant_blocks(loads, records)} if config.tenants else {}),
         server_counters=end.counters.deltas() if end.counters else {},
@@ -73,7 +73,7 @@ def run_summary(config: ScenarioConfig, prepared: Prepared, loads: list[TenantLo
 
 def overall_metrics(config: ScenarioConfig, loads: list[TenantLoad], measured: list[RequestRecord]) -> RunSummary:
     """The whole run's metrics; with tenants, each request judged by its own tenant's SLO."""
-    overall = summarize(measured, config.slo)
+    overall = summarize(measured, config.slo_bounds)
     if config.tenants:
         slos = {load.tenant.name: load.tenant.slo for load in loads}
         if any(slos.values()):  # a tenant without an SLO has no objective to miss
@@ -128,7 +128,7 @@ def tenant_blocks(loads: list[TenantLoad], records: list[RequestRecord]) -> dict
             **tenant.load.summary_fields(),
             servers=[e.name for e in load.endpoints],
             load=tenant.load.model_dump(mode="json"),
-            slo_s=dict(tenant.slo),
+            slo_s=tenant.slo,
             seed=tenant.seed,
             workload=load.source.describe(),
             warmup_requests=sum(r.tenant == tenant.name and r.warmup for r in records),
