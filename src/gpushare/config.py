@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 from pydantic import (
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -191,6 +192,9 @@ class LoadConfig(StrictModel):
     n_requests: PositiveInt | None = None
     duration_s: PositiveFloat | None = None
     warmup_requests: NonNegativeInt = 2
+    settle_s: NonNegativeFloat = 0.0
+    """Seconds at the window's start whose requests are sent but not measured, so that what is
+    measured is the load's steady state (an open loop above capacity builds its queue first)."""
     routing: Literal["round_robin", "tenant"] = "round_robin"
     steps: StepSchedule | None = None
 

@@ -18,7 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable
+from typing import Callable, ClassVar, Iterable, Iterator, Protocol
 
 import numpy as np
 from rich.console import Console
@@ -119,12 +119,70 @@ def config_hash(config: ScenarioConfig) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class CellSearch(Protocol):
+    """Cells found as they run: each next cell follows from how the ones before it came out
+    (a capacity search). Its cells are a pure function of what is in their folders, so a
+    resumed search asks for the same cells and reuses the finished ones."""
+
+    def existing(self, folder: Path) -> list[PlannedCell]:
+        """The cells it would ask for whose folders are already under `folder` (the scenario's)."""
+        ...
+
+    def cells(self, folder: Path, claim: Callable[[PlannedCell], bool]) -> Iterator[PlannedCell]:
+        """Its cells to run, in order; `claim` says whether one must run (False: its folder
+        holds it, measured under the same settings), and a cell's outcome is read from its
+        folder once the next is asked for."""
+        ...
+
+    @property
+    def budget(self) -> int:
+        """Cells at most: for progress."""
+        ...
+
+
 @dataclass(frozen=True)
 class ScenarioPlan:
-    """A scenario whose servers start once and serve every one of its cells, in order."""
+    """A scenario whose servers start once and serve every one of its cells, in order: a
+    fixed list, or the cells of a search, which follow from one another."""
 
     config: ScenarioConfig
     cells: list[PlannedCell]
+    search: CellSearch | None = None
+
+
+class Todo:
+    """A scenario's cells still to run, in order, as executors take them: a fixed list, then,
+    for a search, each next cell it finds (asked for only when the one before it has ended)."""
+
+    def __init__(self, cells: list[PlannedCell], more: Iterator[PlannedCell] | None = None):
+        self.known = list(cells)
+        """The cells handed out or to be: a fixed list's all, a search's so far."""
+        self._taken = 0
+        self._more = more
+
+    @property
+    def grows(self) -> bool:
+        """Whether cells may still follow the known ones."""
+        return self._more is not None
+
+    def _ahead(self) -> bool:
+        if self._taken < len(self.known):
+            return True
+        if self._more is not None:
+            cell = next(self._more, None)
+            if cell is not None:
+                self.known.append(cell)
+                return True
+            self._more = None
+        return False
+
+    def __bool__(self) -> bool:
+        return self._ahead()
+
+    def __iter__(self) -> Iterator[PlannedCell]:
+        while self._ahead():
+            self._taken += 1
+            yield self.known[self._taken - 1]
 
 
 def plan_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int, out: Path,
@@ -207,13 +265,18 @@ def _preload_tokenizer(path: str) -> None:
         pass  # the first cell loads it again and reports the error there
 
 
-def on_gpu(plan: ScenarioPlan, gpu: int) -> ScenarioPlan:
-    """The scenario moved to GPU `gpu` (sharing.gpu), every cell with it: what an executor
-    that owns several GPUs runs."""
-    def moved(config: ScenarioConfig) -> ScenarioConfig:
-        return config.model_copy(update={"sharing": config.sharing.model_copy(update={"gpu": gpu})})
+def moved_to(config: ScenarioConfig, gpu: int) -> ScenarioConfig:
+    """The configuration on GPU `gpu` (sharing.gpu): what an executor that owns several GPUs runs."""
+    return config.model_copy(update={"sharing": config.sharing.model_copy(update={"gpu": gpu})})
 
-    return ScenarioPlan(moved(plan.config), [replace(cell, config=moved(cell.config)) for cell in plan.cells])
+
+def cell_on_gpu(cell: PlannedCell, gpu: int) -> PlannedCell:
+    return replace(cell, config=moved_to(cell.config, gpu))
+
+
+def on_gpu(plan: ScenarioPlan, gpu: int) -> ScenarioPlan:
+    """The scenario moved to GPU `gpu`, every cell with it."""
+    return replace(plan, config=moved_to(plan.config, gpu), cells=[cell_on_gpu(cell, gpu) for cell in plan.cells])
 
 
 def run_matrix(configs: list[ScenarioConfig], concurrency: list[int], rates: list[float], repeats: int,
@@ -254,7 +317,7 @@ class Executor:
         where this machine cannot run it."""
         raise NotImplementedError
 
-    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: "MatrixBook") -> None:
+    def run(self, work: list[tuple[ScenarioPlan, Todo]], book: "MatrixBook") -> None:
         raise NotImplementedError
 
 
@@ -282,7 +345,7 @@ def run_plan(plan: list[ScenarioPlan], out: Path, console: Console | None = None
         book = MatrixBook(out, plan, console, redo_changed)
         book.refuse_changed(plan)
         work = [(scenario, book.todo(scenario)) for scenario in plan]
-        (executor or HereExecutor(console, interrupts)).run([(s, cells) for s, cells in work if cells], book)
+        (executor or HereExecutor(console, interrupts)).run([(s, todo) for s, todo in work if todo], book)
         return book.close(), book.exit_code
 
 
@@ -297,10 +360,10 @@ class MatrixBook:
         self.console = console
         self.redo_changed = redo_changed
         self.earlier, self.history, self.superseded = previous_index(out)
-        planned = {(scenario.config.scenario, cell.name) for scenario in plan for cell in scenario.cells}
+        planned = {(scenario.config.scenario, cell.name) for scenario in plan for cell in self.cells_of(scenario)}
         # Cells of earlier invocations that this one does not plan (other configs or levels) stay indexed.
         self.results = [kept_cell(out, c) for key, c in self.earlier.items() if key not in planned]
-        self.total = sum(len(scenario.cells) for scenario in plan)
+        self.total = sum(len(s.cells) if s.search is None else s.search.budget for s in plan)
         self.indexed = self.total + len(self.results)
         self.now = Invocation()
         self.began = time.monotonic()
@@ -314,13 +377,19 @@ class MatrixBook:
     def folder(self, scenario: str, cell: str) -> Path:
         return self.out / scenario / cell
 
+    def cells_of(self, scenario: ScenarioPlan) -> list[PlannedCell]:
+        """The plan's cells, or those of its search whose folders exist already."""
+        if scenario.search is None:
+            return scenario.cells
+        return scenario.search.existing(self.out / scenario.config.scenario)
+
     def changed(self, plan: list[ScenarioPlan]) -> list[str]:
         """The complete cells measured under other settings than planned now (or under settings
         that cannot be told), each as SCENARIO/CELL."""
         found = []
         for scenario in plan:
             name = scenario.config.scenario
-            for cell in scenario.cells:
+            for cell in self.cells_of(scenario):
                 verdict, recorded = self._measured(name, cell)
                 if verdict.complete and recorded != cell.config_hash:
                     found.append(f"{name}/{cell.name}" + (" (settings not recorded)" if recorded is None else ""))
@@ -342,29 +411,34 @@ class MatrixBook:
                               f"than planned now: {shown}; give --redo-changed to measure them again (the earlier "
                               "runs are kept beside them as CELL.attempt-N), or a fresh --out")
 
-    def todo(self, scenario: ScenarioPlan) -> list[PlannedCell]:
-        """The scenario's cells still to run. A complete one measured under the planned settings
-        is recorded as skipped; any other folder a cell has is set aside as an earlier attempt
-        (a complete one only with redo_changed: refuse_changed came first)."""
-        name, todo = scenario.config.scenario, []
-        for cell in scenario.cells:
-            folder = self.folder(name, cell.name)
-            before = self.earlier.get((name, cell.name))
-            verdict, recorded = self._measured(name, cell)
-            if verdict.complete and recorded == cell.config_hash:
-                self._record(cell_entry(name, cell, folder, "skipped", wall_s=before.wall_s if before else 0.0,
-                                        measured_s=before.measured_s if before else 0.0,
-                                        location=before.location if before else None))
+    def todo(self, scenario: ScenarioPlan) -> Todo:
+        """The scenario's cells still to run (`claim`); a search's are claimed as it finds them."""
+        name = scenario.config.scenario
+        if scenario.search is not None:
+            return Todo([], scenario.search.cells(self.out / name, lambda cell: self.claim(name, cell)))
+        return Todo([cell for cell in scenario.cells if self.claim(name, cell)])
+
+    def claim(self, name: str, cell: PlannedCell) -> bool:
+        """Whether the cell must run. A complete one measured under the planned settings is
+        recorded as skipped; any other folder it has is set aside as an earlier attempt (a
+        complete one only with redo_changed: refuse_changed came first)."""
+        folder = self.folder(name, cell.name)
+        before = self.earlier.get((name, cell.name))
+        verdict, recorded = self._measured(name, cell)
+        if verdict.complete and recorded == cell.config_hash:
+            self._record(cell_entry(name, cell, folder, "skipped", wall_s=before.wall_s if before else 0.0,
+                                    measured_s=before.measured_s if before else 0.0,
+                                    location=before.location if before else None))
+            with self._lock:
                 self.done_cells += 1
-                continue
-            if folder.is_dir() and any(folder.iterdir()):
-                reason = "measured under other settings than planned now" if verdict.complete else verdict.reason
-                self._set_aside(folder, SupersededAttempt(scenario=name, cell=cell.name, run_dir=str(folder),
-                                                          reason=reason, config_hash=recorded))
-            elif folder.is_dir():
-                folder.rmdir()  # an empty folder: nothing was collected
-            todo.append(cell)
-        return todo
+            return False
+        if folder.is_dir() and any(folder.iterdir()):
+            reason = "measured under other settings than planned now" if verdict.complete else verdict.reason
+            self._set_aside(folder, SupersededAttempt(scenario=name, cell=cell.name, run_dir=str(folder),
+                                                      reason=reason, config_hash=recorded))
+        elif folder.is_dir():
+            folder.rmdir()  # an empty folder: nothing was collected
+        return True
 
     def _set_aside(self, folder: Path, attempt: SupersededAttempt) -> None:
         kept = set_aside(folder, attempt)
@@ -422,9 +496,9 @@ class ScenarioReport:
     whoever runs the scenario (here, a worker process, a Ray actor) reports every cell left
     over, once, however the scenario stopped."""
 
-    def __init__(self, scenario: str, todo: list[PlannedCell], publish: Callable[[MatrixEvent], None]):
+    def __init__(self, scenario: str, todo: Todo | list[PlannedCell], publish: Callable[[MatrixEvent], None]):
         self.scenario = scenario
-        self.todo = todo
+        self.todo = todo if isinstance(todo, Todo) else Todo(todo)
         self._publish = publish
         self.ended: set[str] = set()
         self.started = False  # a cell has started and not yet ended
@@ -438,7 +512,8 @@ class ScenarioReport:
         self._publish(event)
 
     def left(self) -> list[PlannedCell]:
-        return [cell for cell in self.todo if cell.name not in self.ended]
+        """The cells handed out (a fixed list: all of them) that have not ended."""
+        return [cell for cell in self.todo.known if cell.name not in self.ended]
 
     def under_way(self) -> PlannedCell | None:
         """The cell that started and did not end (cells run in order: the first one left)."""
@@ -528,7 +603,7 @@ class ScenarioSession:
             self.publish(ServersTimed(what="stop", seconds=time.monotonic() - t_stop))
 
 
-def run_scenario_here(plan: ScenarioPlan, todo: list[PlannedCell], root: Path, console: Console,
+def run_scenario_here(plan: ScenarioPlan, todo: Todo, root: Path, console: Console,
                       interrupts: Interrupts, publish: Callable[[MatrixEvent], None], where: str = "") -> None:
     """A scenario's cells on this machine, each reported as it ends. A failed scenario (its
     servers did not start, a defect) fails its remaining cells and is recorded; a signal
@@ -541,10 +616,10 @@ def run_scenario_here(plan: ScenarioPlan, todo: list[PlannedCell], root: Path, c
         interrupts.checkpoint()  # a signal that came during the last scenario's clean-up
         with session:
             for position, cell in enumerate(todo):
+                if position:
+                    session.drain()
                 if session.run_cell(cell).exit_code == INTERRUPTED_EXIT:
                     break
-                if position + 1 < len(todo):
-                    session.drain()
         if interrupts.since(mark):
             report.rest("not_run", "the matrix was interrupted", INTERRUPTED_EXIT)
     except Interrupted:
@@ -573,7 +648,7 @@ class HereExecutor(Executor):
     def from_flags(cls, flags: argparse.Namespace, console: Console, interrupts: Interrupts) -> "HereExecutor":
         return cls(console, interrupts)
 
-    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
+    def run(self, work: list[tuple[ScenarioPlan, Todo]], book: MatrixBook) -> None:
         for plan, todo in work:
             if book.stopped:
                 ScenarioReport(plan.config.scenario, todo, book.publish).rest("not_run", "the matrix was interrupted")

@@ -19,22 +19,25 @@ from typing import Any, Callable
 
 from ..config import parse_config
 from ..interrupts import Interrupts
-from ..experiment.matrix import PlannedCell, ScenarioPlan
+from ..experiment.matrix import PlannedCell, ScenarioPlan, Todo
+
+
+def cell_doc(cell: PlannedCell) -> dict[str, Any]:
+    return {"name": cell.name, "load_kind": cell.load_kind, "load": cell.load, "repeat": cell.repeat,
+            "config": cell.config.model_dump(mode="json")}
+
+
+def cell_from_doc(doc: dict[str, Any]) -> PlannedCell:
+    return PlannedCell(doc["name"], doc["load_kind"], doc["load"], doc["repeat"], parse_config(doc["config"]))
 
 
 def plan_doc(plan: ScenarioPlan) -> dict[str, Any]:
-    """A scenario's plan as JSON, for a worker in another process."""
-    return {
-        "config": plan.config.model_dump(mode="json"),
-        "cells": [{"name": c.name, "load_kind": c.load_kind, "load": c.load, "repeat": c.repeat,
-                   "config": c.config.model_dump(mode="json")} for c in plan.cells],
-    }
+    """A scenario's plan as JSON, for a worker in another process (a search's cells follow one by one)."""
+    return {"config": plan.config.model_dump(mode="json"), "cells": [cell_doc(c) for c in plan.cells]}
 
 
 def plan_from_doc(doc: dict[str, Any]) -> ScenarioPlan:
-    return ScenarioPlan(parse_config(doc["config"]), [
-        PlannedCell(c["name"], c["load_kind"], c["load"], c["repeat"], parse_config(c["config"])) for c in doc["cells"]
-    ])
+    return ScenarioPlan(parse_config(doc["config"]), [cell_from_doc(c) for c in doc["cells"]])
 
 
 SERVER_START_S = 60.0
@@ -42,14 +45,15 @@ SERVER_START_S = 60.0
 compile cache (results/h200/fleet, 2026-11-30); servers of a scenario start one after another."""
 
 
-def longest_first(work: list[tuple[ScenarioPlan, list[PlannedCell]]]) -> list[tuple[ScenarioPlan, list[PlannedCell]]]:
+def longest_first(work: list[tuple[ScenarioPlan, Todo]]) -> list[tuple[ScenarioPlan, Todo]]:
     """The longest scenarios first: whole-GPU jobs of unequal length finish soonest when the
     longest start first (list scheduling, longest processing time first). A scenario's length
     is its servers' start-ups plus its cells' time bounds; cells bounded by a request count
     are ranked by their number. Ties keep --configs' order."""
-    def length(item: tuple[ScenarioPlan, list[PlannedCell]]) -> tuple[float, int]:
-        plan, cells = item
+    def length(item: tuple[ScenarioPlan, Todo]) -> tuple[float, int]:
+        plan, todo = item
         starts = SERVER_START_S * sum(s.launched for s in plan.config.servers)
+        cells = todo.known if plan.search is None else []  # a search's length is not known ahead
         return starts + sum(c.config.load.duration_s or 0.0 for c in cells), len(cells)
 
     return sorted(work, key=length, reverse=True)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import IO, Any, Iterator
 
 from rich.console import Console
 
@@ -26,11 +27,11 @@ from .. import environment
 from ..core.files import FLEET_LOGS
 from ..core.processes import end_with_parent
 from ..errors import ConfigError
-from ..experiment.matrix import EXECUTORS, Executor, MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport
-from ..experiment.matrix_events import decode_event
+from ..experiment.matrix import EXECUTORS, Executor, MatrixBook, ScenarioPlan, ScenarioReport, Todo
+from ..experiment.matrix_events import CellFinished, MatrixEvent, decode_event
 from ..experiment.run.console import say
 from ..interrupts import Interrupts
-from . import longest_first, plan_doc, wait_for
+from . import cell_doc, longest_first, plan_doc, wait_for
 
 FORWARDED = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGTERM}
 
@@ -85,7 +86,7 @@ class LocalGpusExecutor(Executor):
         return cls(parse_gpus(flags.gpus, environment.gpus().count(), flags.unchecked_gpus), console, interrupts)
 
     def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
-        jobs: queue.Queue[tuple[ScenarioPlan, list[PlannedCell]]] = queue.Queue()
+        jobs: queue.Queue[tuple[ScenarioPlan, Todo]] = queue.Queue()
         for item in longest_first(work):
             jobs.put(item)
         logs = book.out / FLEET_LOGS
@@ -105,7 +106,7 @@ class LocalGpusExecutor(Executor):
                 if process.poll() is None:
                     os.kill(process.pid, signum)
 
-    def _gpu_loop(self, gpu: int, jobs: "queue.Queue[tuple[ScenarioPlan, list[PlannedCell]]]", book: MatrixBook,
+    def _gpu_loop(self, gpu: int, jobs: "queue.Queue[tuple[ScenarioPlan, Todo]]", book: MatrixBook,
                   logs: Path) -> None:
         while True:
             try:
@@ -117,12 +118,13 @@ class LocalGpusExecutor(Executor):
                 continue
             self._run_worker(gpu, plan, todo, book, logs / f"gpu{gpu}-{plan.config.scenario}.log")
 
-    def _run_worker(self, gpu: int, plan: ScenarioPlan, todo: list[PlannedCell], book: MatrixBook,
-                    log_path: Path) -> None:
+    def _run_worker(self, gpu: int, plan: ScenarioPlan, todo: Todo, book: MatrixBook, log_path: Path) -> None:
         name = plan.config.scenario
-        job = {"plan": plan_doc(plan), "todo": [c.name for c in todo], "root": str(book.out.resolve()), "gpu": gpu,
-               "where": f"GPU {gpu}"}
-        say(self.console, f"GPU {gpu}: scenario {name} ({len(todo)} cell(s)); its console: {log_path}")
+        initial = list(todo.known)
+        job = {"plan": plan_doc(plan), "cells": [cell_doc(c) for c in initial], "more": todo.grows,
+               "root": str(book.out.resolve()), "gpu": gpu, "where": f"GPU {gpu}"}
+        found = " and those its search finds" if todo.grows else ""
+        say(self.console, f"GPU {gpu}: scenario {name} ({len(initial)} cell(s){found}); its console: {log_path}")
         report = ScenarioReport(name, todo, book.publish)
         with open(log_path, "ab") as log:
             with self._lock:
@@ -136,13 +138,11 @@ class LocalGpusExecutor(Executor):
                     self._workers[gpu] = process
             if process is not None:
                 assert process.stdin is not None and process.stdout is not None
-                try:
-                    process.stdin.write(json.dumps(job).encode())
-                    process.stdin.close()
-                except BrokenPipeError:  # it died at once; its log says why
-                    pass
-                for line in process.stdout:
-                    report(decode_event(line))
+                events = (decode_event(line) for line in process.stdout)
+                if _send(process.stdin, job, last=not todo.grows) and todo.grows:
+                    self._hand_out(process.stdin, todo, {c.name for c in initial}, events, report, book)
+                for event in events:
+                    report(event)
                 code = process.wait()
                 with self._lock:
                     self._workers.pop(gpu, None)
@@ -153,3 +153,33 @@ class LocalGpusExecutor(Executor):
                 reason = f"lost its worker on GPU {gpu}: it exited with code {code}; see {log_path}"
                 say(self.console, f"scenario {name} {reason}")
                 report.lost(reason, report.under_way())
+
+    @staticmethod
+    def _hand_out(stdin: IO[bytes], todo: Todo, sent: set[str], events: Iterator[MatrixEvent],
+                  report: ScenarioReport, book: MatrixBook) -> None:
+        """A search's cells, each sent once the one before it has ended (its outcome decides
+        the next); then the worker's stdin closes, which ends its scenario."""
+        for cell in todo:
+            if cell.name not in sent and (book.stopped or not _send(stdin, cell_doc(cell))):
+                break
+            for event in events:
+                report(event)
+                if isinstance(event, CellFinished) and event.entry.cell == cell.name:
+                    break
+            else:
+                break  # the worker has ended
+        _send(stdin, None, last=True)
+
+
+def _send(stdin: IO[bytes], doc: dict[str, Any] | None, last: bool = False) -> bool:
+    """One JSON line to a worker (None: nothing), then its stdin closed if `last`; False if it
+    has died (its log says why)."""
+    try:
+        if doc is not None:
+            stdin.write(json.dumps(doc).encode() + b"\n")
+            stdin.flush()
+        if last:
+            stdin.close()
+        return True
+    except BrokenPipeError:
+        return False

@@ -27,6 +27,7 @@ import tarfile
 import tempfile
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .. import environment
 from ..core.files import CONSOLE_LOG
 from ..errors import ConfigError, GpushareError
 from ..experiment.matrix import (EXECUTORS, Executor, MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport,
-                                 ScenarioSession, on_gpu)
+                                 ScenarioSession, Todo, cell_on_gpu, on_gpu)
 from ..experiment.matrix_events import MatrixEvent, decode_event, encode_event
 from ..experiment.run.console import say
 from ..interrupts import Interrupts
@@ -97,7 +98,7 @@ class ScenarioActor:
     def __init__(self) -> None:
         self.events: list[MatrixEvent] = []
         self.session: ScenarioSession | None = None
-        self.cells: dict[str, PlannedCell] = {}  # the plan's cells, moved to this actor's GPU
+        self.gpu = 0  # the GPU Ray gave this actor, which every cell is moved to
         self.shared = False
         self.root = Path()
         self.failed_dir: Path | None = None
@@ -121,7 +122,7 @@ class ScenarioActor:
             return {**self._answer(), "error": str(err), "where": where}
         where = f"GPU {gpu} of {socket.gethostname()}"
         plan = on_gpu(plan, gpu)
-        self.cells = {cell.name: cell for cell in plan.cells}
+        self.gpu = gpu
         self.shared = shared_root is not None
         self.root = Path(shared_root) if shared_root else actor_folder(token)
         if not self.shared:
@@ -142,9 +143,9 @@ class ScenarioActor:
         return {**self._answer(), "error": None, "where": where}
 
     def run_cell(self, cell: PlannedCell) -> dict[str, Any]:
-        """The driver's cell, run as this actor's plan has it (on this actor's GPU)."""
+        """The driver's cell, run on this actor's GPU."""
         assert self.session is not None
-        self.session.run_cell(self.cells[cell.name])
+        self.session.run_cell(cell_on_gpu(cell, self.gpu))
         return self._answer(None if self.shared else pack(self.session.scenario_dir / cell.name))
 
     def drain(self) -> None:
@@ -251,7 +252,7 @@ class RayExecutor(Executor):
         say(self.console, f"Ray: {len(ray.nodes())} node(s), {gpus:g} GPU(s) at {self.address}")
         return ray
 
-    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
+    def run(self, work: list[tuple[ScenarioPlan, Todo]], book: MatrixBook) -> None:
         ray = self.connect()
         from ray.util.placement_group import placement_group
 
@@ -285,7 +286,7 @@ class RayExecutor(Executor):
                 pass
         self.local_files = []
 
-    def _scenario(self, ray: Any, actor_class: Any, plan: ScenarioPlan, todo: list[PlannedCell], group: Any,
+    def _scenario(self, ray: Any, actor_class: Any, plan: ScenarioPlan, todo: Todo, group: Any,
                   book: MatrixBook) -> None:
         from ray.util.placement_group import remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -314,23 +315,24 @@ class RayExecutor(Executor):
                     num_gpus=1, num_cpus=1, max_restarts=0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote()
                 self._actors.append(actor)
-            opened = ray.get(actor.open.remote(plan, str(book.out.resolve()) if self.shared_out else None, token))
+            opened = ray.get(actor.open.remote(replace(plan, search=None), str(book.out.resolve()) if self.shared_out
+                                               else None, token))
             publish(opened)
             if opened["error"]:
                 say(self.console, f"scenario {name} failed on {opened['where']}: {opened['error']}")
                 report.rest("failed", opened["error"], 1)
-                publish(ray.get(actor.close.remote([c.name for c in todo])))
+                publish(ray.get(actor.close.remote([c.name for c in todo.known])))
                 return
             for position, cell in enumerate(todo):
                 if book.stopped:
                     break
+                if position:
+                    ray.get(actor.drain.remote())
                 current = cell
                 publish(ray.get(actor.run_cell.remote(cell)), cell.name)
                 handed.add(cell.name)
                 current = None
-                if position + 1 < len(todo):
-                    ray.get(actor.drain.remote())
-            publish(ray.get(actor.close.remote([c.name for c in todo])))
+            publish(ray.get(actor.close.remote([c.name for c in todo.known])))
             report.rest("not_run", "the matrix was interrupted")
         except ray.exceptions.RayError as err:
             lost = actor is not None and not self.shared_out

@@ -195,7 +195,7 @@ class LoadGenerator:
                        "or lower the concurrency")
         if not warmup:
             started = self._window[0]
-            rec.in_window = started <= scheduled <= self._common_end
+            rec.in_window = started + self.load.settle_s <= scheduled <= self._common_end
             rec.step = None if self._binned_by is None else self._binned_by.step_at(scheduled - started)
         self.records.append(rec)
         self._publish(RequestFinished(rec))

@@ -140,6 +140,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("good_request_fraction", "SLO attainment", None,
                "`good_requests` over all measured requests, failed ones included.", True,
                aiperf="good_request_fraction", where="slo"),
+    MetricSpec("slo_misses", "SLO misses", "requests",
+               "Per SLO bound, the completed measured requests that missed it (failed requests, which miss "
+               "every bound, are `failed`); the bound missed most is the one that binds.", where="slo",
+               type=dict[str, int]),
     MetricSpec("usage_missing", "Usage missing", "requests",
                "Completed requests whose server sent no usage, so their output tokens were counted with the "
                "tokenizer.", type=int),

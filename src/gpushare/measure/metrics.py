@@ -86,17 +86,23 @@ def token_lengths(records: Sequence[RequestRecord]) -> dict[str, float | None]:
     return out
 
 
-def is_good(rec: RequestRecord, slo: Mapping[str, float]) -> bool:
-    """A completed request that meets every SLO (seconds). ITL's SLO applies to its worst gap."""
+def missed_bounds(rec: RequestRecord, slo: Mapping[str, float]) -> list[str]:
+    """The SLO bounds (seconds) a request missed; a failed request misses them all. ITL's
+    bound applies to its worst gap."""
     if not rec.ok:
-        return False
+        return list(slo)
     measured = {
         "ttft": ttft(rec),
         "tpot": tpot(rec),
         "e2el": e2el(rec),
         "itl": max(inter_token_latencies(rec.chunk_times, rec.chunk_tokens), default=None),
     }
-    return all(measured[k] is None or measured[k] <= limit for k, limit in slo.items())
+    return [k for k, limit in slo.items() if measured[k] is not None and measured[k] > limit]
+
+
+def is_good(rec: RequestRecord, slo: Mapping[str, float]) -> bool:
+    """A completed request that meets every SLO (seconds)."""
+    return rec.ok and not missed_bounds(rec, slo)
 
 
 def measurement_window(records: Iterable[RequestRecord]) -> tuple[float, float] | None:
@@ -123,6 +129,8 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float] | None 
         latencies={name: LatencyStats.of(values(done)) for name, values in LATENCY_METRICS.items()},
         queue=LatencyStats.of([queue_time(r) for r in measured]),
         good_requests=None if not slo else sum(is_good(r, slo) for r in measured),
+        slo_misses=None if not slo else dict(sorted(Counter(b for r in measured if r.ok
+                                                            for b in missed_bounds(r, slo)).items())),
         usage_missing=sum(not r.usage_reported for r in done),
         usage_disagrees=sum(r.usage_disagrees for r in done),
         lengths=token_lengths(done),

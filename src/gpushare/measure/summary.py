@@ -48,6 +48,8 @@ class RunSummary:
     latencies: dict[str, LatencyStats]
     queue: LatencyStats
     good_requests: int | None = None
+    slo_misses: dict[str, int] | None = None
+    """Per SLO bound, the completed requests that missed it (failed ones miss every bound)."""
     usage_missing: int = 0
     usage_disagrees: int = 0
     lengths: dict[str, float | None] = field(default_factory=dict)
