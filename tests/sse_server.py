@@ -53,6 +53,39 @@ def sse(obj: dict | str) -> bytes:
     return b"data: " + (obj if isinstance(obj, str) else json.dumps(obj)).encode() + b"\n\n"
 
 
+def prompt_tokens(body: dict) -> int:
+    """A stand-in prompt length (words), enough for usage to be plausible."""
+    return len(str(body.get("prompt") or body.get("messages")).split())
+
+
+def usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def stream_head(chat: bool) -> bytes:
+    """What vLLM sends before the first token: chat's role-only chunk; completions send nothing."""
+    return sse(_chat_event({"role": "assistant", "content": ""})) if chat else b""
+
+
+def token_event(chat: bool, text: str, finish: str | None = None) -> bytes:
+    """One generated token, as vLLM streams it on either endpoint."""
+    return sse(_chat_event({"content": text}, finish) if chat else _completion_event(text, finish))
+
+
+def stream_tail(body: dict, counts: dict | None) -> bytes:
+    """The usage chunk (only when the request asked for it, as vLLM does), then [DONE]."""
+    tail = b""
+    if counts is not None and (body.get("stream_options") or {}).get("include_usage"):
+        tail += sse({"id": "x", "object": "text_completion", "created": 1, "model": "test", "choices": [],
+                     "usage": counts})
+    return tail + sse("[DONE]")
+
+
+async def models(request: web.Request) -> web.Response:
+    """What a readiness check asks for."""
+    return web.json_response({"object": "list", "data": [{"id": "test", "object": "model"}]})
+
+
 class SseServer:
     def __init__(self, behaviour: Behaviour | None = None, record: str | None = None):
         self.behaviour = behaviour or Behaviour()
@@ -60,12 +93,9 @@ class SseServer:
         self.record = record
         """A file that gets every request body, one JSON line each (what a server process received)."""
         self.app = web.Application()
-        self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_get("/v1/models", models)
         self.app.router.add_post("/v1/completions", self.completions)
         self.app.router.add_post("/v1/chat/completions", self.chat)
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "test", "object": "model"}]})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, chat=False)
@@ -83,7 +113,7 @@ class SseServer:
         if b.status != 200:
             return web.json_response({"error": {"message": "test failure", "code": b.status}}, status=b.status)
         n = int(body["max_tokens"])
-        prompt_tokens = len(str(body.get("prompt") or body.get("messages")).split())
+        prompt = prompt_tokens(body)
         reported = n if b.reported_tokens is None else b.reported_tokens
         if not body.get("stream"):
             await asyncio.sleep(b.first_token_delay + b.token_delay * max(0, n - 1))
@@ -92,14 +122,11 @@ class SseServer:
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
             payload = {"id": "x", "object": "chat.completion" if chat else "text_completion", "choices": [choice]}
             if b.usage:
-                payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": reported,
-                                    "total_tokens": prompt_tokens + reported}
+                payload["usage"] = usage(prompt, reported)
             return web.json_response(payload)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        pending = b""
-        if chat:
-            pending += sse(_chat_event({"role": "assistant", "content": ""}))
+        pending = stream_head(chat)
         await asyncio.sleep(b.first_token_delay)
         for i in range(n):
             if b.fail_after is not None and i == b.fail_after:
@@ -112,18 +139,13 @@ class SseServer:
             last = i == n - 1
             finish = "length" if last else None
             text = "" if last and b.empty_last_token else " tok"
-            pending += sse(_chat_event({"content": text}, finish) if chat else _completion_event(text, finish))
+            pending += token_event(chat, text, finish)
             if (i + 1) % b.events_per_write == 0 or i == n - 1:
                 await resp.write(pending)
                 pending = b""
                 if i < n - 1 and b.token_delay:
                     await asyncio.sleep(b.token_delay)
-        tail = b""
-        if b.usage and (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": reported,
-                     "total_tokens": prompt_tokens + reported}
-            tail += sse({"id": "x", "object": "text_completion", "created": 1, "model": "test", "choices": [], "usage": usage})
-        await resp.write(tail + sse("[DONE]"))
+        await resp.write(stream_tail(body, usage(prompt, reported) if b.usage else None))
         await resp.write_eof()
         return resp
 
