@@ -348,7 +348,7 @@ def test_longest_scenarios_are_placed_first():
     longer cells go first; ties keep the order of --configs."""
     from gpushare.config import parse_config
     from gpushare.fleet import longest_first
-    from gpushare.experiment.matrix import plan_matrix
+    from gpushare.experiment.matrix import Todo, plan_matrix
 
     def config(name, servers):
         return parse_config({"scenario": name, "sharing": {"mode": "timeslice"},
@@ -356,8 +356,8 @@ def test_longest_scenarios_are_placed_first():
 
     configs = [config("one-a", 1), config("two", 2), config("one-b", 1)]
     plan = plan_matrix(configs, [1, 2], [], 1, Path("out"), duration_s=30)
-    order = [p.config.scenario for p, _ in longest_first([(p, p.cells) for p in plan])]
+    order = [p.config.scenario for p, _ in longest_first([(p, Todo(p.cells)) for p in plan])]
     assert order == ["two", "one-a", "one-b"]
     longer = plan_matrix([config("short", 1)], [1], [], 1, Path("out"), duration_s=30) + \
         plan_matrix([config("long", 1)], [1], [], 1, Path("out"), duration_s=300)
-    assert [p.config.scenario for p, _ in longest_first([(p, p.cells) for p in longer])] == ["long", "short"]
+    assert [p.config.scenario for p, _ in longest_first([(p, Todo(p.cells)) for p in longer])] == ["long", "short"]

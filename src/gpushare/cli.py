@@ -312,31 +312,28 @@ def print_interference(doc: InterferenceDoc) -> None:
 def parse_capacity_args(args: list[str]) -> argparse.Namespace:
     parser = FlagParser("capacity")
     parser.add_argument("--configs", nargs="+", type=Path, required=True)
-    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--tenant", default=None)
     parser.add_argument("--beside", action="append", default=[])
     parser.add_argument("--target", nargs="+", type=float, default=None)
-    parser.add_argument("--window", type=float, default=20.0)
-    parser.add_argument("--settle", type=float, default=5.0)
-    parser.add_argument("--tolerance", type=float, default=0.1)
-    parser.add_argument("--budget", type=int, default=12)
-    parser.add_argument("--start", type=float, default=None)
-    parser.add_argument("--ceiling", type=float, default=None)
+    for flag, kind in (("--window", float), ("--settle", float), ("--tolerance", float), ("--budget", int),
+                       ("--start", float), ("--ceiling", float)):
+        parser.add_argument(flag, type=kind, default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/capacity"))
     parser.add_argument("--redo-changed", action="store_true")
     for executor in matrix_executors():
         executor.add_flags(parser)
     ns = parser.parse(args)
-    positive(("--window", [ns.window]), ("--settle", [ns.settle or 1]), ("--start", [ns.start or 1]),
-             ("--ceiling", [ns.ceiling or 1]))
+    positive(*((flag, [value]) for flag, value in (("--window", ns.window), ("--start", ns.start),
+                                                   ("--ceiling", ns.ceiling)) if value is not None))
+    if ns.settle is not None and not 0 <= ns.settle < math.inf:
+        raise ConfigError("--settle: must be a finite number of seconds, 0 or more")
     if ns.target is not None and not all(0 < t < 1 for t in ns.target):
         raise ConfigError("--target: attainment targets must be in (0, 1): a target of 1 no finite window proves")
-    if not 0 < ns.tolerance < 1:
+    if ns.tolerance is not None and not 0 < ns.tolerance < 1:
         raise ConfigError("--tolerance: a rate's bracket relative to its lower end, in (0, 1)")
-    if ns.budget < 2:
+    if ns.budget is not None and ns.budget < 2:
         raise ConfigError("--budget: probes per search, at least 2 (one each side of the capacity)")
-    if ns.start is not None and ns.ceiling is not None and ns.start > ns.ceiling:
-        raise ConfigError(f"--start: {ns.start:g} is above --ceiling {ns.ceiling:g}")
     check_executor_flags(ns)
     return ns
 
@@ -376,18 +373,18 @@ def capacity(ctx: typer.Context) -> None:
     run folder OUT/SCENARIO/PROBE, indexed in matrix.json. Ctrl-C keeps finished probes; a rerun
     with the same --out resumes, reusing them. --gpus and --ray spread scenarios as for matrix.
     """
-    from .experiment.capacity import SearchOptions, plan_capacity, write_capacity
+    from .experiment.capacity import parse_beside, plan_capacity, write_capacity
     from .experiment.matrix import load_scenarios, run_plan
 
     ns = parse_capacity_args(list(ctx.args))
-    options = SearchOptions(targets=None if ns.target is None else tuple(sorted(ns.target, reverse=True)),
-                            window_s=ns.window, settle_s=ns.settle, tolerance=ns.tolerance, budget=ns.budget,
-                            start=ns.start, ceiling=ns.ceiling)
-    plan = plan_capacity(load_scenarios(ns.configs, ns.model), ns.tenant, ns.beside, options)
+    flags = {"tenant": ns.tenant, "beside": parse_beside(ns.beside) or None, "targets": ns.target,
+             "window_s": ns.window, "settle_s": ns.settle, "tolerance": ns.tolerance, "budget": ns.budget,
+             "start": ns.start, "ceiling": ns.ceiling}
+    plan = plan_capacity(load_scenarios(ns.configs, ns.model), flags)
     interrupts = command_interrupts(ctx)
     index, code = run_plan(plan, ns.out, err_console, interrupts, matrix_executor(ns, interrupts), ns.redo_changed)
     note_late_signal(interrupts, code)
-    doc = write_capacity(plan, ns.out, options)
+    doc = write_capacity(plan, ns.out)
     print_capacity(doc)
     counts = index.counts
     err_console.print(f"capacity: {counts.complete} probe(s) measured, {counts.skipped} reused, {counts.failed} "
@@ -403,7 +400,8 @@ def print_capacity(doc: "CapacityDoc") -> None:
     def num(value: float | None, fmt: str = "g") -> str:
         return "-" if value is None else format(value, fmt)
 
-    table = Table(title=f"capacity of {doc.tenant} under its SLO")
+    tenants = ", ".join(dict.fromkeys(row.tenant for row in doc.rows))
+    table = Table(title=f"capacity of {tenants} under its SLO")
     for column in ("scenario", "beside", "target", "capacity", "infeasible", "attained [95% CI]", "binds", "kept"):
         table.add_column(column, justify="left" if column in ("scenario", "beside", "binds") else "right")
     unresolved = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, get_args
+from typing import Annotated, Any, Iterable, Literal, get_args
 
 import numpy as np
 import yaml
@@ -309,6 +309,26 @@ def tenant_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
 
 
+class CapacityConfig(StrictModel):
+    """How `gpushare capacity` searches this scenario (docs/capacity.md); its flags override
+    each key. A probe's own configuration leaves this block out, so changing how the search
+    goes never makes a finished probe look measured under other settings."""
+
+    tenant: str | None = None
+    """The tenant searched (--tenant)."""
+    beside: dict[str, list[PositiveFloat]] = {}
+    """Neighbour levels to search beside, per neighbour (--beside NAME=L1,L2); none: every
+    neighbour at its configured load."""
+    targets: list[Annotated[float, Field(gt=0, lt=1)]] | None = None
+    """Attainment targets searched at once (--target); none: the tenant's SLO's."""
+    window_s: PositiveFloat = 20.0
+    settle_s: NonNegativeFloat = 5.0
+    tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    budget: Annotated[int, Field(ge=2)] = 12
+    start: PositiveFloat | None = None
+    ceiling: PositiveFloat | None = None
+
+
 class ScenarioConfig(StrictModel):
     scenario: str = Field(default="run", pattern=NAME_PATTERN, max_length=MAX_NAME)
     model: str = EMBEDDED_MODEL
@@ -332,6 +352,7 @@ class ScenarioConfig(StrictModel):
     seed: int = 0
     out: Path = Path("runs")
     monitor_interval_s: PositiveFloat = 0.2
+    capacity: CapacityConfig | None = None
 
     @model_validator(mode="after")
     def _servers_distinct(self) -> "ScenarioConfig":

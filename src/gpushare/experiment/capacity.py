@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..config import ScenarioConfig, TenantConfig, parse_config
+from ..config import CapacityConfig, ScenarioConfig, TenantConfig, parse_config
 from ..errors import ConfigError
 from ..measure.capacity_search import (GoalResult, Knob, NextProbe, Probe, SearchSpec, next_probe,
                                        requests_to_resolve, results)
@@ -26,27 +26,6 @@ from .interference_protocol import phase_salt
 from .matrix import PlannedCell, ScenarioPlan
 
 ALONE = "alone"
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """How every search of a capacity run probes (the CLI's flags)."""
-
-    targets: tuple[float, ...] | None = None
-    """Attainment targets searched at once; None: the tenant's SLO's own."""
-    window_s: float = 20.0
-    """A probe's shortest measured window; an open loop's is lengthened to hold the requests
-    its strictest target needs (measure.capacity_search.requests_to_resolve)."""
-    settle_s: float = 5.0
-    """Seconds at load before a probe measures."""
-    tolerance: float = 0.1
-    """A rate's bracket, relative to its lower end; a concurrency's is 1."""
-    budget: int = 12
-    """Probes at most per search (one tenant at one neighbour level)."""
-    start: float | None = None
-    """The first level probed alone; None: the tenant's configured load."""
-    ceiling: float | None = None
-    """The highest level probed; None: 64 times the start."""
 
 
 @dataclass(frozen=True)
@@ -81,22 +60,14 @@ def probe_name(neighbours: Neighbours, kind: str, level: float, window: int) -> 
     return f"{neighbours.tag}-{tag}" + (f"-w{2 ** window}" if window else "")
 
 
-def parse_beside(items: list[str], config: ScenarioConfig, tenant: str) -> list[Neighbours]:
-    """`--beside NAME=L1,L2` (repeatable) as neighbour settings; none: every other tenant at
-    its configured load. One line naming the flag for a tenant or level it cannot take."""
-    names = [t.name for t in config.tenants]
-    if not items:
-        return [Neighbours(tuple((t.name, level_of(t, config)) for t in config.tenants if t.name != tenant))]
-    found = []
+def parse_beside(items: list[str]) -> dict[str, list[float]]:
+    """`--beside NAME=L1,L2` (repeatable) as levels per neighbour; one line naming the flag
+    for a level that is not a number."""
+    found: dict[str, list[float]] = {}
     for item in items:
         name, eq, levels = item.partition("=")
         if not eq or not levels:
             raise ConfigError(f"--beside: expected NAME=L1,L2,... (a neighbour's levels), not {item!r}")
-        if name == tenant:
-            raise ConfigError(f"--beside: {name} is the tenant searched; name one of its neighbours")
-        if name not in names:
-            raise ConfigError(f"--beside: scenario {config.scenario} has no tenant named '{name}' "
-                              f"(tenants: {', '.join(names)})")
         for part in levels.split(","):
             try:
                 level = float(part)
@@ -104,9 +75,28 @@ def parse_beside(items: list[str], config: ScenarioConfig, tenant: str) -> list[
                 level = math.nan
             if not 0 < level < math.inf:
                 raise ConfigError(f"--beside: {name}'s level {part!r} is not a number > 0 (in {item!r})")
-            neighbour = next(t for t in config.tenants if t.name == name)
+            found.setdefault(name, []).append(level)
+    return found
+
+
+def neighbour_settings(beside: dict[str, list[float]], config: ScenarioConfig, tenant: str,
+                       where: str) -> list[Neighbours]:
+    """Each neighbour level to search beside, one neighbour loading at a time; none given:
+    every other tenant at its configured load. `where` names the flag or key they came from."""
+    names = [t.name for t in config.tenants]
+    if not beside:
+        return [Neighbours(tuple((t.name, level_of(t, config)) for t in config.tenants if t.name != tenant))]
+    found = []
+    for name, levels in beside.items():
+        if name == tenant:
+            raise ConfigError(f"{where}: {name} is the tenant searched; name one of its neighbours")
+        if name not in names:
+            raise ConfigError(f"{where}: scenario {config.scenario} has no tenant named '{name}' "
+                              f"(tenants: {', '.join(names)})")
+        neighbour = next(t for t in config.tenants if t.name == name)
+        for level in levels:
             if knob_of(neighbour, config) == "concurrency" and level != int(level):
-                raise ConfigError(f"--beside: {name} runs a closed loop; its level {part!r} is a concurrency, "
+                raise ConfigError(f"{where}: {name} runs a closed loop; its level {level:g} is a concurrency, "
                                   "a whole number")
             found.append(Neighbours(((name, level),)))
     return found
@@ -140,7 +130,7 @@ class TenantSearch:
     config: ScenarioConfig
     tenant: str
     settings: tuple[Neighbours, ...]
-    options: SearchOptions
+    options: CapacityConfig
 
     @property
     def kind(self) -> str:
@@ -153,7 +143,7 @@ class TenantSearch:
     @property
     def targets(self) -> tuple[float, ...]:
         if self.options.targets is not None:
-            return self.options.targets
+            return tuple(sorted(self.options.targets, reverse=True))
         slo = self._tenant.slo if self._tenant.slo is not None else self.config.slo
         assert slo is not None
         return (slo.attainment,)
@@ -247,7 +237,7 @@ class TenantSearch:
 
 
 def probe_config(config: ScenarioConfig, tenant: str, neighbours: Neighbours, wanted: NextProbe,
-                 options: SearchOptions, out: Path, name: str) -> ScenarioConfig:
+                 options: CapacityConfig, out: Path, name: str) -> ScenarioConfig:
     """The scenario with `tenant` at the probe's level and only the named neighbours loading at
     theirs; every loading tenant's window the same length, salted for the prefix cache by the
     probe (each probe sends the same prompts to the same servers)."""
@@ -273,7 +263,7 @@ def probe_config(config: ScenarioConfig, tenant: str, neighbours: Neighbours, wa
     return parse_config(raw)
 
 
-def probe_seconds(config: ScenarioConfig, tenant: str, wanted: NextProbe, options: SearchOptions) -> float:
+def probe_seconds(config: ScenarioConfig, tenant: str, wanted: NextProbe, options: CapacityConfig) -> float:
     """A probe's measured seconds: at least the option's window, for an open loop long enough to
     hold the requests that can prove its strictest target (Poisson arrivals: three standard
     deviations over their mean, so that a window seldom falls short); doubled per longer window."""
@@ -300,14 +290,22 @@ def probe_outcome(folder: Path, tenant: str, cell: PlannedCell) -> Probe | None:
     return Probe(float(cell.load or 0), window, block.good_requests or 0, block.completed + block.failed)
 
 
-def plan_capacity(configs: list[ScenarioConfig], tenant: str, beside: list[str],
-                  options: SearchOptions) -> list[ScenarioPlan]:
-    """Per scenario, the searches for `tenant`: a plan for the matrix's executors."""
+def plan_capacity(configs: list[ScenarioConfig], flags: dict[str, object]) -> list[ScenarioPlan]:
+    """Per scenario, its searches (its `capacity:` block, each key overridden by the flag
+    given for it): a plan for the matrix's executors."""
     plan = []
     for config in configs:
-        check_scenario(config, tenant)
-        settings = tuple(parse_beside(beside, config, tenant))
-        plan.append(ScenarioPlan(config, [], TenantSearch(config, tenant, settings, options)))
+        options = (config.capacity or CapacityConfig()).model_copy(update={k: v for k, v in flags.items()
+                                                                          if v is not None})
+        if options.tenant is None:
+            raise ConfigError(f"--tenant: name the tenant to search (or capacity.tenant in scenario {config.scenario})")
+        if options.start is not None and options.ceiling is not None and options.start > options.ceiling:
+            raise ConfigError(f"--start: {options.start:g} is above --ceiling {options.ceiling:g}")
+        check_scenario(config, options.tenant)
+        where = "--beside" if flags.get("beside") else "capacity.beside"
+        settings = tuple(neighbour_settings(options.beside, config, options.tenant, where))
+        plan.append(ScenarioPlan(config, [], TenantSearch(config.model_copy(update={"capacity": None}),
+                                                          options.tenant, settings, options)))
     return plan
 
 
@@ -371,18 +369,17 @@ def _binding(folder: Path, neighbours: Neighbours, search: TenantSearch, probe: 
     return worst[0] if worst[1] else None
 
 
-def write_capacity(plan: list[ScenarioPlan], out: Path, options: SearchOptions) -> CapacityDoc:
+def write_capacity(plan: list[ScenarioPlan], out: Path) -> CapacityDoc:
     """capacity.json, capacity.csv and capacity_probes.csv from the plan's probe folders."""
     rows: list[CapacityRow] = []
     entries: list[ProbeEntry] = []
-    tenant = ""
+    searches: dict[str, CapacityConfig] = {}
     for scenario in plan:
         assert isinstance(scenario.search, TenantSearch)
-        tenant = scenario.search.tenant
+        searches[scenario.config.scenario] = scenario.search.options
         found_rows, found_probes = search_rows(scenario.search, out / scenario.config.scenario)
         rows += found_rows
         entries += found_probes
-    doc = CapacityDoc(tenant=tenant, window_s=options.window_s, settle_s=options.settle_s, budget=options.budget,
-                      rows=rows, probes=entries)
+    doc = CapacityDoc(searches=searches, rows=rows, probes=entries)
     write_capacity_doc(out, doc)
     return doc

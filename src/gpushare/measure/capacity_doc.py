@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ..config import CapacityConfig
 from ..core.files import write_json_atomic
 
 CAPACITY_JSON, CAPACITY_CSV, CAPACITY_PROBES_CSV = "capacity.json", "capacity.csv", "capacity_probes.csv"
@@ -73,10 +74,8 @@ class CapacityRow(CapacityModel):
 
 
 class CapacityDoc(CapacityModel):
-    tenant: str
-    window_s: float
-    settle_s: float
-    budget: int
+    searches: dict[str, CapacityConfig]
+    """How each scenario was searched: tenant, neighbour levels, targets, windows, budget."""
     rows: list[CapacityRow]
     probes: list[ProbeEntry]
 
