@@ -1,6 +1,6 @@
 """`gpushare interfere`: each tenant alone, then together, on the same servers; the comparison
-is computed from the phases' own summaries. SSE test servers (the protocol's bookkeeping);
-the real path is in test_e2e.py."""
+is computed from the phases' own summaries and request logs. SSE test servers (the protocol's
+bookkeeping); the real path is in test_e2e.py."""
 
 import json
 import signal
@@ -24,6 +24,18 @@ def config_file(tmp_path, name="pair", **extra):
     # Prompts of random lengths: the same seed must give a tenant the same ones in every phase.
     doc["workload"]["input_tokens"] = {"dist": "uniform", "low": 4, "high": 40}
     return write_config(tmp_path / f"{name}.yaml", **doc)
+
+
+def common_throughput(folder):
+    """Output tok/s over [latest first send, earliest last completion] of the tenants' measured
+    requests, from requests.csv and chunks.csv alone."""
+    requests = pd.read_csv(folder / "requests.csv")
+    measured = requests[(requests["in_window"] == 1) & (requests["warmup"] == 0) & requests["end"].notna()]
+    spans = measured.groupby("tenant").agg(start=("sent", "min"), end=("end", "max"))
+    start, end = spans["start"].max(), spans["end"].min()
+    chunks = pd.read_csv(folder / "chunks.csv").merge(requests[["tenant", "index", "warmup"]], on=["tenant", "index"])
+    inside = chunks[(chunks["warmup"] == 0) & (chunks["t"] >= start) & (chunks["t"] <= end)]
+    return inside["tokens"].sum() / (end - start), end - start
 
 
 def test_interference_compares_each_tenant_alone_and_shared(tmp_path):
@@ -53,14 +65,37 @@ def test_interference_compares_each_tenant_alone_and_shared(tmp_path):
             continue
         assert row["solo"] == pytest.approx(solo) and row["shared"] == pytest.approx(shared)
         assert row["slowdown"] == pytest.approx(shared / solo)
+
+    # chat, an open loop with an SLO, on goodput; batch, a closed loop, on output tok/s.
+    quantity = {"chat": "request_goodput", "batch": "output_throughput"}
+    tenants = pd.read_csv(out / "interference_tenants.csv").set_index("tenant")
+    assert tenants["scored_on"].to_dict() == {"chat": "goodput", "batch": "throughput"}
+    kept = {}
+    for tenant, key in quantity.items():
+        solo, shared = phases[f"solo-{tenant}"]["tenants"][tenant][key], phases["shared"]["tenants"][tenant][key]
+        row = tenants.loc[tenant]
+        assert (row["solo"], row["shared"]) == pytest.approx((solo, shared)) and pd.isna(row["kept_vs_dedicated"])
+        assert row["kept"] == pytest.approx(shared / solo)
+        kept[tenant] = shared / solo
     scores = pd.read_csv(out / "interference_scores.csv").iloc[0]
-    normalised = [phases["shared"]["tenants"][t]["output_throughput"] / phases[f"solo-{t}"]["tenants"][t]["output_throughput"]
-                  for t in ("chat", "batch")]
-    assert scores["stp"] == pytest.approx(sum(normalised))
-    assert scores["fairness"] == pytest.approx(sum(normalised) ** 2 / (2 * sum(x * x for x in normalised)))
+    values = list(kept.values())
+    assert scores["stp"] == pytest.approx(sum(values))
+    assert scores["fairness"] == pytest.approx(sum(values) ** 2 / (2 * sum(x * x for x in values)))
+    rate, interval = common_throughput(out / "pair" / "shared")
+    assert scores["common_output_throughput"] == pytest.approx(rate) and scores["token_times"] == "chunks"
+    assert scores["common_interval_s"] == pytest.approx(interval) and interval < phases["shared"]["duration"]
+
     doc = json.loads((out / "interference.json").read_text())
     steps = doc["scenarios"]["pair"]["by_step"]["chat"]
     assert steps["aggressor"] == "batch" and [s["level"] for s in steps["steps"]] == [0, 2, 4]
+    # chat against its solo value at each level batch loaded, not over batch's idle step
+    levels = pd.read_csv(out / "interference_levels.csv")
+    assert set(levels["tenant"]) == {"chat"} and set(levels["aggressor"]) == {"batch"}
+    ttft = levels[levels["metric"] == "p99_ttft_ms"]
+    assert ttft["level"].tolist() == [2, 4] and ttft["worst"].sum() == 1
+    assert ttft.loc[ttft["worst"], "slowdown"].iloc[0] == ttft["slowdown"].max()
+    solo_ttft = phases["solo-chat"]["tenants"]["chat"]["p99_ttft_ms"]
+    assert ttft["slowdown"].tolist() == pytest.approx([s["p99_ttft_ms"] / solo_ttft for s in steps["steps"][1:]])
     # The one reader gives what the one writer wrote, every key.
     assert read_interference_doc(out / "interference.json").model_dump(mode="json", exclude_unset=True) == doc
 

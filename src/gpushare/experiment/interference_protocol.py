@@ -10,15 +10,21 @@ of a plan run by the matrix's executor, so resume, server reuse and the index co
 from __future__ import annotations
 
 import csv
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from ..config import ScenarioConfig, parse_config
+from ..core.files import INTERFERENCE_CSV, INTERFERENCE_LEVELS, INTERFERENCE_SCORES, INTERFERENCE_TENANTS
+from ..core.records import RequestRecord
 from ..errors import ConfigError
-from ..measure.interference import INTERFERENCE_METRICS, compare_tenants, rows_for_csv, score_scenario
+from ..load.request_log import read_request_log
+from ..measure.interference import (INTERFERENCE_METRICS, LEVEL_METRICS, CommonThroughput, LevelComparison, Rates,
+                                    StepValue, TenantPhases, common_output_throughput, compare_tenants, loaded_levels,
+                                    rows_for_csv, score_scenario)
 from ..measure.interference_doc import (STEP_METRICS, ComparedMetric, InterferenceDoc, PhaseEntry, ScenarioEntry,
                                         StepPoint, StepSeries, write_interference_doc)
-from ..measure.results import Summary, SummaryUnreadable, read_run
+from ..measure.results import Summary, SummaryUnreadable, TenantBlock, read_run
 from .matrix import PlannedCell, ScenarioPlan
 
 SHARED = "shared"
@@ -84,9 +90,11 @@ def _phase(folder: Path) -> tuple[Summary | None, str]:
     return (summary, "complete") if verdict.complete else (None, verdict.reason)
 
 
-def scenario_interference(config: ScenarioConfig, folder: Path) -> ScenarioEntry:
+def scenario_interference(config: ScenarioConfig, folder: Path,
+                          capacity_kept: Mapping[str, float] | None = None) -> ScenarioEntry:
     """One scenario's comparison from its phase folders; incomplete phases are named, and
-    no number is given that would need one."""
+    no number is given that would need one. `capacity_kept`: tenants scored on capacity
+    (score_scenario)."""
     names = [t.name for t in config.tenants]
     phases = {cell: _phase(folder / cell) for cell in [*map(solo_cell, names), SHARED]}
     entry: dict[str, Any] = {
@@ -102,41 +110,102 @@ def scenario_interference(config: ScenarioConfig, folder: Path) -> ScenarioEntry
     # interference's pure functions compare each tenant's flat keys
     solo_metrics = {name: block.model_dump() for name, block in solo.items()}
     shared_metrics = {name: block.model_dump() for name, block in shared.items()}
+    tenants = {name: TenantPhases(open_loop=shared[name].load.open_loop, has_slo=bool(shared[name].slo_s),
+                                  solo=Rates.of(solo[name]), shared=Rates.of(shared[name]))
+               for name in names}
     return ScenarioEntry(
         **entry, complete=True, tenants=compare_tenants(solo_metrics, shared_metrics),
-        scores=score_scenario(solo_metrics, shared_metrics), slo_s={name: shared[name].slo_s for name in names},
+        scores=score_scenario(tenants, capacity_kept), slo_s={name: shared[name].slo_s for name in names},
         by_step={name: StepSeries(aggressor=block.by_step.tenant, kind=block.by_step.kind,
                                   steps=[StepPoint(step=s.step, level=s.level, **s.pick(STEP_METRICS))
                                          for s in block.by_step.steps])
-                 for name, block in shared.items() if block.by_step is not None})
+                 for name, block in shared.items() if block.by_step is not None},
+        aggregate=shared_aggregate(folder / SHARED),
+        levels={name: victim_levels(solo[name], block) for name, block in shared.items()
+                if block.by_step is not None and block.by_step.tenant not in (None, name)})
+
+
+def shared_aggregate(phase: Path) -> CommonThroughput | None:
+    """The shared phase's output over the interval every tenant loaded, from its request log;
+    None where the log does not read."""
+    try:
+        records = read_request_log(phase)
+    except (OSError, ValueError, KeyError):  # missing, or not the log's columns
+        return None
+    return common_output_throughput(by_tenant(records))
+
+
+def by_tenant(records: Iterable[RequestRecord]) -> dict[str, list[RequestRecord]]:
+    out: defaultdict[str, list[RequestRecord]] = defaultdict(list)
+    for record in records:
+        out[record.tenant or ""].append(record)
+    return dict(out)
+
+
+def victim_levels(solo: TenantBlock, shared: TenantBlock) -> list[LevelComparison]:
+    """A victim's LEVEL_METRICS at each loaded step of its aggressor against its solo value."""
+    assert shared.by_step is not None
+    steps = shared.by_step.steps
+    return [row for metric in LEVEL_METRICS
+            for row in loaded_levels(metric, getattr(solo, metric.key),
+                                     [StepValue(s.step, s.level, getattr(s, metric.key)) for s in steps])]
+
+
+SCORE_COLUMNS = ["scenario", "sharing_mode", "tenants", "fairness", "stp", "fairness_vs_dedicated", "stp_vs_dedicated",
+                 "common_output_throughput", "common_interval_s", "common_output_tokens", "token_times"]
+TENANT_COLUMNS = ["scenario", "sharing_mode", "tenant", "scored_on", "solo", "shared", "kept", "dedicated",
+                  "kept_vs_dedicated", "reason"]
+LEVEL_COLUMNS = ["scenario", "sharing_mode", "tenant", "aggressor", "metric", "step", "level", "solo", "shared",
+                 "slowdown", "worst"]
+
+
+def _write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def score_rows(doc: InterferenceDoc) -> Iterable[dict[str, Any]]:
+    """interference_scores.csv: one row per complete scenario."""
+    for name, entry in doc.scenarios.items():
+        if entry.scores is None:
+            continue
+        scores, common = entry.scores, entry.aggregate
+        yield {"scenario": name, "sharing_mode": entry.sharing_mode, "tenants": scores.tenants,
+               "fairness": scores.fairness, "stp": scores.stp, "fairness_vs_dedicated": scores.fairness_vs_dedicated,
+               "stp_vs_dedicated": scores.stp_vs_dedicated,
+               "common_output_throughput": None if common is None else common.output_throughput,
+               "common_interval_s": None if common is None else common.interval_s,
+               "common_output_tokens": None if common is None else common.output_tokens,
+               "token_times": None if common is None else common.token_times}
 
 
 def write_interference(plan: list[ScenarioPlan], out: Path) -> InterferenceDoc:
     """interference.json (every scenario: phases, per-tenant comparison, scores, the victim's
-    latency per aggressor step), interference.csv (one row per scenario, tenant and metric) and
-    interference_scores.csv (one row per complete scenario: fairness, STP, aggregate throughput)."""
+    latency per aggressor step and per loaded level), interference.csv
+    (one row per scenario, tenant and metric), interference_tenants.csv (one row per scenario and
+    tenant: the quantity it was scored on and the share it kept), interference_scores.csv (one
+    row per complete scenario: fairness, STP, output over the interval every tenant loaded) and
+    interference_levels.csv (per victim, metric and loaded level of its aggressor)."""
     doc = InterferenceDoc(
         metrics=[ComparedMetric.of(m) for m in INTERFERENCE_METRICS],
         scenarios={p.config.scenario: scenario_interference(p.config, out / p.config.scenario) for p in plan},
     )
     write_interference_doc(out, doc)
-    columns = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]
-    tmp = out / ".interference.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        for name, entry in doc.scenarios.items():
-            for row in rows_for_csv(entry.tenants):
-                writer.writerow({"scenario": name, "sharing_mode": entry.sharing_mode, **row})
-    tmp.replace(out / "interference.csv")
-    score_columns = ["scenario", "sharing_mode", "tenants", "fairness", "stp", "aggregate_output_throughput",
-                     "solo_output_throughput_sum"]
-    tmp = out / ".interference_scores.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, score_columns, extrasaction="ignore")
-        writer.writeheader()
-        for name, entry in doc.scenarios.items():
-            if entry.scores is not None:
-                writer.writerow({"scenario": name, "sharing_mode": entry.sharing_mode, **entry.scores.model_dump()})
-    tmp.replace(out / "interference_scores.csv")
+    scenarios = list(doc.scenarios.items())
+    _write_csv(out / INTERFERENCE_CSV, ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"],
+               ({"scenario": name, "sharing_mode": entry.sharing_mode, **row}
+                for name, entry in scenarios for row in rows_for_csv(entry.tenants)))
+    _write_csv(out / INTERFERENCE_TENANTS, TENANT_COLUMNS,
+               ({"scenario": name, "sharing_mode": entry.sharing_mode, "tenant": tenant, **score.model_dump()}
+                for name, entry in scenarios if entry.scores is not None
+                for tenant, score in entry.scores.scored.items()))
+    _write_csv(out / INTERFERENCE_SCORES, SCORE_COLUMNS, score_rows(doc))
+    _write_csv(out / INTERFERENCE_LEVELS, LEVEL_COLUMNS,
+               ({"scenario": name, "sharing_mode": entry.sharing_mode, "tenant": tenant,
+                 "aggressor": entry.by_step[tenant].aggressor, **row.model_dump()}
+                for name, entry in scenarios for tenant, rows in entry.levels.items() for row in rows))
     return doc
