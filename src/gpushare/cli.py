@@ -236,6 +236,7 @@ def matrix(ctx: typer.Context) -> None:
 def parse_interfere_args(args: list[str]) -> argparse.Namespace:
     parser = FlagParser("interfere")
     parser.add_argument("--configs", nargs="+", type=Path, required=True)
+    parser.add_argument("--dedicated", type=Path, default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/interference"))
     parser.add_argument("--redo-changed", action="store_true")
@@ -248,7 +249,9 @@ def interfere(ctx: typer.Context) -> None:
     servers start once, then each tenant runs alone (the others' servers up and idle), then all
     together, every phase for the same window. Each tenant is scored on what the GPU gave it
     (closed loop: output tok/s; open loop with an SLO: goodput; open loop without one: not
-    scored), and fairness and STP are taken over those. Writes interference.csv
+    scored), and fairness and STP are taken over those. --dedicated BASELINE.yaml (a scenario
+    with the same tenants) also runs each tenant alone with only its own servers from that
+    config, and states every tenant's share against that reference too. Writes interference.csv
     (solo, shared and slowdown per tenant and metric), interference_tenants.csv (each tenant's
     score), interference_scores.csv (fairness, STP, the output tok/s over the interval every
     tenant loaded), interference_levels.csv (a victim per loaded level of its aggressor) and
@@ -257,16 +260,18 @@ def interfere(ctx: typer.Context) -> None:
     a complete phase was measured under other settings, unless --redo-changed (earlier attempts
     are kept beside their phase, as for matrix).
 
-    gpushare interfere --configs A.yaml [B.yaml ...] [--model M] [--out DIR] [--redo-changed]
+    gpushare interfere --configs A.yaml [B.yaml ...] [--dedicated BASELINE.yaml] [--model M] [--out DIR]
+    [--redo-changed]
     """
     from .core.files import INTERFERENCE_CSV
-    from .experiment.interference_protocol import plan_interference, write_interference
+    from .experiment.interference_protocol import plan_interference, read_dedicated, write_interference
     from .experiment.matrix import load_scenarios, run_plan
 
     ns = parse_interfere_args(list(ctx.args))
-    plan = plan_interference(load_scenarios(ns.configs, ns.model))
+    configs = load_scenarios(ns.configs, ns.model)
+    plan = plan_interference(configs, None if ns.dedicated is None else read_dedicated(ns.dedicated, ns.model))
     interrupts = command_interrupts(ctx)
-    index, code = run_plan(plan, ns.out, err_console, interrupts, redo_changed=ns.redo_changed)
+    index, code = run_plan(plan.plans, ns.out, err_console, interrupts, redo_changed=ns.redo_changed)
     note_late_signal(interrupts, code)
     doc = write_interference(plan, ns.out)
     print_interference(doc)

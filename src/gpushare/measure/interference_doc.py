@@ -1,7 +1,7 @@
 """interference.json, typed: one writer and one reader, as results does for summary.json.
 
-`interfere` writes one per --out folder: the metrics compared (from the catalogue) and, per
-scenario (one per sharing mode), its
+`interfere` writes one per --out folder: the metrics compared (from the catalogue), each
+tenant's dedicated reference where one was run, and, per scenario (one per sharing mode), its
 phases, each tenant's metrics alone and shared, each tenant's score and which quantity it is on,
 the scenario's scores, its output over the interval every tenant loaded, each tenant's metrics
 per step of its aggressor's load and a victim's per loaded level against solo. The isolation
@@ -82,11 +82,22 @@ class ScenarioEntry(Record):
     level of its aggressor against its solo value, the worst level marked."""
 
 
+class DedicatedEntry(Record):
+    """A tenant's dedicated reference: the scenario that ran it alone on a GPU of its own (its
+    servers only, from the --dedicated config), its run folder and whether it is complete."""
+
+    scenario: str
+    run_dir: str
+    status: str
+
+
 class InterferenceDoc(Record):
     """interference.json: the metrics compared, and every scenario by name."""
 
     metrics: list[ComparedMetric]
     scenarios: dict[str, ScenarioEntry]
+    dedicated: dict[str, DedicatedEntry] = {}
+    """By tenant; empty where interfere ran without --dedicated."""
 
 
 def write_interference_doc(out: Path, doc: InterferenceDoc) -> Path:
