@@ -1,6 +1,7 @@
-"""`gpushare interfere`: each tenant alone, then together, on the same servers; the comparison
-is computed from the phases' own summaries. SSE test servers (the protocol's bookkeeping);
-the real path is in test_e2e.py."""
+"""`gpushare interfere`: each tenant alone, then together, on the same servers, and with
+--dedicated each tenant alone on its own servers; the comparison is computed from the phases'
+own summaries and request logs. SSE test servers (the protocol's bookkeeping); the real path
+is in test_e2e.py."""
 
 import json
 import signal
@@ -26,9 +27,23 @@ def config_file(tmp_path, name="pair", **extra):
     return write_config(tmp_path / f"{name}.yaml", **doc)
 
 
-def test_interference_compares_each_tenant_alone_and_shared(tmp_path):
+def common_throughput(folder):
+    """Output tok/s over [latest first send, earliest last completion] of the tenants' measured
+    requests, from requests.csv and chunks.csv alone."""
+    requests = pd.read_csv(folder / "requests.csv")
+    measured = requests[(requests["in_window"] == 1) & (requests["warmup"] == 0) & requests["end"].notna()]
+    spans = measured.groupby("tenant").agg(start=("sent", "min"), end=("end", "max"))
+    start, end = spans["start"].max(), spans["end"].min()
+    chunks = pd.read_csv(folder / "chunks.csv").merge(requests[["tenant", "index", "warmup"]], on=["tenant", "index"])
+    inside = chunks[(chunks["warmup"] == 0) & (chunks["t"] >= start) & (chunks["t"] <= end)]
+    return inside["tokens"].sum() / (end - start), end - start
+
+
+def test_interference_compares_each_tenant_alone_shared_and_dedicated(tmp_path):
     out = tmp_path / "int"
-    assert cli.main(["interfere", "--configs", str(config_file(tmp_path)), "--out", str(out)]) == 0
+    dedicated = config_file(tmp_path, "alone")  # the same tenants, on servers of their own
+    assert cli.main(["interfere", "--configs", str(config_file(tmp_path)), "--dedicated", str(dedicated),
+                     "--out", str(out)]) == 0
     phases = {name: summary(out / "pair" / name) for name in ("solo-chat", "solo-batch", "shared")}
     assert all(doc["complete"] for doc in phases.values())
     # A solo phase loads only its tenant; the other's server is up, idle.
@@ -53,14 +68,46 @@ def test_interference_compares_each_tenant_alone_and_shared(tmp_path):
             continue
         assert row["solo"] == pytest.approx(solo) and row["shared"] == pytest.approx(shared)
         assert row["slowdown"] == pytest.approx(shared / solo)
+
+    # Each tenant alone with only its own servers: the dedicated reference.
+    alone = {t: summary(out / f"alone-{t}" / "dedicated") for t in ("chat", "batch")}
+    assert all(doc["complete"] for doc in alone.values())
+    assert [s["name"] for s in alone["chat"]["servers"]] == ["chat-s"] and set(alone["chat"]["tenants"]) == {"chat"}
+
+    # chat, an open loop with an SLO, on goodput; batch, a closed loop, on output tok/s.
+    quantity = {"chat": "request_goodput", "batch": "output_throughput"}
+    tenants = pd.read_csv(out / "interference_tenants.csv").set_index("tenant")
+    assert tenants["scored_on"].to_dict() == {"chat": "goodput", "batch": "throughput"}
+    kept = {}
+    for tenant, key in quantity.items():
+        solo, shared = phases[f"solo-{tenant}"]["tenants"][tenant][key], phases["shared"]["tenants"][tenant][key]
+        own = alone[tenant]["tenants"][tenant][key]
+        row = tenants.loc[tenant]
+        assert (row["solo"], row["shared"], row["dedicated"]) == pytest.approx((solo, shared, own))
+        assert row["kept"] == pytest.approx(shared / solo) and row["kept_vs_dedicated"] == pytest.approx(shared / own)
+        kept[tenant] = (shared / solo, shared / own)
     scores = pd.read_csv(out / "interference_scores.csv").iloc[0]
-    normalised = [phases["shared"]["tenants"][t]["output_throughput"] / phases[f"solo-{t}"]["tenants"][t]["output_throughput"]
-                  for t in ("chat", "batch")]
-    assert scores["stp"] == pytest.approx(sum(normalised))
-    assert scores["fairness"] == pytest.approx(sum(normalised) ** 2 / (2 * sum(x * x for x in normalised)))
+    for suffix, i in (("", 0), ("_vs_dedicated", 1)):
+        values = [k[i] for k in kept.values()]
+        assert scores[f"stp{suffix}"] == pytest.approx(sum(values))
+        assert scores[f"fairness{suffix}"] == pytest.approx(sum(values) ** 2 / (2 * sum(x * x for x in values)))
+    rate, interval = common_throughput(out / "pair" / "shared")
+    assert scores["common_output_throughput"] == pytest.approx(rate) and scores["token_times"] == "chunks"
+    assert scores["common_interval_s"] == pytest.approx(interval) and interval < phases["shared"]["duration"]
+
     doc = json.loads((out / "interference.json").read_text())
     steps = doc["scenarios"]["pair"]["by_step"]["chat"]
     assert steps["aggressor"] == "batch" and [s["level"] for s in steps["steps"]] == [0, 2, 4]
+    # chat against its solo value at each level batch loaded, not over batch's idle step
+    levels = pd.read_csv(out / "interference_levels.csv")
+    assert set(levels["tenant"]) == {"chat"} and set(levels["aggressor"]) == {"batch"}
+    ttft = levels[levels["metric"] == "p99_ttft_ms"]
+    assert ttft["level"].tolist() == [2, 4] and ttft["worst"].sum() == 1
+    assert ttft.loc[ttft["worst"], "slowdown"].iloc[0] == ttft["slowdown"].max()
+    solo_ttft = phases["solo-chat"]["tenants"]["chat"]["p99_ttft_ms"]
+    assert ttft["slowdown"].tolist() == pytest.approx([s["p99_ttft_ms"] / solo_ttft for s in steps["steps"][1:]])
+    assert doc["dedicated"]["chat"] == {"scenario": "alone-chat", "run_dir": str(out / "alone-chat" / "dedicated"),
+                                        "status": "complete"}
     # The one reader gives what the one writer wrote, every key.
     assert read_interference_doc(out / "interference.json").model_dump(mode="json", exclude_unset=True) == doc
 
@@ -70,11 +117,14 @@ def test_phases_salt_the_prefix_cache_per_phase(tmp_path):
     from gpushare.experiment.interference_protocol import plan_interference
 
     config = parse_config(read_config_file(config_file(tmp_path)))
-    (scenario,) = plan_interference([config])
-    salts = {cell.name: {t.name: t.api.extra_body["cache_salt"] for t in cell.config.resolved_tenants()}
-             for cell in scenario.cells}
-    assert salts == {"solo-chat": {"chat": "pair-solo-chat"}, "solo-batch": {"batch": "pair-solo-batch"},
-                     "shared": {"chat": "pair-shared", "batch": "pair-shared"}}
+    plan = plan_interference([config], parse_config(read_config_file(config_file(tmp_path, "alone"))))
+    salts = {(scenario.config.scenario, cell.name): {t.name: t.api.extra_body["cache_salt"]
+                                                     for t in cell.config.resolved_tenants()}
+             for scenario in plan.plans for cell in scenario.cells}
+    assert salts == {("pair", "solo-chat"): {"chat": "pair-solo-chat"}, ("pair", "solo-batch"): {"batch": "pair-solo-batch"},
+                     ("pair", "shared"): {"chat": "pair-shared", "batch": "pair-shared"},
+                     ("alone-chat", "dedicated"): {"chat": "alone-chat-dedicated"},
+                     ("alone-batch", "dedicated"): {"batch": "alone-batch-dedicated"}}
 
 
 def test_a_users_cache_salt_is_combined_with_each_phases(tmp_path):
@@ -110,6 +160,46 @@ def test_interference_needs_two_tenants(tmp_path, capsys):
     assert cli.main(["interfere", "--configs", str(cfg), "--out", str(tmp_path / "int")]) == 2
     assert error_line(capsys.readouterr().err) == (
         "error: --configs: scenario pair has 1 tenant(s); interference needs two or more (tenants:)")
+
+
+def _dedicated_without_batch(doc):
+    doc["tenants"], doc["servers"] = doc["tenants"][:1], doc["servers"][:1]
+
+
+def _dedicated_with_another_load(doc):
+    doc["tenants"][0]["load"]["request_rate"] = 10
+
+
+def _dedicated_without_tenants(doc):
+    del doc["tenants"]
+    doc["servers"], doc["sharing"] = doc["servers"][:1], {"mode": "baseline"}
+
+
+@pytest.mark.parametrize("edit, scenario, expected", [
+    (_dedicated_without_batch, "alone",
+     "error: --dedicated: scenario alone has no tenant batch, which scenario pair has (its tenants: chat)"),
+    (_dedicated_with_another_load, "alone", "error: --dedicated: scenario alone: tenant chat differs from scenario "
+                                            "pair's in load; its dedicated run must send the same requests"),
+    (_dedicated_without_tenants, "alone", "error: --dedicated: scenario alone has no tenants (tenants:); it must hold "
+                                          "the tenants of --configs"),
+    (None, "pair", "error: --dedicated: scenario name pair-chat (the reference narrowed to one tenant) is also one "
+                   "of --configs; rename either scenario"),
+    (None, None, "error: --dedicated: cannot read {missing}: No such file or directory"),
+])
+def test_a_bad_dedicated_reference_is_one_line_exit_2(tmp_path, capsys, edit, scenario, expected):
+    configs = [config_file(tmp_path, "pair"), config_file(tmp_path, "pair-chat")]
+    reference = tmp_path / "missing.yaml"
+    if scenario is not None:
+        doc = two_tenants(tmp_path, scenario=scenario)
+        doc["workload"]["input_tokens"] = {"dist": "uniform", "low": 4, "high": 40}
+        if edit is not None:
+            edit(doc)
+        reference = write_config(tmp_path / "reference.yaml", **doc)
+    out = tmp_path / "int"
+    args = ["interfere", "--configs", *map(str, configs[:1] if edit else configs), "--dedicated", str(reference)]
+    assert cli.main([*args, "--out", str(out)]) == 2
+    assert error_line(capsys.readouterr().err) == expected.format(missing=reference)
+    assert not out.exists()
 
 
 def test_ctrl_c_keeps_finished_phases_and_a_rerun_completes(tmp_path):

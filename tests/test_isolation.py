@@ -68,7 +68,16 @@ def test_tidy_frames_hold_what_interfere_wrote(interference):
     pd.testing.assert_frame_equal(data.comparisons.sort_values(keys).reset_index(drop=True), written,
                                   check_dtype=False)
     scores = csv(interference, "interference_scores.csv").sort_values("scenario").reset_index(drop=True)
-    pd.testing.assert_frame_equal(data.scores[scores.columns].reset_index(drop=True), scores, check_dtype=False)
+    shared = [c for c in scores.columns if c in data.scores.columns]
+    assert set(scores.columns) - set(shared) == {"common_output_tokens"}
+    pd.testing.assert_frame_equal(data.scores[shared].reset_index(drop=True), scores[shared], check_dtype=False)
+    keys = ["scenario", "tenant"]
+    tenants = csv(interference, "interference_tenants.csv").sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(data.tenant_scores.sort_values(keys).reset_index(drop=True), tenants,
+                                  check_dtype=False)
+    keys = ["scenario", "tenant", "metric", "step"]
+    levels = csv(interference, "interference_levels.csv").sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(data.levels.sort_values(keys).reset_index(drop=True), levels, check_dtype=False)
 
     doc = json.loads((interference / "interference.json").read_text())
     for scenario, entry in doc["scenarios"].items():
@@ -89,6 +98,9 @@ def test_table_and_figures_come_with_the_analysis(interference, report):
     table = csv(figures, "interference_table.csv")
     written = csv(interference).set_index(["scenario", "tenant", "metric"]).sort_index()
     scores = csv(interference, "interference_scores.csv").set_index("scenario")
+    tenants = csv(interference, "interference_tenants.csv").set_index(["scenario", "tenant"])
+    levels = csv(interference, "interference_levels.csv")
+    worst = levels[levels["worst"]].set_index(["scenario", "tenant", "metric"])
     assert len(table) == 4
     md = (figures / "interference_table.md").read_text()
     for row in table.itertuples():
@@ -96,15 +108,33 @@ def test_table_and_figures_come_with_the_analysis(interference, report):
         assert row.p99_ttft_solo_ms == pytest.approx(mine.loc["p99_ttft_ms", "solo"])
         assert row.p99_ttft_shared_ms == pytest.approx(mine.loc["p99_ttft_ms", "shared"])
         assert row.p99_ttft_slowdown == pytest.approx(mine.loc["p99_ttft_ms", "slowdown"])
-        assert row.p99_tpot_slowdown == pytest.approx(mine.loc["p99_tpot_ms", "slowdown"])
         assert row.output_throughput_slowdown == pytest.approx(mine.loc["output_throughput", "slowdown"])
         assert row.slo_met_shared == pytest.approx(mine.loc["good_request_fraction", "shared"], nan_ok=True)
         assert row.fairness == pytest.approx(scores.loc[row.scenario, "fairness"])
         assert row.stp == pytest.approx(scores.loc[row.scenario, "stp"])
-        ttft = (f"{row.p99_ttft_solo_ms:,.1f} → {row.p99_ttft_shared_ms:,.1f} (×{row.p99_ttft_slowdown:.2f}) "
-                f"| ×{row.p99_tpot_slowdown:.2f} | ×{row.output_throughput_slowdown:.2f} |")
-        assert f"| {row.scenario} | {row.sharing_mode} | {row.tenant} | {ttft}" in md
-    assert "| split | timeslice | chat |" in md and "100% → 100%" in md  # chat has an SLO its light load meets
+        assert row.common_output_throughput == pytest.approx(scores.loc[row.scenario, "common_output_throughput"])
+        score = tenants.loc[(row.scenario, row.tenant)]
+        assert (row.scored_on, row.kept) == (score["scored_on"], pytest.approx(score["kept"]))
+        # The headline: a victim (chat, binned by batch's steps) at batch's worst loaded level,
+        # batch itself over the whole window.
+        if row.tenant == "chat":
+            ttft, tpot = (worst.loc[(row.scenario, "chat", metric)] for metric in ("p99_ttft_ms", "p99_tpot_ms"))
+            assert (row.p99_ttft_headline_shared, row.p99_ttft_headline_slowdown, row.p99_ttft_headline_level) == \
+                pytest.approx((ttft["shared"], ttft["slowdown"], ttft["level"]))
+            assert row.p99_ttft_headline_level in (2, 4) and row.p99_tpot_headline_slowdown == pytest.approx(
+                tpot["slowdown"])
+            at = (f" @ batch {row.p99_ttft_headline_level:g}", f" @ batch {tpot['level']:g}")
+        else:
+            assert row.p99_ttft_headline_slowdown == pytest.approx(row.p99_ttft_slowdown)
+            assert pd.isna(row.p99_ttft_headline_level)
+            at = ("", "")
+        shown = (f"{row.p99_ttft_solo_ms:,.1f} → {row.p99_ttft_headline_shared:,.1f} "
+                 f"(×{row.p99_ttft_headline_slowdown:.2f}){at[0]} | ×{row.p99_tpot_headline_slowdown:.2f}{at[1]} |")
+        assert f"| {row.scenario} | {row.sharing_mode} | {row.tenant} | {shown}" in md
+        assert f"| ×{row.kept:.2f} {row.scored_on} |" in md
+    assert set(table.loc[table["tenant"] == "chat", "scored_on"]) == {"goodput"}
+    assert set(table.loc[table["tenant"] == "batch", "scored_on"]) == {"throughput"}
+    assert "| split | timeslice | chat |" in md and "100% → " in md  # chat has an SLO its light load meets
     assert "$\\rightarrow$" in (figures / "interference_table.tex").read_text()
 
 
@@ -113,16 +143,18 @@ def test_report_names_the_mode_that_isolated_the_victim_best(interference, repor
     assert "\\section{Isolation}" in tex and "\\input{figures/interference_table.tex}" in tex
     for name in FIGURES:
         assert f"figures/{name}.pdf" in tex
-    chat = csv(interference).query("tenant == 'chat' and metric == 'p99_ttft_ms'").sort_values("slowdown")
+    levels = csv(interference, "interference_levels.csv")
+    chat = levels.query("tenant == 'chat' and metric == 'p99_ttft_ms' and worst").sort_values("slowdown")
     best, worst = chat.iloc[0], chat.iloc[-1]
-    assert (f"{LABELS[best['scenario']]} isolated chat best: its P99 TTFT shared was "
-            f"{best['slowdown']:.2f}$\\times$ its value alone") in tex
+    assert (f"{LABELS[best['scenario']]} isolated chat best: its P99 TTFT shared at its aggressor's worst loaded "
+            f"level ({best['level']:g}) was {best['slowdown']:.2f}$\\times$ its value alone") in tex
     assert f"against {worst['slowdown']:.2f}$\\times$ under {LABELS[worst['scenario']]}, the worst" in tex
+    assert "tokens/s while every tenant loaded" in tex
 
 
 def test_observations_state_the_isolating_modes_throughput_cost(interference):
     data = read_interference(find_interference([interference]))
-    best = isolation_table(data).query("tenant == 'chat'").sort_values("p99_ttft_slowdown")["scenario"].iloc[0]
+    best = isolation_table(data).query("tenant == 'chat'").sort_values("p99_ttft_headline_slowdown")["scenario"].iloc[0]
     scores = data.scores.assign(stp=[1.0 if s == best else 2.0 for s in data.scores["scenario"]])
     (line,) = isolation_observations(dataclasses.replace(data, scores=scores))
     other = LABELS[({"split", "packed"} - {best}).pop()]

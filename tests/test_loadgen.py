@@ -2,6 +2,8 @@
 
 import asyncio
 import contextlib
+import csv
+import dataclasses
 import itertools
 import math
 import time
@@ -18,7 +20,7 @@ from gpushare.load.sending import Endpoint
 from gpushare.measure.metric_catalog import flat
 from gpushare.measure.metrics import summarize
 from gpushare.core.records import RequestRecord, RequestSpec
-from gpushare.load.request_log import RequestLog
+from gpushare.load.request_log import RequestLog, read_request_log
 from gpushare.load.workload import inter_arrival_gaps
 from helpers import free_port
 from sse_server import Behaviour, SseServer
@@ -140,6 +142,39 @@ def test_usage_that_disagrees_with_the_stream_is_kept_flagged_and_counted(tmp_pa
 
     plain, _ = run_load([Behaviour(reported_tokens=5)], api=ApiConfig(stream=False), load=load, max_tokens=10)
     assert all(r.streamed_tokens is None and not r.usage_disagrees for r in plain.records)  # nothing to compare
+
+
+LOGGED = [
+    RequestRecord(index=0, endpoint="s0", warmup=True, scheduled=1.0, sent=1.0000004, first_token=1.25, end=2.5,
+                  chunk_times=[1.25, 2.0, 2.5], chunk_tokens=[1, 2, 1], input_tokens=8, output_tokens=4,
+                  usage_reported=True, streamed_tokens=4, tenant="chat", in_window=False),
+    RequestRecord(index=0, endpoint="s1", scheduled=3.0, sent=3.5, first_token=4.0, end=5.0, chunk_times=[4.0, 5.0],
+                  chunk_tokens=[3, 3], input_tokens=8, output_tokens=5, usage_reported=True, streamed_tokens=6,
+                  tenant="batch", step=2),
+    RequestRecord(index=1, endpoint="s0", scheduled=6.0, sent=6.0, status="http_500", error='bad, "quoted"\nline',
+                  tenant="chat", step=0),
+    RequestRecord(index=2, endpoint="s0", scheduled=7.0, sent=7.0, first_token=None, end=8.0, output_tokens=3),
+]
+
+
+def test_the_request_log_reads_back_as_the_records_it_was_given(tmp_path):
+    """One writer, one reader: every field of every record, times to the microsecond, a request
+    being (tenant, index) in chunks.csv too; a log from before chunks.csv gives no chunk times."""
+    with RequestLog(tmp_path) as log:
+        for r in LOGGED:
+            log(RequestFinished(r))
+    back = read_request_log(tmp_path)
+    rounded = [dataclasses.replace(r, sent=round(r.sent, 6)) for r in LOGGED]
+    assert back == rounded
+    (tmp_path / "chunks.csv").unlink()
+    assert [r.chunk_times for r in read_request_log(tmp_path)] == [[]] * len(LOGGED)
+    rows = list(csv.DictReader((tmp_path / "requests.csv").open()))
+    with open(tmp_path / "requests.csv", "w", newline="") as f:  # the columns of an H200 log of 2026-11
+        writer = csv.DictWriter(f, [c for c in rows[0] if c not in ("streamed_tokens", "usage_disagrees")],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert [r.streamed_tokens for r in read_request_log(tmp_path)] == [None] * len(LOGGED)
 
 
 def test_round_robin_and_tenant_routing():

@@ -246,6 +246,7 @@ def matrix(ctx: typer.Context) -> None:
 def parse_interfere_args(args: list[str]) -> argparse.Namespace:
     parser = FlagParser("interfere")
     parser.add_argument("--configs", nargs="+", type=Path, required=True)
+    parser.add_argument("--dedicated", type=Path, default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/interference"))
     parser.add_argument("--redo-changed", action="store_true")
@@ -256,56 +257,78 @@ def parse_interfere_args(args: list[str]) -> argparse.Namespace:
 def interfere(ctx: typer.Context) -> None:
     """How much each tenant loses to its neighbours: per scenario (one per sharing mode), the
     servers start once, then each tenant runs alone (the others' servers up and idle), then all
-    together, every phase for the same window. Writes interference.csv (solo, shared and
-    slowdown per tenant and metric), interference_scores.csv (Jain's fairness, weighted speedup
-    STP, aggregate tok/s) and interference.json; each phase is a run folder, indexed in
-    matrix.json. A rerun with the same --out skips complete phases measured under the settings
-    planned now, and refuses when a complete phase was measured under other settings, unless
-    --redo-changed (earlier attempts are kept beside their phase, as for matrix).
+    together, every phase for the same window. Each tenant is scored on what the GPU gave it
+    (closed loop: output tok/s; open loop with an SLO: goodput; open loop without one: not
+    scored), and fairness and STP are taken over those. --dedicated BASELINE.yaml (a scenario
+    with the same tenants) also runs each tenant alone with only its own servers from that
+    config, and states every tenant's share against that reference too. Writes interference.csv
+    (solo, shared and slowdown per tenant and metric), interference_tenants.csv (each tenant's
+    score), interference_scores.csv (fairness, STP, the output tok/s over the interval every
+    tenant loaded), interference_levels.csv (a victim per loaded level of its aggressor) and
+    interference.json; each phase is a run folder, indexed in matrix.json. A rerun with the
+    same --out skips complete phases measured under the settings planned now, and refuses when
+    a complete phase was measured under other settings, unless --redo-changed (earlier attempts
+    are kept beside their phase, as for matrix).
 
-    gpushare interfere --configs A.yaml [B.yaml ...] [--model M] [--out DIR] [--redo-changed]
+    gpushare interfere --configs A.yaml [B.yaml ...] [--dedicated BASELINE.yaml] [--model M] [--out DIR]
+    [--redo-changed]
     """
-    from .experiment.interference_protocol import plan_interference, write_interference
+    from .core.files import INTERFERENCE_CSV
+    from .experiment.interference_protocol import plan_interference, read_dedicated, write_interference
     from .experiment.matrix import load_scenarios, run_plan
 
     ns = parse_interfere_args(list(ctx.args))
-    plan = plan_interference(load_scenarios(ns.configs, ns.model))
+    configs = load_scenarios(ns.configs, ns.model)
+    plan = plan_interference(configs, None if ns.dedicated is None else read_dedicated(ns.dedicated, ns.model))
     interrupts = command_interrupts(ctx)
-    index, code = run_plan(plan, ns.out, err_console, interrupts, redo_changed=ns.redo_changed)
+    index, code = run_plan(plan.plans, ns.out, err_console, interrupts, redo_changed=ns.redo_changed)
     note_late_signal(interrupts, code)
     doc = write_interference(plan, ns.out)
     print_interference(doc)
     counts = index.counts
     err_console.print(f"interfere: {counts.complete} phase(s) complete, {counts.skipped} skipped, "
-                      f"{counts.failed} failed, {counts.not_run} not run; {ns.out / 'interference.csv'}",
+                      f"{counts.failed} failed, {counts.not_run} not run; {ns.out / INTERFERENCE_CSV}",
                       markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def print_interference(doc: InterferenceDoc) -> None:
-    """Per scenario: each tenant's slowdown in the headline metrics, fairness and STP."""
+    """Per scenario and tenant: P99 TTFT and TPOT shared / solo (a victim's at its aggressor's
+    worst loaded level), the share it kept of the quantity it is scored on (and against its
+    dedicated reference), fairness, STP and the output tok/s while every tenant loaded."""
     from .measure.metric_catalog import METRICS
 
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    headline = [METRICS[key] for key in ("p99_ttft_ms", "p99_tpot_ms", "output_throughput", "good_request_fraction")]
-    worse = ", ".join(f"{m.label} {'below' if m.higher_is_better else 'above'} 1" for m in headline)
-    table = Table(title=f"interference: shared / solo per tenant (worse: {worse})")
-    for column in ("scenario", "tenant", *(m.label for m in headline), "fairness", "STP"):
+    latencies = [METRICS[key] for key in ("p99_ttft_ms", "p99_tpot_ms")]
+    table = Table(title="interference: shared / solo per tenant (latency above 1 is worse, kept below 1; "
+                        "@N: a victim's worst loaded level of its aggressor)")
+    columns = ("scenario", "tenant", *(m.label for m in latencies), "kept (scored on)", "kept vs dedicated",
+               "fairness", "STP", "tok/s, all loading")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("scenario", "tenant") else "right",
                          no_wrap=column == "scenario")
     for name, entry in doc.scenarios.items():
         if entry.scores is None:
-            table.add_row(name, "-", entry.error, "", "", "", "", "")
+            table.add_row(name, "-", entry.error, *[""] * (len(columns) - 3))
             continue
-        rows: dict[str, dict[str, float | None]] = {}
-        for row in entry.tenants:
-            rows.setdefault(row.tenant, {})[row.metric] = row.slowdown
-        scores = entry.scores
-        for i, (tenant, by_metric) in enumerate(rows.items()):
-            table.add_row(name if i == 0 else "", tenant, *(num(by_metric.get(m.key), ".2f") for m in headline),
-                          num(scores.fairness, ".2f") if i == 0 else "", num(scores.stp, ".2f") if i == 0 else "")
+        whole = {(row.tenant, row.metric): row.slowdown for row in entry.tenants}
+        worst = {(tenant, row.metric): row for tenant, rows in entry.levels.items() for row in rows if row.worst}
+        scores, common = entry.scores, entry.aggregate
+        for i, (tenant, score) in enumerate(scores.scored.items()):
+            def latency(key: str) -> str:
+                level = worst.get((tenant, key))
+                if level is None:
+                    return num(whole.get((tenant, key)), ".2f")
+                return f"{num(level.slowdown, '.2f')} @{level.level:g}"
+
+            first = i == 0
+            table.add_row(name if first else "", tenant, *(latency(m.key) for m in latencies),
+                          "not scored" if score.scored_on is None else f"{num(score.kept, '.2f')} {score.scored_on}",
+                          num(score.kept_vs_dedicated, ".2f"), num(scores.fairness, ".2f") if first else "",
+                          num(scores.stp, ".2f") if first else "",
+                          (num(None if common is None else common.output_throughput, ",.0f")) if first else "")
     Console().print(table)
 
 

@@ -1,4 +1,4 @@
-"""requests.csv and chunks.csv, appended as requests finish.
+"""requests.csv and chunks.csv, appended as requests finish, and read back as records.
 
 Rows are written in the order requests finish (sort by `index` for the order they were
 sent) and flushed to disk at least every `FLUSH_S` seconds, so a run killed outright
@@ -11,7 +11,7 @@ import csv
 import os
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Mapping
 
 from ..core.events import Event, RequestFinished
 from ..core.files import CHUNKS, REQUESTS
@@ -93,3 +93,40 @@ class RequestLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _float(text: str | None) -> float | None:
+    return None if not text else float(text)
+
+
+def _int(text: str | None) -> int | None:
+    return None if not text else int(text)
+
+
+def _record(row: Mapping[str, str], chunks: tuple[list[float], list[int]] | None) -> RequestRecord:
+    """A requests.csv row as a record; a column an older log lacks takes the record's default."""
+    times, tokens = chunks or ([], [])
+    sent, scheduled = float(row["sent"]), _float(row.get("scheduled"))
+    return RequestRecord(
+        index=int(row["index"]), endpoint=row["endpoint"], warmup=row["warmup"] == "1",
+        scheduled=sent if scheduled is None else scheduled, sent=sent, first_token=_float(row["first_token"]),
+        end=_float(row["end"]), chunk_times=times, chunk_tokens=tokens, input_tokens=_int(row.get("input_tokens")),
+        output_tokens=_int(row.get("output_tokens")), usage_reported=row.get("usage_reported") == "1",
+        streamed_tokens=_int(row.get("streamed_tokens")), status=row["status"], error=row.get("error") or "",
+        tenant=row.get("tenant") or None, step=_int(row.get("step")), in_window=row.get("in_window") != "0")
+
+
+def read_request_log(folder: Path) -> list[RequestRecord]:
+    """The run folder's requests, in the order they finished, with their chunks where the run
+    wrote chunks.csv (a log from before it did gives records without chunk times). What the
+    log above wrote reads back as the records it was given, times to the microsecond."""
+    chunks: dict[tuple[str, int], tuple[list[float], list[int]]] = {}
+    if (folder / CHUNKS).exists():
+        with open(folder / CHUNKS, newline="") as f:
+            for row in csv.DictReader(f):
+                times, tokens = chunks.setdefault((row.get("tenant") or "", int(row["index"])), ([], []))
+                times.append(float(row["t"]))
+                tokens.append(int(row["tokens"]))
+    with open(folder / REQUESTS, newline="") as f:
+        return [_record(row, chunks.get((row.get("tenant") or "", int(row["index"]))))
+                for row in csv.DictReader(f)]

@@ -1,8 +1,10 @@
 """interference.json, typed: one writer and one reader, as results does for summary.json.
 
-`interfere` writes one per --out folder: the metrics compared (from the catalogue) and, per
-scenario (one per sharing mode), its phases, each tenant's metrics alone and shared, the
-scenario's scores and each tenant's metrics per step of its aggressor's load. The isolation
+`interfere` writes one per --out folder: the metrics compared (from the catalogue), each
+tenant's dedicated reference where one was run, and, per scenario (one per sharing mode), its
+phases, each tenant's metrics alone and shared, each tenant's score and which quantity it is on,
+the scenario's scores, its output over the interval every tenant loaded, each tenant's metrics
+per step of its aggressor's load and a victim's per loaded level against solo. The isolation
 tables, figures and the report read it back as an `InterferenceDoc`.
 """
 
@@ -14,7 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError, create_model
 
 from ..core.files import INTERFERENCE, write_json_atomic
-from .interference import ScenarioScores, TenantComparison
+from .interference import CommonThroughput, LevelComparison, ScenarioScores, TenantComparison
 from .metric_catalog import METRICS, MetricSpec
 from .results import Record, validation_problem
 
@@ -72,6 +74,21 @@ class ScenarioEntry(Record):
     scores: ScenarioScores | None = None
     slo_s: dict[str, dict[str, float]] = {}
     by_step: dict[str, StepSeries] = {}
+    aggregate: CommonThroughput | None = None
+    """The shared phase's output tok/s over the interval where every tenant loaded; None where
+    the tenants' spans do not overlap (or in a file written before it was computed)."""
+    levels: dict[str, list[LevelComparison]] = {}
+    """Per victim (a tenant binned by another's step schedule): each metric at each loaded
+    level of its aggressor against its solo value, the worst level marked."""
+
+
+class DedicatedEntry(Record):
+    """A tenant's dedicated reference: the scenario that ran it alone on a GPU of its own (its
+    servers only, from the --dedicated config), its run folder and whether it is complete."""
+
+    scenario: str
+    run_dir: str
+    status: str
 
 
 class InterferenceDoc(Record):
@@ -79,6 +96,8 @@ class InterferenceDoc(Record):
 
     metrics: list[ComparedMetric]
     scenarios: dict[str, ScenarioEntry]
+    dedicated: dict[str, DedicatedEntry] = {}
+    """By tenant; empty where interfere ran without --dedicated."""
 
 
 def write_interference_doc(out: Path, doc: InterferenceDoc) -> Path:

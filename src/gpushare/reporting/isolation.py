@@ -1,17 +1,19 @@
 """How well each sharing mode isolates tenants: `gpushare interfere`'s outputs as tables and figures.
 
 `interfere` writes interference.json per --out folder: per scenario (one per sharing mode),
-each tenant's metrics alone and shared, the scenario's scores, and the victim's latency per
-step of its aggressor's load. This module reads those files back into tidy frames, draws them
-and writes a summary table; `analysis.analyze` calls it when --runs holds such files. Each
-scenario keeps the colour the other figures give it, so one mode reads the same everywhere.
+each tenant's metrics alone and shared, each tenant's score on the quantity it is scored on,
+the scenario's scores, and the victim's latency per step of its aggressor's load and per loaded
+level against solo. This module reads those files back into tidy frames, draws them and writes
+a summary table, whose headline for a victim is its aggressor's worst loaded level;
+`analysis.analyze` calls it when --runs holds such files. Each scenario keeps the colour the
+other figures give it, so one mode reads the same everywhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -28,18 +30,25 @@ from ..measure.results import read_verdict
 from .style import legend, markdown, save, subplots
 
 COMPARISON_FIELDS = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]
-SCORE_FIELDS = ["scenario", "sharing_mode", "label", "tenants", "fairness", "stp", "aggregate_output_throughput",
-                "solo_output_throughput_sum"]
+SCORE_FIELDS = ["scenario", "sharing_mode", "label", "tenants", "fairness", "stp", "fairness_vs_dedicated",
+                "stp_vs_dedicated", "common_output_throughput", "common_interval_s", "token_times"]
+TENANT_FIELDS = ["scenario", "sharing_mode", "tenant", "scored_on", "solo", "shared", "kept", "dedicated",
+                 "kept_vs_dedicated", "reason"]
 STEP_FIELDS = ["scenario", "sharing_mode", "tenant", "aggressor", "kind", "step", "level", *STEP_METRICS]
+LEVEL_FIELDS = ["scenario", "sharing_mode", "tenant", "aggressor", "metric", "step", "level", "solo", "shared",
+                "slowdown", "worst"]
 PHASE_FIELDS = ["scenario", "phase", "folder"]
-NUMERIC_FIELDS = {"solo", "shared", "slowdown", "tenants", "fairness", "stp", "aggregate_output_throughput",
-                  "solo_output_throughput_sum", "step", "level", *STEP_METRICS}
-TABLE_COLUMNS = {  # interference_table.csv's columns: (side, metric) of interference.csv
+NUMERIC_FIELDS = {"solo", "shared", "slowdown", "tenants", "fairness", "stp", "fairness_vs_dedicated",
+                  "stp_vs_dedicated", "common_output_throughput", "common_interval_s", "kept", "dedicated",
+                  "kept_vs_dedicated", "step", "level", *STEP_METRICS}
+TABLE_COLUMNS = {  # interference_table.csv's columns: (side, metric) of interference.csv, over the whole window
     "p99_ttft_solo_ms": ("solo", "p99_ttft_ms"), "p99_ttft_shared_ms": ("shared", "p99_ttft_ms"),
     "p99_ttft_slowdown": ("slowdown", "p99_ttft_ms"), "p99_tpot_slowdown": ("slowdown", "p99_tpot_ms"),
     "output_throughput_slowdown": ("slowdown", "output_throughput"),
     "slo_met_solo": ("solo", "good_request_fraction"), "slo_met_shared": ("shared", "good_request_fraction"),
 }
+HEADLINE = ("p99_ttft_ms", "p99_tpot_ms", "good_request_fraction")
+"""The metrics whose headline is a victim's worst loaded level (else the whole window)."""
 LEVEL_AXIS = {"concurrency": "concurrency (requests in flight)", "request_rate": "request rate (req/s)"}
 
 
@@ -53,13 +62,17 @@ class Interference:
     """The complete scenarios of some interference.json files, as tidy frames.
 
     comparisons: one row per scenario, tenant and metric (interference.csv's rows); scores: one
-    row per scenario; steps: one row per scenario, tenant and aggressor step; phases: each
-    phase's run folder. Incomplete or unreadable scenarios are in `left_out`, with why.
+    row per scenario; tenant_scores: one row per scenario and tenant (what it was scored on and
+    kept; none for a file written before tenants were scored so); steps: one row per scenario,
+    tenant and aggressor step; levels: one row per scenario, victim, metric and loaded level;
+    phases: each phase's run folder. Incomplete or unreadable scenarios are in `left_out`, with why.
     """
 
     comparisons: pd.DataFrame
     scores: pd.DataFrame
+    tenant_scores: pd.DataFrame
     steps: pd.DataFrame
+    levels: pd.DataFrame
     phases: pd.DataFrame
     left_out: list[str] = field(default_factory=list)
 
@@ -101,7 +114,9 @@ def read_interference(files: Iterable[Path]) -> Interference:
     counts = pd.Series([name for _, name, _ in entries], dtype=object).value_counts()
     comparisons: list[dict] = []
     scores: list[dict] = []
+    tenant_scores: list[dict] = []
     steps: list[dict] = []
+    levels: list[dict] = []
     phases: list[dict] = []
     for file, name, entry in entries:
         scenario = name if counts[name] == 1 else f"{file.parent.name}/{name}"
@@ -109,12 +124,21 @@ def read_interference(files: Iterable[Path]) -> Interference:
             left_out.append(f"{scenario} ({file}): {entry.error or 'not complete'}")
             continue
         mode = entry.sharing_mode
-        comparisons += [{"scenario": scenario, "sharing_mode": mode, **row.model_dump()} for row in entry.tenants]
-        scores.append({"scenario": scenario, "sharing_mode": mode, "label": label(scenario, mode),
-                       **entry.scores.model_dump()})
-        steps += [{"scenario": scenario, "sharing_mode": mode, "tenant": tenant, "aggressor": block.aggressor,
-                   "kind": block.kind, **step.model_dump()}
+        where = {"scenario": scenario, "sharing_mode": mode}
+        comparisons += [{**where, **row.model_dump()} for row in entry.tenants]
+        common = entry.aggregate
+        scores.append({**where, "label": label(scenario, mode),
+                       **entry.scores.model_dump(include={"tenants", "fairness", "stp", "fairness_vs_dedicated",
+                                                          "stp_vs_dedicated"}),
+                       "common_output_throughput": None if common is None else common.output_throughput,
+                       "common_interval_s": None if common is None else common.interval_s,
+                       "token_times": None if common is None else common.token_times})
+        tenant_scores += [{**where, "tenant": tenant, **score.model_dump()}
+                          for tenant, score in entry.scores.scored.items()]
+        steps += [{**where, "tenant": tenant, "aggressor": block.aggressor, "kind": block.kind, **step.model_dump()}
                   for tenant, block in entry.by_step.items() for step in block.steps]
+        levels += [{**where, "tenant": tenant, "aggressor": entry.by_step[tenant].aggressor, **row.model_dump()}
+                   for tenant, rows in entry.levels.items() for row in rows]
         phases += [{"scenario": scenario, "phase": phase, "folder": file.parent / name / phase}
                    for phase in entry.phases]
 
@@ -125,49 +149,85 @@ def read_interference(files: Iterable[Path]) -> Interference:
         return out
 
     return Interference(frame(comparisons, COMPARISON_FIELDS), frame(scores, SCORE_FIELDS).sort_values("scenario"),
-                        frame(steps, STEP_FIELDS), frame(phases, PHASE_FIELDS), left_out)
+                        frame(tenant_scores, TENANT_FIELDS), frame(steps, STEP_FIELDS), frame(levels, LEVEL_FIELDS),
+                        frame(phases, PHASE_FIELDS), left_out)
 
 
 # --- the table ----------------------------------------------------------------------------------
 
 
 def isolation_table(data: Interference) -> pd.DataFrame:
-    """One row per scenario and tenant: the numbers interference.csv holds, side by side, and
-    the scenario's scores."""
+    """One row per scenario and tenant: the numbers interference.csv holds, side by side; the
+    headline (HEADLINE's metrics) of a victim at its aggressor's worst loaded level, of any
+    other tenant over the whole window (`*_level` is then empty); the quantity it was scored on
+    and the share it kept; and the scenario's scores."""
     wide = data.comparisons.set_index(["scenario", "sharing_mode", "tenant", "metric"])[
         ["solo", "shared", "slowdown"]].unstack("metric").reindex(columns=list(TABLE_COLUMNS.values()))
     out = wide.set_axis(list(TABLE_COLUMNS), axis=1).reset_index()
-    return out.merge(data.scores[["scenario", "fairness", "stp", "aggregate_output_throughput"]], on="scenario")
+    whole = data.comparisons.set_index(["scenario", "tenant", "metric"])
+    worst = data.levels[data.levels["worst"].astype(bool)].set_index(["scenario", "tenant", "metric"])
+    keys = list(zip(out["scenario"], out["tenant"]))
+    for metric in HEADLINE:
+        short = metric.removesuffix("_ms")
+        for side in ("shared", "slowdown", "level"):
+            column = f"{short}_headline_{side}"
+            out[column] = [worst.loc[(s, t, metric), side] if (s, t, metric) in worst.index else
+                           (np.nan if side == "level" else whole[side].get((s, t, metric), np.nan)) for s, t in keys]
+    scored = data.tenant_scores.set_index(["scenario", "tenant"])
+    for column in ("scored_on", "kept", "kept_vs_dedicated", "reason"):
+        out[column] = [scored[column].get(key, np.nan) for key in keys]
+    return out.merge(data.scores[["scenario", "fairness", "stp", "stp_vs_dedicated", "common_output_throughput"]],
+                     on="scenario")
 
 
-def _shown(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as a reader wants it: solo → shared with the ratio, "–" where nothing was measured."""
+def _shown(table: pd.DataFrame, aggressors: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """The table as a reader wants it: solo → shared with the ratio (a victim's at its
+    aggressor's worst loaded level, "@ batch 32"), "–" where nothing was measured."""
     def num(v: float, fmt: str) -> str:
         return "–" if pd.isna(v) else format(v, fmt)
 
     def pct(v: float) -> str:
         return num(100 * v, ".0f") + ("%" if pd.notna(v) else "")
 
-    ttft, tpot, throughput, slo = (METRICS[key] for key in
-                                   ("p99_ttft_ms", "p99_tpot_ms", "output_throughput", "good_request_fraction"))
-    return pd.DataFrame({
+    def at(row: Any, short: str) -> str:
+        level = getattr(row, f"{short}_headline_level")
+        return "" if pd.isna(level) else f" @ {aggressors.get((row.scenario, row.tenant), '?')} {level:g}"
+
+    def kept(row: Any) -> str:
+        if pd.isna(row.reason):  # a file written before tenants were scored on their own quantity
+            return "–"
+        return "not scored" if pd.isna(row.scored_on) else f"×{num(row.kept, '.2f')} {row.scored_on}"
+
+    ttft, tpot, slo = (METRICS[key] for key in HEADLINE)
+    rows = list(table.itertuples())
+    shown = {
         "Scenario": table["scenario"], "Mode": table["sharing_mode"], "Tenant": table["tenant"],
         f"{ttft.label} solo → shared ({ttft.unit})": [
-            f"{num(a, ',.1f')} → {num(b, ',.1f')} (×{num(s, '.2f')})"
-            for a, b, s in zip(table["p99_ttft_solo_ms"], table["p99_ttft_shared_ms"], table["p99_ttft_slowdown"])],
-        f"{tpot.label} shared/solo": ["×" + num(v, ".2f") for v in table["p99_tpot_slowdown"]],
-        f"{throughput.label} shared/solo": ["×" + num(v, ".2f") for v in table["output_throughput_slowdown"]],
-        f"{slo.label} solo → shared": ["–" if pd.isna(a) and pd.isna(b) else f"{pct(a)} → {pct(b)}"
-                                       for a, b in zip(table["slo_met_solo"], table["slo_met_shared"])],
-        "Fairness": table["fairness"].map(lambda v: num(v, ".2f")),
-        "STP": table["stp"].map(lambda v: num(v, ".2f")),
-    })
+            f"{num(r.p99_ttft_solo_ms, ',.1f')} → {num(r.p99_ttft_headline_shared, ',.1f')} "
+            f"(×{num(r.p99_ttft_headline_slowdown, '.2f')}){at(r, 'p99_ttft')}" for r in rows],
+        f"{tpot.label} shared/solo": [f"×{num(r.p99_tpot_headline_slowdown, '.2f')}{at(r, 'p99_tpot')}" for r in rows],
+        f"{slo.label} solo → shared": [
+            "–" if pd.isna(r.slo_met_solo) and pd.isna(r.good_request_fraction_headline_shared) else
+            f"{pct(r.slo_met_solo)} → {pct(r.good_request_fraction_headline_shared)}{at(r, 'good_request_fraction')}"
+            for r in rows],
+        "Kept (scored on)": [kept(r) for r in rows],
+    }
+    if table["kept_vs_dedicated"].notna().any():
+        shown["Kept vs dedicated"] = ["×" + num(v, ".2f") for v in table["kept_vs_dedicated"]]
+    shown |= {"Fairness": table["fairness"].map(lambda v: num(v, ".2f")),
+              "STP": table["stp"].map(lambda v: num(v, ".2f"))}
+    if table["stp_vs_dedicated"].notna().any():
+        shown["STP vs dedicated"] = table["stp_vs_dedicated"].map(lambda v: num(v, ".2f"))
+    shown["tok/s, all loading"] = table["common_output_throughput"].map(lambda v: num(v, ",.0f"))
+    return pd.DataFrame(shown)
 
 
 def write_isolation_table(data: Interference, out: Path) -> list[Path]:
     """interference_table.csv (numbers), .md and .tex (formatted, the report inputs the .tex)."""
     table = isolation_table(data)
-    shown = _shown(table)
+    levels = data.levels
+    aggressors = {(s, t): a for s, t, a in zip(levels["scenario"], levels["tenant"], levels["aggressor"])}
+    shown = _shown(table, aggressors)
     paths = [out / "interference_table.csv", out / "interference_table.md", out / "interference_table.tex"]
     table.to_csv(paths[0], index=False)
     paths[1].write_text(markdown(shown) + "".join(f"\nLeft out: {why}\n" for why in data.left_out))
@@ -207,31 +267,44 @@ def plot_noisy_neighbour(data: Interference, out: Path, colour: dict[str, tuple]
 
 
 def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
-    """Tenant × mode: P99 TTFT shared/solo (above 1 is worse) and output throughput shared/solo
-    (below 1 is worse); green is good, red is bad in both, pale is little change. The colour
-    scale is logarithmic and symmetric about 1 (×0.5 reads as strong as ×2), at least ×0.5 to ×2
-    so that noise does not look like harm."""
+    """Tenant × mode: P99 TTFT shared/solo (above 1 is worse) and the share each tenant kept of
+    the quantity it is scored on (below 1 is worse; output tok/s for a file that scored none);
+    green is good, red is bad in both, pale is little change. The colour scale is logarithmic and
+    symmetric about 1 (×0.5 reads as strong as ×2), at least ×0.5 to ×2 so that noise does not
+    look like harm."""
     labels = data.labels()
     scenarios = list(data.scores["scenario"])
-    panels = ((METRICS["p99_ttft_ms"], ">1: slower", "RdYlGn_r"), (METRICS["output_throughput"], "<1: less", "RdYlGn"))
+    ttft = data.comparisons[data.comparisons["metric"] == "p99_ttft_ms"]
+    if data.tenant_scores.empty:
+        kept = data.comparisons[data.comparisons["metric"] == "output_throughput"].assign(quantity="tok/s")
+        kept_title = f"{METRICS['output_throughput'].label} shared / solo (<1: less)"
+    else:
+        kept = data.tenant_scores.rename(columns={"kept": "slowdown"}).assign(
+            quantity=data.tenant_scores["scored_on"].fillna("not scored"))
+        kept_title = "kept of what it is scored on, shared / solo (<1: less)"
+    panels = ((ttft.assign(quantity=""), f"{METRICS['p99_ttft_ms'].label} shared / solo (>1: slower)", "RdYlGn_r"),
+              (kept, kept_title, "RdYlGn"))
     size = (2 * (2.5 + 1.6 * len(scenarios)), 2.2 + 0.6 * data.comparisons["tenant"].nunique())
     fig, axes = subplots(1, 2, figsize=size, squeeze=False)
-    for ax, (metric, worse, cmap) in zip(axes[0], panels):
-        grid = data.comparisons[data.comparisons["metric"] == metric.key].pivot(
-            index="tenant", columns="scenario", values="slowdown").reindex(columns=scenarios)
+    for ax, (rows, title, cmap) in zip(axes[0], panels):
+        grid = rows.pivot(index="tenant", columns="scenario", values="slowdown").reindex(columns=scenarios)
+        what = rows.pivot(index="tenant", columns="scenario", values="quantity").reindex(
+            index=grid.index, columns=scenarios)
         values = grid.to_numpy(dtype=float)
         positive = values[np.isfinite(values) & (values > 0)]
         reach = max(2.0, *positive, *(1 / positive))
         image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=LogNorm(1 / reach, reach), aspect="auto")
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, "n/a" if np.isnan(v) else f"×{v:.2f}", ha="center", va="center", fontsize="small")
+            quantity = what.iat[i, j] if isinstance(what.iat[i, j], str) else ""
+            text = ("n/a" if np.isnan(v) else f"×{v:.2f}") + (f"\n{quantity}" if quantity else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize="small")
         ax.set_xticks(range(len(scenarios)), [labels[s] for s in scenarios], rotation=20, ha="right")
         for tick, scenario in zip(ax.get_xticklabels(), scenarios):
             tick.set_color(colour[scenario])
         ax.set_yticks(range(len(grid.index)), grid.index)
         ax.set_xlabel("sharing mode (scenario)")
         ax.set_ylabel("tenant")
-        ax.set_title(f"{metric.label} shared / solo ({worse})", fontsize="medium")
+        ax.set_title(title, fontsize="medium")
         bar = fig.colorbar(image, ax=ax, label="shared / solo (ratio, log scale)",
                            ticks=np.geomspace(1 / reach, reach, 5), format=FuncFormatter(lambda v, _: f"{v:.2g}"))
         bar.minorticks_off()

@@ -154,28 +154,32 @@ def figure_blocks(figures: list[tuple[str, str]], figures_dir: Path, wide: bool 
 
 
 def isolation_observations(data: Interference) -> list[str]:
-    """Per victim: the mode that kept its P99 TTFT closest to its solo value, against the worst
-    mode, and what that mode gave up in throughput (its STP against the best STP)."""
+    """Per victim: the mode that kept its P99 TTFT closest to its solo value (at its aggressor's
+    worst loaded level, where the aggressor stepped), against the worst mode, and what that mode
+    gave up in throughput (its STP against the best STP)."""
     table = isolation_table(data)
     labels = {scenario: tex(name) for scenario, name in data.labels().items()}
     top = _extreme(data.scores, "stp", highest=True)
     out = []
     for victim in data.victims():
         part = table[table["tenant"] == victim]
-        best = _extreme(part, "p99_ttft_slowdown", highest=False)
-        worst = _extreme(part, "p99_ttft_slowdown", highest=True)
+        best = _extreme(part, "p99_ttft_headline_slowdown", highest=False)
+        worst = _extreme(part, "p99_ttft_headline_slowdown", highest=True)
         if best is None or worst is None or top is None:
             out.append(f"No sharing mode measured {tex(victim)}'s P99 TTFT both alone and shared.")
             continue
-        alone = (f"its P99 TTFT shared was {best['p99_ttft_slowdown']:.2f}$\\times$ its value alone "
-                 f"({best['p99_ttft_solo_ms']:,.1f} ms to {best['p99_ttft_shared_ms']:,.1f} ms)")
-        stp = (f"STP {best['stp']:.2f}, {best['aggregate_output_throughput']:,.0f} tokens/s in all"
-               if pd.notna(best["stp"]) else "STP not measured")
-        if part["p99_ttft_slowdown"].count() == 1:
+        where = ("" if pd.isna(best["p99_ttft_headline_level"]) else
+                 f" at its aggressor's worst loaded level ({best['p99_ttft_headline_level']:g})")
+        alone = (f"its P99 TTFT shared{where} was {best['p99_ttft_headline_slowdown']:.2f}$\\times$ its value alone "
+                 f"({best['p99_ttft_solo_ms']:,.1f} ms to {best['p99_ttft_headline_shared']:,.1f} ms)")
+        stp = "STP not measured" if pd.isna(best["stp"]) else f"STP {best['stp']:.2f}"
+        if pd.notna(best["stp"]) and pd.notna(best["common_output_throughput"]):
+            stp += f", {best['common_output_throughput']:,.0f} tokens/s while every tenant loaded"
+        if part["p99_ttft_headline_slowdown"].count() == 1:
             out.append(f"Only {labels[best['scenario']]} measured {tex(victim)} alone and shared: {alone} ({stp}).")
             continue
         line = (f"{labels[best['scenario']]} isolated {tex(victim)} best: {alone}, against "
-                f"{worst['p99_ttft_slowdown']:.2f}$\\times$ under {labels[worst['scenario']]}, the worst")
+                f"{worst['p99_ttft_headline_slowdown']:.2f}$\\times$ under {labels[worst['scenario']]}, the worst")
         if top["scenario"] == best["scenario"]:
             line += f"; it also had the highest throughput ({stp})"
         elif pd.notna(best["stp"]):
@@ -193,9 +197,13 @@ def isolation_section(data: Interference, figures_dir: Path) -> str:
 \section{{Isolation}}
 Each scenario ran every tenant alone (the other tenants' servers up and idle), then all tenants together, for the same
 window and with the same requests. Table~\ref{{tab:isolation}} gives each tenant's shared value against its solo
-value: above 1 a latency got worse with neighbours; below 1 a throughput did. Fairness is Jain's index over the
-tenants' normalised throughputs (shared/solo; 1: all kept the same share); STP, the weighted speedup, is their sum
-(above 1: sharing did better than taking turns on the GPU).
+value: above 1 a latency got worse with neighbours; below 1 a throughput did. A victim's latency and SLO attainment
+are given at the loaded level of its aggressor's step schedule where it fared worst, not over a window that also
+holds the aggressor's idle steps. Each tenant is scored on what the GPU gave it: a closed loop on its output
+tokens/s, an open loop with an SLO on its goodput (requests/s that met the SLO), an open loop without an SLO not at
+all (its throughput is its arrival rate). Fairness is Jain's index over the scored tenants' kept shares
+(shared/solo; 1: all kept the same share); STP, the weighted speedup, is their sum (above 1: sharing did better than
+taking turns on the GPU). The aggregate is the output tokens/s over the interval in which every tenant loaded.
 \begin{{table*}}[t]\centering\caption{{Solo against shared, per scenario and tenant.}}\label{{tab:isolation}}
 \resizebox{{\textwidth}}{{!}}{{\input{{figures/interference_table.tex}}}}
 \end{{table*}}
