@@ -196,3 +196,21 @@ def test_the_search_finds_the_known_capacity_alone_and_beside_each_level(tmp_pat
     assert [rows[b].capacity for b in truth] == [4, 3, 2]  # the law's answer, stated
     assert rows["batch=4"].capacity_kept == pytest.approx(0.5)
     assert sum(row.probes for row in rows.values()) <= 3 * 8
+
+
+def test_interfere_scores_an_open_loop_on_the_capacity_it_kept(tmp_path, capsys):
+    doc = pair(tmp_path)
+    doc["tenants"][0]["slo"]["attainment"] = 0.9  # the target the capacity is searched at and scored by
+    cfg = write_config(tmp_path / "pair.yaml", **doc)
+    out = tmp_path / "cap"
+    assert cli.main(["capacity", "--configs", str(cfg), "--window", "1", "--settle", "0.5", "--budget", "3",
+                     "--tenant", "chat", "--out", str(out)]) == 0
+    beside = next(row for row in read_capacity_doc(out).rows if row.beside == "batch=2")  # batch as configured
+    assert cli.main(["interfere", "--configs", str(cfg), "--capacity", str(out), "--out", str(tmp_path / "i")]) == 0
+    scored = pd.read_csv(tmp_path / "i" / "interference_tenants.csv").set_index("tenant")
+    assert scored.loc["chat", "scored_on"] == "capacity" and scored.loc["chat", "kept"] == pytest.approx(beside.capacity_kept)
+    assert scored.loc["batch", "scored_on"] == "throughput"
+    capsys.readouterr()
+    assert cli.main(["interfere", "--configs", str(cfg), "--capacity", str(tmp_path), "--out", str(tmp_path / "j")]) == 2
+    assert error_line(capsys.readouterr().err) == (f"error: --capacity: {tmp_path} holds no capacity.json "
+                                                   f"(gpushare capacity --out {tmp_path} writes it)")

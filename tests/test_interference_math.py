@@ -23,6 +23,7 @@ from gpushare.measure.interference import (
     loaded_levels,
     rows_for_csv,
     score_scenario,
+    score_tenant,
     slowdown,
     token_arrivals,
     weighted_speedup,
@@ -212,7 +213,7 @@ def test_each_tenant_is_scored_on_what_the_gpu_gave_it(tenants):
         if expected is None:
             assert score.kept is None and score.solo is None and score.shared is None
             continue
-        pick = (lambda r: r.output_throughput) if expected == "throughput" else (lambda r: r.request_goodput)
+        pick = (lambda r: r.output_throughput) if expected == "throughput" else (lambda r: r.goodput)
         assert (score.solo, score.shared) == (pick(t.solo), pick(t.shared))
         assert score.kept == slowdown(pick(t.solo), pick(t.shared))
         assert score.dedicated == (None if t.dedicated is None else pick(t.dedicated))
@@ -403,3 +404,20 @@ def test_one_worst_level_the_worst_of_the_loaded_ones(solo, points, metric):
 
 def test_every_level_metric_is_kept_per_step():
     assert {m.key for m in LEVEL_METRICS} <= set(STEP_METRICS) and {m.key for m in LEVEL_METRICS} <= set(KEYS)
+
+
+def test_an_open_loops_goodput_is_per_second_of_its_window_not_of_its_own_span():
+    """The same 252 requests, all good, alone and shared: the shared phase's last one ends later,
+    so request_goodput (over the requests' own span) falls; the window's goodput keeps all of it."""
+    from gpushare.config import LoadConfig
+    from gpushare.measure.results import TenantBlock
+
+    load = LoadConfig(request_rate=4.0, duration_s=65.0, settle_s=2.0)
+    solo = TenantBlock(load=load, good_requests=252, request_goodput=252 / 63.0, output_throughput=512.0)
+    shared = TenantBlock(load=load, good_requests=252, request_goodput=252 / 63.9, output_throughput=505.0)
+    rates = [Rates.of(block) for block in (solo, shared)]
+    assert [r.goodput for r in rates] == [4.0, 4.0]
+    score = score_tenant(TenantPhases(True, True, *rates))
+    assert score.kept == 1.0 and score.scored_on == "goodput"
+    half = TenantBlock(load=load, good_requests=126, request_goodput=126 / 63.0, output_throughput=512.0)
+    assert score_tenant(TenantPhases(True, True, rates[0], Rates.of(half))).kept == 0.5

@@ -247,6 +247,7 @@ def parse_interfere_args(args: list[str]) -> argparse.Namespace:
     parser = FlagParser("interfere")
     parser.add_argument("--configs", nargs="+", type=Path, required=True)
     parser.add_argument("--dedicated", type=Path, default=None)
+    parser.add_argument("--capacity", type=Path, default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/interference"))
     parser.add_argument("--redo-changed", action="store_true")
@@ -283,13 +284,27 @@ def interfere(ctx: typer.Context) -> None:
     interrupts = command_interrupts(ctx)
     index, code = run_plan(plan.plans, ns.out, err_console, interrupts, redo_changed=ns.redo_changed)
     note_late_signal(interrupts, code)
-    doc = write_interference(plan, ns.out)
+    doc = write_interference(plan, ns.out, None if ns.capacity is None else capacity_kept(ns.capacity, configs))
     print_interference(doc)
     counts = index.counts
     err_console.print(f"interfere: {counts.complete} phase(s) complete, {counts.skipped} skipped, "
                       f"{counts.failed} failed, {counts.not_run} not run; {ns.out / INTERFERENCE_CSV}",
                       markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def capacity_kept(folder: Path, configs: list[Any]) -> dict[str, dict[str, float]]:
+    """--capacity DIR: per scenario, each open-loop tenant's capacity kept from DIR/capacity.json."""
+    from .experiment.capacity import kept_beside_configured
+    from .measure.capacity_doc import CapacityUnreadable, read_capacity_doc
+
+    try:
+        doc = read_capacity_doc(folder)
+    except CapacityUnreadable as err:
+        raise ConfigError(f"--capacity: {err}") from None
+    if doc is None:
+        raise ConfigError(f"--capacity: {folder} holds no capacity.json (gpushare capacity --out {folder} writes it)")
+    return {config.scenario: kept_beside_configured(doc, config) for config in configs}
 
 
 def print_interference(doc: InterferenceDoc) -> None:

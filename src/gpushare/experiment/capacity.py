@@ -383,3 +383,20 @@ def write_capacity(plan: list[ScenarioPlan], out: Path) -> CapacityDoc:
     doc = CapacityDoc(searches=searches, rows=rows, probes=entries)
     write_capacity_doc(out, doc)
     return doc
+
+
+def kept_beside_configured(doc: CapacityDoc, config: ScenarioConfig) -> dict[str, float]:
+    """Per tenant searched in this scenario, the capacity it kept beside its neighbours at their
+    configured loads (those of an interference run's shared phase), at its SLO's own target:
+    what `interfere --capacity` scores an open-loop tenant on."""
+    kept: dict[str, float] = {}
+    for tenant in config.tenants:
+        slo = tenant.slo if tenant.slo is not None else config.slo
+        if slo is None or not (tenant.load or config.load).open_loop:
+            continue
+        (configured,) = neighbour_settings({}, config, tenant.name, "--capacity")
+        for row in doc.rows:
+            if (row.scenario, row.tenant, row.beside, row.target) == (config.scenario, tenant.name, configured.label,
+                                                                      slo.attainment) and row.capacity_kept is not None:
+                kept[tenant.name] = row.capacity_kept
+    return kept

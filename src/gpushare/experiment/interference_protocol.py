@@ -283,17 +283,20 @@ def score_rows(doc: InterferenceDoc) -> Iterable[dict[str, Any]]:
                "token_times": None if common is None else common.token_times}
 
 
-def write_interference(plan: InterferencePlan, out: Path) -> InterferenceDoc:
+def write_interference(plan: InterferencePlan, out: Path,
+                       capacity_kept: Mapping[str, Mapping[str, float]] | None = None) -> InterferenceDoc:
     """interference.json (every scenario: phases, per-tenant comparison, scores, the victim's
     latency per aggressor step and per loaded level; the dedicated references), interference.csv
     (one row per scenario, tenant and metric), interference_tenants.csv (one row per scenario and
     tenant: the quantity it was scored on and the share it kept), interference_scores.csv (one
     row per complete scenario: fairness, STP, output over the interval every tenant loaded) and
-    interference_levels.csv (per victim, metric and loaded level of its aggressor)."""
+    interference_levels.csv (per victim, metric and loaded level of its aggressor).
+    `capacity_kept` (per scenario, per tenant) scores open-loop tenants on capacity kept."""
     dedicated, blocks = dedicated_references(plan, out)
     doc = InterferenceDoc(
         metrics=[ComparedMetric.of(m) for m in INTERFERENCE_METRICS],
-        scenarios={p.config.scenario: scenario_interference(p.config, out / p.config.scenario, blocks)
+        scenarios={p.config.scenario: scenario_interference(p.config, out / p.config.scenario, blocks,
+                                                            (capacity_kept or {}).get(p.config.scenario))
                    for p in plan.scenarios},
         **({"dedicated": dedicated} if dedicated else {}),
     )

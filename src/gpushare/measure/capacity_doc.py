@@ -93,8 +93,17 @@ def write_capacity_doc(out: Path, doc: CapacityDoc) -> None:
         tmp.replace(out / name)
 
 
+class CapacityUnreadable(Exception):
+    """capacity.json exists but is not one this version reads."""
+
+
 def read_capacity_doc(out: Path) -> CapacityDoc | None:
+    """OUT/capacity.json, or None where there is none."""
     path = out / CAPACITY_JSON
     if not path.is_file():
         return None
-    return CapacityDoc.model_validate_json(path.read_text())
+    try:
+        return CapacityDoc.model_validate_json(path.read_text())
+    except (ValueError, OSError) as err:
+        first = str(err).splitlines()[0]
+        raise CapacityUnreadable(f"{path} is not readable as a capacity result ({first})") from None

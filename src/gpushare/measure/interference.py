@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping, Sequence
 from ..core.records import RequestRecord
 from .metric_catalog import METRICS, MetricSpec
 from .metrics import measurement_window
-from .results import Measured, Record
+from .results import Record, TenantBlock
 
 Summary = Mapping[str, float | None]  # one tenant's flat summary: summary.json key -> value
 
@@ -118,11 +118,19 @@ class Rates:
     """A tenant's rates over one phase: what its score is taken from."""
 
     output_throughput: float | None
-    request_goodput: float | None
+    goodput: float | None
+    """Requests that met the SLO per second of the tenant's window. Not `request_goodput`,
+    which divides by the span its own requests took: an open loop sends the same requests in
+    the same window alone and shared, so a span that ends a little later would read as
+    goodput lost when every request met its SLO."""
 
     @classmethod
-    def of(cls, block: Measured) -> Rates:
-        return cls(block.output_throughput, block.request_goodput)
+    def of(cls, block: TenantBlock) -> Rates:
+        window = block.load.duration_s
+        measured = None if window is None else window - block.load.settle_s
+        good = block.good_requests
+        return cls(block.output_throughput,
+                   good / measured if good is not None and measured else block.request_goodput)
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ class TenantScore(Record):
 
 REASONS: dict[ScoredOn | None, str] = {
     "throughput": "closed loop: its output tok/s is what the GPU gave it",
-    "goodput": "open loop with an SLO: its requests per second that met the SLO",
+    "goodput": "open loop with an SLO: its requests that met the SLO per second of its window",
     "capacity": "open loop with an SLO: the highest request rate that meets the SLO",
     None: "not scored: an open loop without an SLO, whose throughput is its arrival rate",
 }
@@ -183,7 +191,7 @@ def score_tenant(tenant: TenantPhases, capacity_kept: float | None = None) -> Te
         return TenantScore(scored_on=quantity, reason=REASONS[quantity], kept=capacity_kept)
 
     def rate(rates: Rates) -> float | None:
-        return rates.output_throughput if quantity == "throughput" else rates.request_goodput
+        return rates.output_throughput if quantity == "throughput" else rates.goodput
 
     dedicated = None if tenant.dedicated is None else rate(tenant.dedicated)
     solo, shared = rate(tenant.solo), rate(tenant.shared)
