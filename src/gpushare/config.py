@@ -15,6 +15,7 @@ from typing import Annotated, Any, Iterable, Literal, get_args
 import numpy as np
 import yaml
 from pydantic import (
+    BeforeValidator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -269,6 +270,15 @@ class SloConfig(StrictModel):
         return {name: getattr(self, name) for name in SLO_BOUNDS if getattr(self, name) is not None}
 
 
+def _no_slo_when_empty(value: Any) -> Any:
+    """`slo: {}` is no SLO: the default every recorded configuration dumped before an SLO had a
+    target. A block that names only a target is still refused (SloConfig)."""
+    return None if value == {} else value
+
+
+MaybeSlo = Annotated[SloConfig | None, BeforeValidator(_no_slo_when_empty)]
+
+
 class TenantConfig(StrictModel):
     """One workload that shares the GPU with the others: its own requests, load, SLO and seed,
     sent to the servers it names. What it does not give, it takes from the scenario."""
@@ -278,7 +288,7 @@ class TenantConfig(StrictModel):
     """Server names; several tenants may name the same server (one engine serving them all)."""
     workload: AnyWorkload | None = None
     load: LoadConfig | None = None
-    slo: SloConfig | None = None
+    slo: MaybeSlo = None
     api: ApiConfig | None = None
     seed: int | None = None
     """Default: derived from the scenario's seed and the tenant's name, so a tenant sends the
@@ -341,7 +351,7 @@ class ScenarioConfig(StrictModel):
     workload: AnyWorkload = SyntheticWorkload()
     api: ApiConfig = ApiConfig()
     load: LoadConfig = LoadConfig()
-    slo: SloConfig | None = None
+    slo: MaybeSlo = None
     """Service-level objectives in seconds; a request is good when it meets all of them."""
     tenants: list[TenantConfig] = []
     """Workloads that share the servers, each measured on its own (docs/tenants.md); none:
