@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..measure.metric_catalog import CATALOGUE, METRICS
 from ..measure.results import (GpuWindow, MetricBlock, Summary, SummaryUnreadable, read_run,
                                read_run_config, read_verdict, run_location, workload_labels)
+from .capacity import find_capacity, read_capacity, write_capacity_report
 from .isolation import find_interference, read_interference, write_isolation
 from .style import close, colours, legend, markdown, save, subplots
 
@@ -450,8 +451,8 @@ def figure_series(runs: pd.DataFrame) -> pd.Series:
 def analyze(found: RunSet, out: Path) -> list[Path]:
     """Write the tidy table, the summary tables and every figure from the complete runs; return
     what was written. With no complete run, nothing is written. Where the runs span several GPU
-    models, the cross-GPU table comes too, and where `interfere`'s outputs lie under the
-    searched folders, their isolation table and figures."""
+    models, the cross-GPU table comes too, and where `interfere`'s or `capacity`'s outputs lie
+    under the searched folders, their isolation or capacity table and figures."""
     runs = found.complete_runs()
     writable_folder(out)
     runs.to_csv(out / "runs.csv", index=False)
@@ -469,4 +470,5 @@ def analyze(found: RunSet, out: Path) -> list[Path]:
     written += plot_gpu_timelines(drawn, out, colour)
     written += plot_per_server(drawn, out, colour)
     written += write_isolation(isolation, out, colour)
+    written += write_capacity_report(read_capacity(find_capacity(found.paths)), out)
     return written

@@ -17,6 +17,7 @@ import pandas as pd
 from ..core.files import CONFIG, ENV
 from ..errors import RunFailure
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
+from .capacity import capacity_part, find_capacity, read_capacity
 from .isolation import Interference, find_interference, isolation_table, read_interference
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
@@ -189,12 +190,14 @@ def isolation_observations(data: Interference) -> list[str]:
     return out + [f"Left out: {tex(why)}." for why in data.left_out]
 
 
-def isolation_section(data: Interference, figures_dir: Path) -> str:
-    """The Isolation section where `interfere`'s outputs were found; empty otherwise."""
+def isolation_section(data: Interference, figures_dir: Path, lead: str = "") -> str:
+    """The Isolation section where `interfere`'s outputs were found, led by `lead` (the capacity
+    part, where `capacity`'s were); empty where neither was."""
     if data.empty:
-        return ""
+        return f"\n\\section{{Isolation}}\n{lead}" if lead else ""
     return rf"""
 \section{{Isolation}}
+{lead}
 Each scenario ran every tenant alone (the other tenants' servers up and idle), then all tenants together, for the same
 window and with the same requests. Table~\ref{{tab:isolation}} gives each tenant's shared value against its solo
 value: above 1 a latency got worse with neighbours; below 1 a throughput did. A victim's latency and SLO attainment
@@ -230,7 +233,8 @@ def write_report(found: RunSet, out: Path) -> Path:
                 f"{len(workloads)} workloads ({'; '.join(tex(w) for w in workloads)})")
     figures = figure_blocks(FIGURES, figures_dir)
     cross_gpu = CROSS_GPU_TABLE if figures_dir / "cross_gpu.tex" in written else ""
-    isolation = isolation_section(read_interference(find_interference(found.paths)), figures_dir)
+    capacity = capacity_part(read_capacity(find_capacity(found.paths)), figures_dir, tex)
+    isolation = isolation_section(read_interference(find_interference(found.paths)), figures_dir, capacity)
     weights = ("The model's weights were random (vLLM's dummy loader): speed is real, the generated text is not, "
                "so every request generated exactly its output length." if facts["dummy_weights"] else
                "The model served real weights.")

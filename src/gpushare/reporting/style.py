@@ -1,5 +1,6 @@
-"""How every figure and table of the reports looks and is written: one colour per scenario,
-legends outside the plot, each figure as PNG and PDF, Markdown tables.
+"""How every figure and table of the reports looks and is written: one colour per scenario
+(per sharing mode where a figure draws a line per mode), legends outside the plot, each
+figure as PNG and PDF, Markdown tables.
 
 Figures are drawn to files only: `subplots` selects matplotlib's file backend (Agg) where a
 figure is drawn, so importing the reporting modules changes nothing process-wide.
@@ -7,6 +8,7 @@ figure is drawn, so importing the reporting modules changes nothing process-wide
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,6 +16,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 BACKEND = "Agg"
@@ -31,6 +34,21 @@ def colours(scenarios: Iterable[str]) -> dict[str, tuple]:
     names = sorted(set(scenarios))
     palette = plt.get_cmap("tab10")
     return {name: palette(i % 10) for i, name in enumerate(names)}
+
+
+SHARING_MODE_COLOURS = {"timeslice": "tab:blue", "mps": "tab:orange", "mig": "tab:green",
+                        "mig_emulation": "tab:red", "baseline": "tab:purple"}
+"""The registered sharing modes' colours: fixed, so that a mode reads the same in every figure
+coloured by mode whichever modes a run set holds."""
+
+
+def sharing_mode_colour(mode: str) -> tuple:
+    """A colour per sharing mode, by name; a mode not in SHARING_MODE_COLOURS gets one of the
+    palette's other colours, chosen by its name (the same every time)."""
+    if mode in SHARING_MODE_COLOURS:
+        return to_rgba(SHARING_MODE_COLOURS[mode])
+    spare = ["tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+    return to_rgba(spare[zlib.crc32(mode.encode()) % len(spare)])
 
 
 def save(fig: Figure, out: Path, name: str) -> list[Path]:
