@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from gpushare import cli
+from gpushare.config import CapacityConfig
 from gpushare.measure.capacity_doc import CapacityDoc, CapacityRow, ProbeEntry, write_capacity_doc
 from gpushare.reporting.analysis import read_runs
 from gpushare.reporting.capacity import capacity_sentences, find_capacity, read_capacity
@@ -63,7 +64,8 @@ def capacity(tmp_path_factory):
     probes = [ProbeEntry(scenario="split", beside="batch=4", level=8.0, window=1, good=400, total=401,
                          attainment=400 / 401, wilson_low=0.986, wilson_high=0.9996, judged={"0.99": "feasible"},
                          run_dir="/elsewhere/cap/split/batch4-r8")]
-    write_capacity_doc(out, CapacityDoc(tenant="chat", window_s=20, settle_s=5, budget=12, rows=rows, probes=probes))
+    searches = {name: CapacityConfig(tenant="chat", beside={"batch": [4, 16]}) for name in ("split", "mps")}
+    write_capacity_doc(out, CapacityDoc(searches=searches, rows=rows, probes=probes))
     return out
 
 

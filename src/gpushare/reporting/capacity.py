@@ -25,7 +25,7 @@ from matplotlib.patches import Patch
 
 from ..core.files import CONFIG
 from ..experiment.capacity import knob_of
-from ..measure.capacity_doc import CAPACITY_JSON, CapacityDoc, read_capacity_doc
+from ..measure.capacity_doc import CAPACITY_JSON, CapacityDoc, CapacityUnreadable, read_capacity_doc
 from ..measure.results import read_run_config
 from .isolation import LEVEL_AXIS, label
 from .style import markdown, save, sharing_mode_colour, subplots
@@ -102,8 +102,8 @@ def read_capacity(files: Iterable[Path]) -> Capacity:
     for file in sorted(map(Path, files)):
         try:
             doc = read_capacity_doc(file.parent)
-        except (OSError, ValueError) as err:  # a pydantic ValidationError is a ValueError
-            left_out.append(f"{file}: does not read as a capacity.json ({str(err).splitlines()[0]})")
+        except CapacityUnreadable as err:
+            left_out.append(f"{file}: does not read as a capacity.json ({err})")
             continue
         if doc is not None:
             docs.append((file, doc))
