@@ -23,6 +23,7 @@ from .serving.models import EMBEDDED, embedded_folder, is_prepared, prepare_embe
 
 if TYPE_CHECKING:
     from .measure.capacity_doc import CapacityDoc
+    from .measure.results import MatrixIndex
     from .experiment.matrix import Executor
     from .measure.interference_doc import InterferenceDoc
 
@@ -286,11 +287,16 @@ def interfere(ctx: typer.Context) -> None:
     note_late_signal(interrupts, code)
     doc = write_interference(plan, ns.out, None if ns.capacity is None else capacity_kept(ns.capacity, configs))
     print_interference(doc)
-    counts = index.counts
-    err_console.print(f"interfere: {counts.complete} phase(s) complete, {counts.skipped} skipped, "
-                      f"{counts.failed} failed, {counts.not_run} not run; {ns.out / INTERFERENCE_CSV}",
-                      markup=False, highlight=False, soft_wrap=True)
+    say_counts("interfere", "phase(s)", index, ns.out / INTERFERENCE_CSV)
     raise typer.Exit(code)
+
+
+def say_counts(command: str, cells: str, index: "MatrixIndex", written: Path) -> None:
+    """How a plan's cells ended, and where its result is."""
+    c = index.counts
+    err_console.print(f"{command}: {c.complete} {cells} complete, {c.skipped} skipped (measured before), "
+                      f"{c.failed} failed, {c.not_run} not run; {written}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 def capacity_kept(folder: Path, configs: list[Any]) -> dict[str, dict[str, float]]:
@@ -412,6 +418,7 @@ def capacity(ctx: typer.Context) -> None:
     with the same --out resumes, reusing them. --gpus and --ray spread scenarios as for matrix.
     """
     from .experiment.capacity import parse_beside, plan_capacity, write_capacity
+    from .measure.capacity_doc import CAPACITY_CSV
     from .experiment.matrix import load_scenarios, run_plan
 
     ns = parse_capacity_args(list(ctx.args))
@@ -424,10 +431,7 @@ def capacity(ctx: typer.Context) -> None:
     note_late_signal(interrupts, code)
     doc = write_capacity(plan, ns.out)
     print_capacity(doc)
-    counts = index.counts
-    err_console.print(f"capacity: {counts.complete} probe(s) measured, {counts.skipped} reused, {counts.failed} "
-                      f"failed, {counts.not_run} not run; {ns.out / 'capacity.csv'}",
-                      markup=False, highlight=False, soft_wrap=True)
+    say_counts("capacity", "probe(s)", index, ns.out / CAPACITY_CSV)
     raise typer.Exit(code)
 
 

@@ -166,7 +166,12 @@ class TenantSearch:
     def probe(self, neighbours: Neighbours, wanted: NextProbe, out: Path) -> PlannedCell:
         name = probe_name(neighbours, self.kind, wanted.level, wanted.window)
         config = probe_config(self.config, self.tenant, neighbours, wanted, self.options, out / name, name)
-        return PlannedCell(name, self.kind, wanted.level, 2 ** wanted.window, config)
+        unit = "req/s" if self.kind == "request_rate" else "in flight"
+        where = f"beside {neighbours.label}" if neighbours.levels else "alone"
+        window = f", window x{2 ** wanted.window}" if wanted.window else ""
+        label = f"probe {name}: {self.tenant} at {wanted.level:g} {unit} {where}{window}"
+        # a probe's repeat is its window's multiple of the base window (probe_outcome reads it back)
+        return PlannedCell(name, self.kind, wanted.level, 2 ** wanted.window, config, label)
 
     def walk(self, folder: Path, run: Callable[[PlannedCell], Probe | None]
              ) -> Iterator[tuple[Neighbours, SearchSpec, list[Probe], str | None]]:

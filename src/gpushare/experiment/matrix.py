@@ -97,6 +97,8 @@ class PlannedCell:
     load: float | None
     repeat: int
     config: ScenarioConfig
+    label: str | None = None
+    """How progress names it, where its load and repeat would not say it (a search's probe)."""
 
     @property
     def config_hash(self) -> str:
@@ -576,7 +578,8 @@ class ScenarioSession:
         assert self.servers is not None and self.prepared is not None
         self.interrupts.checkpoint()  # a signal that came while the last cell was ending
         folder = self.scenario_dir / cell.name
-        what = cell.name if cell.load is None else f"{cell.load_kind} {cell.load:g} repeat {cell.repeat}"
+        what = cell.label or cell.name if cell.load is None or cell.label else \
+            f"{cell.load_kind} {cell.load:g} repeat {cell.repeat}"
         self.publish(CellStarted(scenario=self.config.scenario, cell=what, where=self.where))
         t0 = time.monotonic()
         outcome = run_scenario(cell.config, self.console, self.servers, folder, self.prepared, self.interrupts)

@@ -24,11 +24,12 @@ from ..experiment.matrix import PlannedCell, ScenarioPlan, Todo
 
 def cell_doc(cell: PlannedCell) -> dict[str, Any]:
     return {"name": cell.name, "load_kind": cell.load_kind, "load": cell.load, "repeat": cell.repeat,
-            "config": cell.config.model_dump(mode="json")}
+            "config": cell.config.model_dump(mode="json"), "label": cell.label}
 
 
 def cell_from_doc(doc: dict[str, Any]) -> PlannedCell:
-    return PlannedCell(doc["name"], doc["load_kind"], doc["load"], doc["repeat"], parse_config(doc["config"]))
+    return PlannedCell(doc["name"], doc["load_kind"], doc["load"], doc["repeat"], parse_config(doc["config"]),
+                       doc.get("label"))
 
 
 def plan_doc(plan: ScenarioPlan) -> dict[str, Any]:

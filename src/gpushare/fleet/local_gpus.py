@@ -85,7 +85,7 @@ class LocalGpusExecutor(Executor):
     def from_flags(cls, flags: argparse.Namespace, console: Console, interrupts: Interrupts) -> "LocalGpusExecutor":
         return cls(parse_gpus(flags.gpus, environment.gpus().count(), flags.unchecked_gpus), console, interrupts)
 
-    def run(self, work: list[tuple[ScenarioPlan, list[PlannedCell]]], book: MatrixBook) -> None:
+    def run(self, work: list[tuple[ScenarioPlan, Todo]], book: MatrixBook) -> None:
         jobs: queue.Queue[tuple[ScenarioPlan, Todo]] = queue.Queue()
         for item in longest_first(work):
             jobs.put(item)
