@@ -110,3 +110,40 @@ def ray_cluster(tmp_path_factory):
         pass
     shutil.rmtree(temp, ignore_errors=True)
 
+
+@pytest.fixture(scope="module")
+def _shared_vllm_cpu_server(private_process_registry, tmp_path_factory):
+    """One real vLLM CPU server (CPU_SERVER, the embedded model) for a test file, started
+    through gpushare's own launch path (the plan and command a run launches) and stopped, its
+    whole process group, after the file's last test."""
+    from gpushare.config import ServerConfig
+    from gpushare.serving.engines.vllm import VllmEngine
+    from gpushare.serving.models import resolve_model
+    from gpushare.serving.servers import ServerHandle
+    from helpers import CPU_SERVER, free_port
+
+    model = resolve_model("smollm2", None, say=lambda _: None)
+    config = ServerConfig(**CPU_SERVER, port=free_port())
+    plan = VllmEngine.plan("shared-cpu", config, model.path, model.served_name, private_process_registry)
+    handle = ServerHandle(plan, tmp_path_factory.mktemp("shared-vllm") / "server.log")
+    try:
+        handle.start()
+        handle.wait_ready()
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def vllm_cpu_server(_shared_vllm_cpu_server):
+    """The test file's shared vLLM CPU server, for end-to-end tests that only send it load (as
+    an `external` server: gpushare neither starts nor stops it). Given to each test alive and
+    holding no request, so no test's requests reach another's measured window."""
+    from gpushare.serving.servers import requests_held
+    from helpers import wait_until
+
+    handle = _shared_vllm_cpu_server
+    if handle.exit_code() is not None:
+        pytest.fail(f"the shared vLLM server exited with code {handle.exit_code()}{handle.log_hint()}")
+    wait_until(lambda: requests_held(handle.plan) == 0, 120, poll_s=0.2)
+    return handle

@@ -1,6 +1,6 @@
 """`gpushare interfere`: each tenant alone, then together, on the same servers; the comparison
 is computed from the phases' own summaries. SSE test servers (the protocol's bookkeeping);
-the real path is in test_e2e.py."""
+the real path is in test_e2e_shared_server.py."""
 
 import json
 import signal
