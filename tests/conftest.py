@@ -68,8 +68,10 @@ def ray_cluster(tmp_path_factory):
     """A real local Ray cluster: one head node on 127.0.0.1 declaring two GPUs (fake on a
     machine without any: Ray only counts them). Its workers find the MPS control stand-in
     first on PATH (it logs to ray-mps-standin.log beside the head's log), so a scenario under
-    MPS runs there too. Started with --block, so ending the process group we started ends the
-    cluster. Yields its address."""
+    MPS runs there too. Started with --block, so stopping the process we started ends the
+    cluster (and a SIGKILL to its group, whatever outlived it); told to stop, its node does not
+    drain first (Ray's default waits up to 30 s for work to leave it; a test cluster's has
+    left). Yields its address."""
     import shutil
     import signal
     import subprocess
@@ -90,7 +92,8 @@ def ray_cluster(tmp_path_factory):
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
          "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{MPS_STANDIN}{os.pathsep}{os.environ['PATH']}",
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+             "PATH": f"{MPS_STANDIN}{os.pathsep}{os.environ['PATH']}",
              "MPS_STANDIN_LOG": str(logs / "ray-mps-standin.log")})
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -98,7 +101,7 @@ def ray_cluster(tmp_path_factory):
         assert head.poll() is None and time.monotonic() < deadline, f"the Ray head did not start; see {log.name}"
         time.sleep(1)
     yield address
-    os.killpg(head.pid, signal.SIGTERM)
+    head.terminate()  # `ray start --block` stops the node's processes, then exits
     try:
         head.wait(10)  # a head with nothing left to run needs no longer; the kill below ends the rest
     except subprocess.TimeoutExpired:
