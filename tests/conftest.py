@@ -26,6 +26,13 @@ def private_process_registry(tmp_path_factory):
         os.environ["GPUSHARE_CACHE"] = before
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end files first, the rest after in their own order: the real-vLLM tests are
+    the longest files, so begun first they end beside the others rather than after them
+    (make test keeps this order across its workers: --no-loadscope-reorder)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 MACHINE_WIDE = {"ray_cluster", "standin"}
 """Fixtures whose tests watch machine-wide state: MPS control daemons (a run refuses a GPU that
 any daemon on the machine may serve) and Ray's actors and node folders."""
