@@ -27,11 +27,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 quickstart: setup
 	$(BIN)/gpushare run --config configs/quickstart.yaml
 
-# Two workers (tests mostly wait on servers and processes), each test file on one; the tests
-# that watch machine-wide state hold a lock shared by the workers (conftest.py). The 15 slowest
-# are printed so the suite's budget stays visible.
+# Two workers (tests mostly wait on servers and processes), each test file on one, handed out
+# in collection order (conftest.py puts the real-vLLM files first); the tests that watch
+# machine-wide state hold a lock shared by the workers (conftest.py). The 15 slowest are
+# printed so the suite's budget stays visible.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # TeX for `gpushare report` (IEEEtran) and pdftotext for its test; Debian packages, needs root.
 tex:

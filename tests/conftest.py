@@ -26,6 +26,13 @@ def private_process_registry(tmp_path_factory):
         os.environ["GPUSHARE_CACHE"] = before
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end files first, the rest after in their own order: the real-vLLM tests are
+    the longest files, so begun first they end beside the others rather than after them
+    (make test keeps this order across its workers: --no-loadscope-reorder)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 MACHINE_WIDE = {"ray_cluster", "standin"}
 """Fixtures whose tests watch machine-wide state: MPS control daemons (a run refuses a GPU that
 any daemon on the machine may serve) and Ray's actors and node folders."""
@@ -68,8 +75,10 @@ def ray_cluster(tmp_path_factory):
     """A real local Ray cluster: one head node on 127.0.0.1 declaring two GPUs (fake on a
     machine without any: Ray only counts them). Its workers find the MPS control stand-in
     first on PATH (it logs to ray-mps-standin.log beside the head's log), so a scenario under
-    MPS runs there too. Started with --block, so ending the process group we started ends the
-    cluster. Yields its address."""
+    MPS runs there too. Started with --block, so stopping the process we started ends the
+    cluster (and a SIGKILL to its group, whatever outlived it); told to stop, its node does not
+    drain first (Ray's default waits up to 30 s for work to leave it; a test cluster's has
+    left). Yields its address."""
     import shutil
     import signal
     import subprocess
@@ -90,7 +99,8 @@ def ray_cluster(tmp_path_factory):
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
          "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{MPS_STANDIN}{os.pathsep}{os.environ['PATH']}",
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+             "PATH": f"{MPS_STANDIN}{os.pathsep}{os.environ['PATH']}",
              "MPS_STANDIN_LOG": str(logs / "ray-mps-standin.log")})
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -98,7 +108,7 @@ def ray_cluster(tmp_path_factory):
         assert head.poll() is None and time.monotonic() < deadline, f"the Ray head did not start; see {log.name}"
         time.sleep(1)
     yield address
-    os.killpg(head.pid, signal.SIGTERM)
+    head.terminate()  # `ray start --block` stops the node's processes, then exits
     try:
         head.wait(10)  # a head with nothing left to run needs no longer; the kill below ends the rest
     except subprocess.TimeoutExpired:
@@ -110,3 +120,40 @@ def ray_cluster(tmp_path_factory):
         pass
     shutil.rmtree(temp, ignore_errors=True)
 
+
+@pytest.fixture(scope="module")
+def _shared_vllm_cpu_server(private_process_registry, tmp_path_factory):
+    """One real vLLM CPU server (CPU_SERVER, the embedded model) for a test file, started
+    through gpushare's own launch path (the plan and command a run launches) and stopped, its
+    whole process group, after the file's last test."""
+    from gpushare.config import ServerConfig
+    from gpushare.serving.engines.vllm import VllmEngine
+    from gpushare.serving.models import resolve_model
+    from gpushare.serving.servers import ServerHandle
+    from helpers import CPU_SERVER, free_port
+
+    model = resolve_model("smollm2", None, say=lambda _: None)
+    config = ServerConfig(**CPU_SERVER, port=free_port())
+    plan = VllmEngine.plan("shared-cpu", config, model.path, model.served_name, private_process_registry)
+    handle = ServerHandle(plan, tmp_path_factory.mktemp("shared-vllm") / "server.log")
+    try:
+        handle.start()
+        handle.wait_ready()
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def vllm_cpu_server(_shared_vllm_cpu_server):
+    """The test file's shared vLLM CPU server, for end-to-end tests that only send it load (as
+    an `external` server: gpushare neither starts nor stops it). Given to each test alive and
+    holding no request, so no test's requests reach another's measured window."""
+    from gpushare.serving.servers import requests_held
+    from helpers import wait_until
+
+    handle = _shared_vllm_cpu_server
+    if handle.exit_code() is not None:
+        pytest.fail(f"the shared vLLM server exited with code {handle.exit_code()}{handle.log_hint()}")
+    wait_until(lambda: requests_held(handle.plan) == 0, 120, poll_s=0.2)
+    return handle

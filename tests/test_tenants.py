@@ -1,6 +1,6 @@
 """Tenants: several workloads share the servers in one run, each measured on its own, over
 one common window. These use the SSE test server (the load generator's own behaviour); the
-real path, on vLLM, is in test_e2e.py."""
+real path, on vLLM, is in test_e2e_shared_server.py."""
 
 import json
 

