@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gpushare.config import ApiConfig
+from gpushare.measure.capacity_doc import read_capacity_doc
 from gpushare.load.workload import RequestSource, load_tokenizer, random_streams
 from gpushare.load.workloads.sharegpt import ShareGPTWorkload
 from gpushare.serving.models import embedded_folder
@@ -141,3 +142,38 @@ def test_interference_of_two_tenants_on_real_vllm(tmp_path, vllm_cpu_server):
     assert 0.5 <= scores["fairness"] <= 1.0 and scores["stp"] > 0
     for phase in phases.values():
         still_running(vllm_cpu_server, phase)
+
+
+def test_a_reduced_capacity_search_on_real_vllm(tmp_path, vllm_cpu_server):
+    """`gpushare capacity` on real vLLM, alone and beside a neighbour: a reduced search (a loose
+    target, short windows, two probes per search); the known answers are test_capacity.py's."""
+    tokens = {"kind": "synthetic", "input_tokens": 32, "output_tokens": 8}
+    cfg = scenario(
+        tmp_path, vllm_cpu_server, "e2e-capacity", sharing={"mode": "baseline"},
+        api={"endpoint": "completions", "stream": True, "ignore_eos": True}, workload=tokens,
+        tenants=[{"name": "chat", "servers": ["cpu-0"], "load": {"request_rate": 2, "duration_s": 5},
+                  "slo": {"ttft": 2.0, "tpot": 0.5, "attainment": 0.8}},
+                 {"name": "batch", "servers": ["cpu-0"], "load": {"concurrency": 1, "duration_s": 5}}],
+        capacity={"tenant": "chat", "beside": {"batch": [1]}, "window_s": 4, "settle_s": 1, "budget": 2})
+    out = tmp_path / "cap"
+    proc = cli("capacity", "--configs", str(cfg), "--out", str(out), timeout=850)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = read_capacity_doc(out)
+    assert [row.beside for row in doc.rows] == ["", "batch=1"] and len(doc.probes) == 4
+    index = json.loads((out / "matrix.json").read_text())
+    assert index["counts"]["complete"] == 4
+    first = doc.probes[0]
+    assert (first.beside, first.level, first.window) == ("", 2.0, 1)
+    for probe in doc.probes:  # every probe re-derives from its requests.csv
+        requests = pd.read_csv(f"{probe.run_dir}/requests.csv")
+        mine = requests[(requests["tenant"] == "chat") & (requests["warmup"] == 0) & (requests["in_window"] == 1)]
+        good = (mine["status"] == "ok") & (mine["ttft_s"] <= 2.0) & (mine["tpot_s"].fillna(0) <= 0.5)
+        assert (probe.good, probe.total) == (int(good.sum()), len(mine)) and probe.total > 0
+        assert set(requests["tenant"]) == ({"chat"} if not probe.beside else {"chat", "batch"})
+    alone = doc.rows[0]  # two probes, so no level can be judged against a feasible one above it
+    feasible = [p.level for p in doc.probes if not p.beside and p.judged["0.8"] == "feasible"]
+    assert alone.capacity == (max(feasible) if feasible else None)
+    second = doc.probes[1]
+    assert second.level == (4.0 if first.judged["0.8"] == "feasible" else 1.0 if first.judged["0.8"] == "infeasible"
+                            else 2.0)
+    still_running(vllm_cpu_server, json.loads((Path(first.run_dir) / "summary.json").read_text()))
