@@ -75,7 +75,7 @@ def main() -> int:
                   if not taken[(s.label, float(c))] or taken[(s.label, float(c))][-1].judged(target) == "unresolved"]
         if not wanted:
             break
-        cells = [search.probe(s, NextProbe(c, window), scan_out) for s, c in wanted]
+        cells = [search.probe(s, NextProbe(c, window), folder) for s, c in wanted]
         run_plan([ScenarioPlan(search.config, cells)], scan_out, console)
         for (s, c), cell in zip(wanted, cells):
             taken[(s.label, c)].append(probe_outcome(folder / cell.name, search.tenant, cell))

@@ -163,9 +163,10 @@ class TenantSearch:
                     ceiling=top if ceiling is None else min(top, ceiling))
         return SearchSpec(knob, self.targets, start or first, options.budget)
 
-    def probe(self, neighbours: Neighbours, wanted: NextProbe, out: Path) -> PlannedCell:
+    def probe(self, neighbours: Neighbours, wanted: NextProbe, folder: Path) -> PlannedCell:
+        """The probe as a cell, run into folder/NAME (folder: the scenario's)."""
         name = probe_name(neighbours, self.kind, wanted.level, wanted.window)
-        config = probe_config(self.config, self.tenant, neighbours, wanted, self.options, out / name, name)
+        config = probe_config(self.config, self.tenant, neighbours, wanted, self.options, folder / name, name)
         unit = "req/s" if self.kind == "request_rate" else "in flight"
         where = f"beside {neighbours.label}" if neighbours.levels else "alone"
         window = f", window x{2 ** wanted.window}" if wanted.window else ""
@@ -189,7 +190,7 @@ class TenantSearch:
             probes: list[Probe] = []
             failed = None
             while (wanted := next_probe(spec, probes)) is not None:
-                cell = self.probe(neighbours, wanted, folder.parent)
+                cell = self.probe(neighbours, wanted, folder)
                 outcome = run(cell)
                 if outcome is None:
                     failed = f"probe {cell.name} did not complete"
