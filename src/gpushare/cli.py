@@ -260,8 +260,10 @@ def interfere(ctx: typer.Context) -> None:
     """How much each tenant loses to its neighbours: per scenario (one per sharing mode), the
     servers start once, then each tenant runs alone (the others' servers up and idle), then all
     together, every phase for the same window. Each tenant is scored on what the GPU gave it
-    (closed loop: output tok/s; open loop with an SLO: goodput; open loop without one: not
-    scored), and fairness and STP are taken over those. --dedicated BASELINE.yaml (a scenario
+    (closed loop: output tok/s; open loop with an SLO: its good requests per second of its
+    window, or with --capacity DIR the capacity it kept beside its neighbours at their loads
+    here, from `gpushare capacity --out DIR`; open loop without one: not scored), and
+    fairness and STP are taken over those. --dedicated BASELINE.yaml (a scenario
     with the same tenants) also runs each tenant alone with only its own servers from that
     config, and states every tenant's share against that reference too. Writes interference.csv
     (solo, shared and slowdown per tenant and metric), interference_tenants.csv (each tenant's
@@ -272,8 +274,8 @@ def interfere(ctx: typer.Context) -> None:
     a complete phase was measured under other settings, unless --redo-changed (earlier attempts
     are kept beside their phase, as for matrix).
 
-    gpushare interfere --configs A.yaml [B.yaml ...] [--dedicated BASELINE.yaml] [--model M] [--out DIR]
-    [--redo-changed]
+    gpushare interfere --configs A.yaml [B.yaml ...] [--dedicated BASELINE.yaml] [--capacity DIR] [--model M]
+    [--out DIR] [--redo-changed]
     """
     from .core.files import INTERFERENCE_CSV
     from .experiment.interference_protocol import plan_interference, read_dedicated, write_interference
