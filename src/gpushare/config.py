@@ -505,33 +505,34 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path, flag: str = "--config") -> dict[str, Any]:
+    """The YAML mapping in `path`; an error is one line naming `flag` (the option that gave it)."""
     try:
         found = Path(path).stat()
         if not stat.S_ISREG(found.st_mode):
-            raise ConfigError(f"--config: {path} is not a regular file")
+            raise ConfigError(f"{flag}: {path} is not a regular file")
         if found.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"--config: {path} is {found.st_size} bytes; a config is at most "
+            raise ConfigError(f"{flag}: {path} is {found.st_size} bytes; a config is at most "
                               f"{MAX_CONFIG_BYTES} bytes")
         text = Path(path).read_bytes().decode("utf-8")
     except OSError as err:
-        raise ConfigError(f"--config: cannot read {path}: {err.strerror}") from None
+        raise ConfigError(f"{flag}: cannot read {path}: {err.strerror}") from None
     except UnicodeDecodeError as err:
-        raise ConfigError(f"--config: {path} is not UTF-8 text (near byte {err.start})") from None
+        raise ConfigError(f"{flag}: {path} is not UTF-8 text (near byte {err.start})") from None
     try:
         raw = load_yaml(text)
     except DuplicateKeyError as err:
         assert err.problem_mark is not None
-        raise ConfigError(f"--config: {path}: key {err.key!r} is given twice in one mapping "
+        raise ConfigError(f"{flag}: {path}: key {err.key!r} is given twice in one mapping "
                           f"(again at line {err.problem_mark.line + 1})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"--config: {path} is not valid YAML{where}") from None
+        raise ConfigError(f"{flag}: {path} is not valid YAML{where}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"--config: {path} must hold a mapping of keys, not {type(raw).__name__}")
+        raise ConfigError(f"{flag}: {path} must hold a mapping of keys, not {type(raw).__name__}")
     return raw
 
 

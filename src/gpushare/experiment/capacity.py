@@ -26,6 +26,8 @@ from .interference_protocol import phase_salt
 from .matrix import PlannedCell, ScenarioPlan
 
 ALONE = "alone"
+INCOMPLETE = "did not complete"
+"""What a row's `why` says of a search stopped at a probe that did not complete."""
 
 
 @dataclass(frozen=True)
@@ -123,14 +125,30 @@ def check_scenario(config: ScenarioConfig, tenant: str) -> TenantConfig:
 
 
 @dataclass(frozen=True)
+class AloneBounds:
+    """What a search alone found elsewhere (a plan's dedicated profile): its capacity and the
+    lowest level found infeasible bound the searches beside neighbours, with no probe alone."""
+
+    capacity: float | None
+    first_infeasible: float | None
+
+
+@dataclass(frozen=True)
 class TenantSearch:
-    """A scenario's searches for one tenant: alone, then beside each neighbour setting, in that
-    order, in one session of its servers (a matrix.CellSearch)."""
+    """A scenario's searches for one tenant: alone (unless `alone` says what it found), then
+    beside each neighbour setting, in that order, in one session of its servers (a
+    matrix.CellSearch)."""
 
     config: ScenarioConfig
     tenant: str
     settings: tuple[Neighbours, ...]
     options: CapacityConfig
+    alone: AloneBounds | None = None
+    prefix: str = ""
+    """Begins its probes' names: several searches in one scenario (a SearchChain) apart."""
+
+    def probe_name(self, neighbours: Neighbours, level: float, window: int) -> str:
+        return self.prefix + probe_name(neighbours, self.kind, level, window)
 
     @property
     def kind(self) -> str:
@@ -150,7 +168,7 @@ class TenantSearch:
 
     @property
     def budget(self) -> int:
-        return self.options.budget * (1 + len(self.settings))
+        return self.options.budget * (len(self.settings) + (self.alone is None))
 
     def spec(self, ceiling: float | None = None, start: float | None = None) -> SearchSpec:
         """The search alone (its ceiling the option's), or beside neighbours (`ceiling`: the
@@ -165,7 +183,7 @@ class TenantSearch:
 
     def probe(self, neighbours: Neighbours, wanted: NextProbe, folder: Path) -> PlannedCell:
         """The probe as a cell, run into folder/NAME (folder: the scenario's)."""
-        name = probe_name(neighbours, self.kind, wanted.level, wanted.window)
+        name = self.probe_name(neighbours, wanted.level, wanted.window)
         config = probe_config(self.config, self.tenant, neighbours, wanted, self.options, folder / name, name)
         unit = "req/s" if self.kind == "request_rate" else "in flight"
         where = f"beside {neighbours.label}" if neighbours.levels else "alone"
@@ -178,8 +196,8 @@ class TenantSearch:
              ) -> Iterator[tuple[Neighbours, SearchSpec, list[Probe], str | None]]:
         """Each search in order with its probes: `run` measures (or reads) one probe, None when
         it did not complete; a search stops at a probe that did not (its reason given)."""
-        alone: list[GoalResult] = []
-        for neighbours in (Neighbours(), *self.settings):
+        alone: list[GoalResult | AloneBounds] = [] if self.alone is None else [self.alone]
+        for neighbours in self.settings if self.alone is not None else (Neighbours(), *self.settings):
             if not neighbours.levels:
                 spec = self.spec()
             else:  # the loosest target's bound alone is the highest level worth probing beside
@@ -193,11 +211,11 @@ class TenantSearch:
                 cell = self.probe(neighbours, wanted, folder)
                 outcome = run(cell)
                 if outcome is None:
-                    failed = f"probe {cell.name} did not complete"
+                    failed = f"probe {cell.name} {INCOMPLETE}"
                     break
                 probes.append(outcome)
             if not neighbours.levels:
-                alone = results(spec, probes)
+                alone = list(results(spec, probes))
             yield neighbours, spec, probes, failed
 
     def existing(self, folder: Path) -> list[PlannedCell]:
@@ -240,6 +258,26 @@ class TenantSearch:
             yield cell
             if probe_outcome(folder / cell.name, self.tenant, cell) is None:
                 return  # it did not complete: the search stops there, and capacity.json says why
+
+
+@dataclass(frozen=True)
+class SearchChain:
+    """Several searches in one session of the same servers, one after another (a
+    matrix.CellSearch): a plan's profiles that differ only in their tenants' loads start the
+    servers once. Each search's probes carry its own prefix."""
+
+    searches: tuple[TenantSearch, ...]
+
+    @property
+    def budget(self) -> int:
+        return sum(s.budget for s in self.searches)
+
+    def existing(self, folder: Path) -> list[PlannedCell]:
+        return [cell for search in self.searches for cell in search.existing(folder)]
+
+    def cells(self, folder: Path, claim: Callable[[PlannedCell], bool]) -> Iterator[PlannedCell]:
+        for search in self.searches:
+            yield from search.cells(folder, claim)
 
 
 def probe_config(config: ScenarioConfig, tenant: str, neighbours: Neighbours, wanted: NextProbe,
@@ -326,7 +364,7 @@ def search_rows(search: TenantSearch, folder: Path) -> tuple[list[CapacityRow], 
     for neighbours, spec, probes, failed in search.walk(folder, read):
         for probe in probes:
             low, high = probe.interval
-            name = probe_name(neighbours, search.kind, probe.level, probe.window)
+            name = search.probe_name(neighbours, probe.level, probe.window)
             entries.append(ProbeEntry(scenario=config.scenario, beside=neighbours.label, level=probe.level,
                                       window=2 ** probe.window, good=probe.good, total=probe.total,
                                       attainment=probe.attainment, wilson_low=low, wilson_high=high,
@@ -361,7 +399,7 @@ def _at(where: str, probe: Probe | None) -> dict[str, float | None]:
 def _run_dir(folder: Path, neighbours: Neighbours, search: TenantSearch, probe: Probe | None) -> str | None:
     if probe is None:
         return None
-    return str(folder / probe_name(neighbours, search.kind, probe.level, probe.window))
+    return str(folder / search.probe_name(neighbours, probe.level, probe.window))
 
 
 def _binding(folder: Path, neighbours: Neighbours, search: TenantSearch, probe: Probe | None) -> str | None:
