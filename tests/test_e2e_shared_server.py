@@ -177,3 +177,41 @@ def test_a_reduced_capacity_search_on_real_vllm(tmp_path, vllm_cpu_server):
     assert second.level == (6.0 if first.judged["0.7"] == "feasible" else 1.5 if first.judged["0.7"] == "infeasible"
                             else 3.0)
     still_running(vllm_cpu_server, json.loads((Path(first.run_dir) / "summary.json").read_text()))
+
+
+def test_a_reduced_plan_on_real_vllm(tmp_path, vllm_cpu_server):
+    """`gpushare plan` on real vLLM: two tenants of the embedded model, each profiled alone and
+    beside the other on one engine (reduced searches: a loose target, two probes each), packed,
+    and the packing proven by a run of its tenants together; the known answers are test_plan.py's."""
+    tokens = {"kind": "synthetic", "input_tokens": 32, "output_tokens": 8}
+    slo = {"ttft": 2.0, "tpot": 0.5, "attainment": 0.7}
+    doc = {"plan": "e2e-plan", "models": {"smollm2": external(vllm_cpu_server)},
+           "tenants": [{"name": "chat", "model": "smollm2", "workload": tokens, "load": {"request_rate": 2},
+                        "slo": slo},
+                       {"name": "batch", "model": "smollm2", "workload": tokens, "load": {"concurrency": 1},
+                        "slo": slo}],
+           "fleet": [{"gpu": "cpu", "count": 2, "placements": ["engine"]}], "margin": 0.0,
+           "profile": {"window_s": 6, "settle_s": 1, "budget": 2}, "proof": {"window_s": 6, "settle_s": 1}}
+    out = tmp_path / "plan"
+    proc = cli("plan", str(write_config(tmp_path / "plan.yaml", **doc)), "--out", str(out), timeout=850)
+    assert (out / "plan.json").is_file(), proc.stderr[-800:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert proc.returncode == (0 if plan["status"] == "proven" else 1), proc.stderr[-3000:]
+    uses = {(u["tenant"], u["neighbour"]): u for u in plan["profiles"]}
+    assert set(uses) == {("chat", None), ("batch", None), ("chat", "batch"), ("batch", "chat")}
+    for use in uses.values():  # each capacity is its search's, whose probes are run folders of real requests
+        entry = json.loads(Path(use["entry"]).read_text())
+        assert entry["capacity"] == use["capacity"] and 1 <= entry["probes"] <= 2
+    # the model's verdict on the pair decides the packing: together where both hold beside the other
+    together = all(uses[t, u]["capacity"] >= target
+                   for (t, u), target in ((("chat", "batch"), 2), (("batch", "chat"), 1)))
+    assert plan["gpus_used"] == (1 if together else 2) and plan["dedicated"] == 2
+    for gpu in plan["gpus"]:  # each GPU's proof: its tenants' attainment re-derives from its requests.csv
+        requests = pd.read_csv(Path(gpu["proof_run_dir"]) / "requests.csv")
+        for seat in gpu["seats"]:
+            mine = requests[(requests["tenant"] == seat["tenant"]) & (requests["warmup"] == 0)
+                            & (requests["in_window"] == 1)]
+            good = (mine["status"] == "ok") & (mine["ttft_s"] <= 2.0) & (mine["tpot_s"].fillna(0) <= 0.5)
+            assert (seat["good"], seat["total"]) == (int(good.sum()), len(mine)) and seat["total"] > 0
+        assert gpu["proven"] == all(s["attainment"] >= 0.7 for s in gpu["seats"])
+        still_running(vllm_cpu_server, json.loads((Path(gpu["proof_run_dir"]) / "summary.json").read_text()))

@@ -22,7 +22,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("load.lengths", "load.tokens", "load.sharegpt", "load.workloads", "serving.engines", "serving.sharing",
      "serving.mig"),  # the seams' registered config types and classes, which the scenario is built from, and
     # the MIG arithmetic and discovery the sharing modes use
-    ("config",),  # what a scenario says
+    ("config", "plan_config"),  # what a scenario says, what a plan file says
     ("measure",),  # metrics, summaries, the run folder's files
     ("load",),  # the request source and the load generator
     ("serving",),  # servers, sharing modes, MPS, MIG
