@@ -3,7 +3,10 @@ instances on one simulated GPU slow each other by a stated law, so the capacitie
 packing and its proof are known; and bad input, each one line and exit 2, with no plan."""
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +141,32 @@ def test_a_tenant_that_fits_nowhere_even_alone_is_named_and_no_plan_is_written(t
     out = tmp_path / "out"
     assert cli.main(["plan", str(write_config(tmp_path / "plan.yaml", **doc)), "--out", str(out)]) == 2
     line = error_line(capsys.readouterr().err)
-    assert line.startswith("error: plan: t1") and "in flight" in line, line
+    assert line.startswith("error: plan: t1") and "(requests in flight)" in line, line
     assert read_plan_doc(out) is None and not (out / "plan.md").exists()
     assert len(list((out / "profiles" / "entries").iterdir())) == 2  # what was measured is kept
+
+
+def test_ctrl_c_keeps_finished_probes_and_a_rerun_resumes_the_plan(tmp_path):
+    out = tmp_path / "out"
+    plan_file = write_config(tmp_path / "plan.yaml", **law_plan(tmp_path, 2))
+    args = [sys.executable, "-m", "gpushare.cli", "plan", str(plan_file), "--out", str(out)]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    store = out / "profiles"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(store.glob("s-*/*/summary.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "rerun to resume" in stderr and not (out / "plan.json").exists()
+    finished = {p.parent: p.parent.joinpath("requests.csv").read_bytes() for p in store.glob("s-*/*/summary.json")
+                if json.loads(p.read_text()).get("complete")}
+    assert finished
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for folder, requests in finished.items():  # reused, not measured again
+        assert folder.joinpath("requests.csv").read_bytes() == requests
+    doc = read_plan_doc(out)
+    assert (doc.status, doc.gpus_used, doc.lower_bound, doc.dedicated) == ("proven", 1, 1, 2)
+    assert [sorted(s.tenant for s in g.seats) for g in doc.gpus] == [["t0", "t1"]]

@@ -488,19 +488,21 @@ def plan(ctx: typer.Context) -> None:
     PLAN.yaml (docs/plan.md) names the tenants (served model, workload, target load, SLO with
     its attainment), the fleet (GPU models, counts, the placements each allows: engine,
     timeslice, mps, mig_emulation, mig) and the margin held back from every capacity. Three
-    stages, each resumable (Ctrl-C, then the same command again):
+    stages, each resumable (Ctrl-C, then the same command again).
 
-    1. profile: each capacity the packing needs that the profile store (--store, default
-       OUT/profiles, reused across plans) lacks is measured by a capacity search: every tenant
-       alone on a whole GPU (and in each slice), then each pair that could share a GPU beside
-       the other at its target.
-    2. search: the packing with the fewest GPUs, then the most headroom (an exact MILP where the
-       groups are few enough, else a heuristic with a stated lower bound), under the model in
-       docs/plan.md: on a shared GPU each neighbour takes from a tenant's capacity what it took
-       in their pair's measurement.
-    3. prove: each GPU of the packing runs its tenants together at their targets for the
-       proof window; it is proven when each meets its attainment target. A refuted group goes
-       into the store and the packing is searched again.
+    Profile: each capacity the packing needs that the profile store (--store, default
+    OUT/profiles, reused across plans) lacks is measured by a capacity search: every tenant
+    alone on a whole GPU (and in each slice), then each pair that could share a GPU, each
+    beside the other at its target.
+
+    Search: the packing with the fewest GPUs, then the most headroom (an exact MILP where the
+    groups are few enough, else a heuristic with a stated lower bound), under the model in
+    docs/plan.md: on a shared GPU each neighbour takes from a tenant's capacity what it took in
+    their pair's measurement.
+
+    Prove: each GPU of the packing runs its tenants together at their targets for the proof
+    window; it is proven when each meets its attainment target. A refuted group goes into the
+    store and the packing is searched again.
 
     Writes OUT/plan.json and OUT/plan.md (default OUT: runs/plan/PLAN): GPUs used against the
     dedicated baseline (one per tenant) and the lower bound; per GPU its tenants, placement,

@@ -371,7 +371,8 @@ def unplaceable_line(plan: PlanConfig, err: Unplaceable) -> str:
     if err.tenant is None:
         return str(err)
     tenant = plan.tenant(err.tenant)
-    return f"{err} (levels in {tenant.unit}); lower its target, loosen its SLO, or give a faster GPU"
+    kind = "req/s" if tenant.load.open_loop else "requests in flight"
+    return f"{err} ({kind}); lower its target, loosen its SLO, or give a faster GPU"
 
 
 def plan_doc(plan: PlanConfig, store: Path, packing: Packing, scenarios: list[ScenarioPlan],
