@@ -22,6 +22,7 @@ from ..measure.results import (GpuWindow, MetricBlock, Summary, SummaryUnreadabl
                                read_run_config, read_verdict, run_location, workload_labels)
 from .capacity import find_capacity, read_capacity, write_capacity_report
 from .isolation import find_interference, read_interference, write_isolation
+from .plan import find_plans, read_plans, write_plan_report
 from .style import close, colours, legend, markdown, save, subplots
 
 # Per run: what identifies it, what it measured (summary.json keys), and the gpu block's keys;
@@ -451,8 +452,8 @@ def figure_series(runs: pd.DataFrame) -> pd.Series:
 def analyze(found: RunSet, out: Path) -> list[Path]:
     """Write the tidy table, the summary tables and every figure from the complete runs; return
     what was written. With no complete run, nothing is written. Where the runs span several GPU
-    models, the cross-GPU table comes too, and where `interfere`'s or `capacity`'s outputs lie
-    under the searched folders, their isolation or capacity table and figures."""
+    models, the cross-GPU table comes too, and where `interfere`'s, `capacity`'s or `plan`'s
+    outputs lie under the searched folders, their isolation, capacity or plan table and figures."""
     runs = found.complete_runs()
     writable_folder(out)
     runs.to_csv(out / "runs.csv", index=False)
@@ -471,4 +472,5 @@ def analyze(found: RunSet, out: Path) -> list[Path]:
     written += plot_per_server(drawn, out, colour)
     written += write_isolation(isolation, out, colour)
     written += write_capacity_report(read_capacity(find_capacity(found.paths)), out)
+    written += write_plan_report(read_plans(find_plans(found.paths)), out)
     return written

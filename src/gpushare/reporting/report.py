@@ -19,6 +19,7 @@ from ..errors import RunFailure
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .capacity import capacity_part, find_capacity, read_capacity
 from .isolation import Interference, find_interference, isolation_table, read_interference
+from .plan import find_plans, plan_part, read_plans
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
 
@@ -235,6 +236,7 @@ def write_report(found: RunSet, out: Path) -> Path:
     cross_gpu = CROSS_GPU_TABLE if figures_dir / "cross_gpu.tex" in written else ""
     capacity = capacity_part(read_capacity(find_capacity(found.paths)), figures_dir, tex)
     isolation = isolation_section(read_interference(find_interference(found.paths)), figures_dir, capacity)
+    plan = plan_part(read_plans(find_plans(found.paths)), figures_dir, tex)
     weights = ("The model's weights were random (vLLM's dummy loader): speed is real, the generated text is not, "
                "so every request generated exactly its output length." if facts["dummy_weights"] else
                "The model served real weights.")
@@ -277,7 +279,7 @@ Table~\ref{{tab:summary}} summarises the runs (means over repeats).
 \resizebox{{\textwidth}}{{!}}{{\input{{figures/summary.tex}}}}
 \end{{table*}}
 {cross_gpu}{figures}
-{isolation}
+{isolation}{plan}
 \section{{Observations}}
 {chr(10).join(observations(summary))}
 
