@@ -170,3 +170,27 @@ def test_ctrl_c_keeps_finished_probes_and_a_rerun_resumes_the_plan(tmp_path):
     doc = read_plan_doc(out)
     assert (doc.status, doc.gpus_used, doc.lower_bound, doc.dedicated) == ("proven", 1, 1, 2)
     assert [sorted(s.tenant for s in g.seats) for g in doc.gpus] == [["t0", "t1"]]
+
+
+def test_one_engine_per_gpu_packed_and_proven_side_by_side_on_two_gpus(tmp_path):
+    """Tenants on one engine (law servers of their own, no group: an engine's requests slow only
+    each other, by a = 0.5 per request in flight): alone 20 x (1 + 0.5 x 1) = 30 ms at 2 in flight;
+    a pair's 4 in flight give 50 ms, three tenants' 6 give 70 ms, against a bound of 55 ms. So
+    two GPUs for three tenants, whose proofs run at once on GPUs 0 and 1."""
+    law = [sys.executable, str(Path(__file__).parent / "law_server.py"), "--d0=0.02", "--a=0.5"]
+    doc = law_plan(tmp_path, 3, models={"smollm2": {"command": law, "ready_timeout_s": 30}},
+                   fleet=[{"gpu": "sim", "count": 2, "placements": ["engine"]}])
+    for tenant in doc["tenants"]:
+        tenant["slo"]["tpot"] = 0.055
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "plan", str(write_config(tmp_path / "p.yaml", **doc)),
+                           "--out", str(out), "--gpus", "0,1", "--unchecked-gpus"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = read_plan_doc(out)
+    read = {(u.tenant, u.neighbour): u.capacity for u in plan.profiles}
+    assert read[("t0", None)] == 4 and read[("t0", "t1")] == 2  # the law: 4 alone, 2 beside 2 in flight
+    assert (plan.status, plan.gpus_used, plan.lower_bound) == ("proven", 2, 2)
+    assert sorted(len(g.seats) for g in plan.gpus) == [1, 2]
+    assert {g.placement for g in plan.gpus} == {"engine", "dedicated"}
+    assert "on GPU 0" in proc.stderr and "on GPU 1" in proc.stderr  # the proofs ran side by side
