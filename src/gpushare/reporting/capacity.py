@@ -28,6 +28,7 @@ from ..experiment.capacity import knob_of
 from ..measure.capacity_doc import CAPACITY_JSON, CapacityDoc, CapacityUnreadable, read_capacity_doc
 from ..measure.results import read_run_config
 from .isolation import LEVEL_AXIS, label
+from .found import read_found
 from .style import markdown, save, sharing_mode_colour, subplots
 
 UNITS = {"request_rate": "req/s", "concurrency": "requests in flight"}
@@ -97,16 +98,7 @@ def neighbour_knobs(file: Path, doc: CapacityDoc) -> dict[str, dict[str, str]]:
 def read_capacity(files: Iterable[Path]) -> Capacity:
     """One tidy frame from capacity.json files. A scenario name found in several files is
     prefixed with its file's folder, so that runs of one config under two --out stay apart."""
-    docs: list[tuple[Path, CapacityDoc]] = []
-    left_out: list[str] = []
-    for file in sorted(map(Path, files)):
-        try:
-            doc = read_capacity_doc(file.parent)
-        except CapacityUnreadable as err:
-            left_out.append(f"{file}: does not read as a capacity.json ({err})")
-            continue
-        if doc is not None:
-            docs.append((file, doc))
+    docs, left_out = read_found(files, read_capacity_doc, CapacityUnreadable, "capacity.json")
     counts = pd.Series([name for _, doc in docs for name in {row.scenario for row in doc.rows}],
                        dtype=object).value_counts()
     rows: list[dict] = []

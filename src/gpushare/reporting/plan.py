@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.transforms import offset_copy
 
 from ..measure.plan_doc import PLAN_JSON, PlanDoc, SeatDoc, StoreUnreadable, read_plan_doc
+from .found import read_found
 from .style import markdown, save, sharing_mode_colour, subplots
 
 TABLE, FIGURE = "plan_table", "plan"
@@ -49,16 +50,7 @@ class Plans:
 
 
 def read_plans(files: Iterable[Path]) -> Plans:
-    docs, left_out = [], []
-    for file in sorted(map(Path, files)):
-        try:
-            doc = read_plan_doc(file.parent)
-        except StoreUnreadable as err:
-            left_out.append(f"{file}: does not read as a plan.json ({err})")
-            continue
-        if doc is not None:
-            docs.append((file, doc))
-    return Plans(docs, left_out)
+    return Plans(*read_found(files, read_plan_doc, StoreUnreadable, "plan.json"))
 
 
 def fell_short(seat: SeatDoc) -> bool:
