@@ -19,6 +19,7 @@ from ..errors import RunFailure
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .capacity import capacity_part, find_capacity, read_capacity
 from .isolation import Interference, find_interference, isolation_table, read_interference
+from .decision import decision
 from .plan import find_plans, plan_part, read_plans
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
@@ -234,9 +235,13 @@ def write_report(found: RunSet, out: Path) -> Path:
                 f"{len(workloads)} workloads ({'; '.join(tex(w) for w in workloads)})")
     figures = figure_blocks(FIGURES, figures_dir)
     cross_gpu = CROSS_GPU_TABLE if figures_dir / "cross_gpu.tex" in written else ""
-    capacity = capacity_part(read_capacity(find_capacity(found.paths)), figures_dir, tex)
-    isolation = isolation_section(read_interference(find_interference(found.paths)), figures_dir, capacity)
-    plan = plan_part(read_plans(find_plans(found.paths)), figures_dir, tex)
+    capacities = read_capacity(find_capacity(found.paths))
+    interference = read_interference(find_interference(found.paths))
+    plans = read_plans(find_plans(found.paths))
+    capacity = capacity_part(capacities, figures_dir, tex)
+    isolation = isolation_section(interference, figures_dir, capacity)
+    plan = plan_part(plans, figures_dir, tex)
+    decided = " ".join(tex(line) for line in decision(summary, runs, capacities, interference, plans))
     weights = ("The model's weights were random (vLLM's dummy loader): speed is real, the generated text is not, "
                "so every request generated exactly its output length." if facts["dummy_weights"] else
                "The model served real weights.")
@@ -251,7 +256,7 @@ def write_report(found: RunSet, out: Path) -> Path:
 \maketitle
 \begin{{abstract}}
 We measure OpenAI-compatible LLM servers (vLLM {tex(facts['vllm'])}) on {on_gpus} under the sharing
-modes {modes}, with {workload} at loads {loads}. {observations(summary)[0]}
+modes {modes}, with {workload} at loads {loads}. {decided}
 \end{{abstract}}
 
 \section{{Introduction}}

@@ -1,0 +1,53 @@
+"""The report's opening decision, on committed results: in sharing modes and tenants, never
+run names, with the numbers of the tables the report shows."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gpushare.reporting.analysis import read_runs, summarize_runs
+from gpushare.reporting.capacity import capacity_table, find_capacity, read_capacity
+from gpushare.reporting.decision import decision
+from gpushare.reporting.isolation import find_interference, read_interference
+from gpushare.reporting.plan import find_plans, read_plans
+
+RESULTS = Path(__file__).parent.parent / "results"
+
+
+def decided(folder: Path) -> tuple[list[str], object, object]:
+    found = read_runs([folder])
+    runs = found.complete_runs()
+    summary = summarize_runs(runs)
+    capacities = read_capacity(find_capacity(found.paths))
+    lines = decision(summary, runs, capacities, read_interference(find_interference(found.paths)),
+                     read_plans(find_plans(found.paths)))
+    return lines, summary, capacities
+
+
+def test_a_capacity_set_opens_with_the_mode_that_held_the_most_beside_its_neighbour():
+    lines, _, capacities = decided(RESULTS / "h200" / "capacity")
+    table = capacity_table(capacities)
+    beside = table[table["beside"] == "batch=16"].sort_values("capacity", ascending=False)
+    (line,) = lines
+    assert line.startswith("Beside batch=16, chat held the most load inside its SLO (attainment 0.99) under one server: "
+                           f"{beside.iloc[0]['capacity']:g} req/s")
+    assert f"time-slicing {beside[beside['sharing_mode'] == 'timeslice'].iloc[0]['capacity']:g}" in line
+    assert f"MIG-like caps {beside[beside['sharing_mode'] == 'mig_emulation'].iloc[0]['capacity']:g}" in line
+    assert "h200-" not in line
+
+
+def test_a_matrix_opens_with_each_loads_best_mode_by_its_throughput():
+    lines, summary, _ = decided(RESULTS / "h100" / "matrix")
+    for line in lines:
+        load = float(re.match(r"At load (\S+),", line)[1])
+        best = summary[summary["load"] == load]["output_throughput"].max()
+        assert f"({best:,.0f} tokens/s)" in line and "h100-" not in line
+    assert len(lines) == summary["load"].nunique()
+
+
+@pytest.mark.parametrize("folder", ["h200/sharegpt-matrix"])
+def test_modes_that_ran_twice_are_told_apart_by_workload_not_by_run_name(folder):
+    lines, _, _ = decided(RESULTS / folder)
+    assert lines and all("h200-" not in line for line in lines)
+    assert "MPS on sharegpt" in lines[0] and "MPS on synthetic" in lines[0]
