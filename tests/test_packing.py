@@ -1,7 +1,7 @@
 """The packing model and its search, against an independent reading of the model's formula:
 every plan holds every seat's measured capacity (margin applied), never uses more GPUs than one
 per tenant nor fewer than its bound, the exact search finds the brute-force optimum, and the
-heuristic is valid and never better than it."""
+heuristic is valid, never better than it and at most one GPU worse on small problems."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def test_the_heuristic_is_valid_and_never_beats_the_exact_optimum(problem):
         return
     check_packing(problem, heuristic)
     assert heuristic.method == "heuristic"
-    assert exact.lower_bound <= exact.gpus_used <= heuristic.gpus_used
+    assert exact.lower_bound <= exact.gpus_used <= heuristic.gpus_used <= exact.gpus_used + 1
     assert solve(problem, exact_columns=0) == heuristic
 
 
