@@ -1,7 +1,7 @@
 """The packing model and its search, against an independent reading of the model's formula:
 every plan holds every seat's measured capacity (margin applied), never uses more GPUs than one
 per tenant nor fewer than its bound, the exact search finds the brute-force optimum, and the
-heuristic is valid and never better than it."""
+heuristic is valid, never better than it and at most one GPU worse on small problems."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from gpushare.measure.packing import (PARTITIONED_PLACEMENTS, PLACEMENTS, SHARED_PLACEMENTS, AloneKey, BesideKey,
                                       Demand, GpuKind, GroupKey, Packing, PackingProblem, Profiles, Slice,
                                       Unplaceable, lower_bound, missing_profiles, seat_capacities)
+from gpushare.measure.packing_bound import relaxed_bound
 from gpushare.measure.packing_search import solve
 
 H200_SLICES = (Slice("1g.18gb", 1, 1), Slice("2g.35gb", 2, 2), Slice("3g.71gb", 3, 4), Slice("4g.71gb", 4, 4),
@@ -178,7 +179,7 @@ def test_the_exact_packing_is_valid_and_equals_the_brute_force_optimum(problem):
     check_packing(problem, packing)
     assert packing.method == "exact" and packing.optimal
     assert packing.gpus_used == optimum
-    assert lower_bound(problem) <= optimum
+    assert lower_bound(problem) <= optimum and relaxed_bound(problem) <= optimum
     assert solve(problem) == packing  # deterministic
 
 
@@ -194,7 +195,7 @@ def test_the_heuristic_is_valid_and_never_beats_the_exact_optimum(problem):
         return
     check_packing(problem, heuristic)
     assert heuristic.method == "heuristic"
-    assert exact.lower_bound <= exact.gpus_used <= heuristic.gpus_used
+    assert exact.lower_bound <= exact.gpus_used <= heuristic.gpus_used <= exact.gpus_used + 1
     assert solve(problem, exact_columns=0) == heuristic
 
 
@@ -299,3 +300,13 @@ def test_a_fleet_too_small_says_how_many_gpus_it_takes():
         assert raised.value.tenant is None
         assert str(raised.value) == ("the fleet is too small: the best packing found needs 2 GPUs (2 H200); "
                                      "the fleet has 1 (1 H200)")
+
+
+def test_a_tenant_refuted_alone_everywhere_says_a_proof_run_refuted_it():
+    base = pairs_problem()
+    refuted = (GroupKey("H200", "dedicated", frozenset("c")),)
+    problem = PackingProblem(base.demands, base.gpus, base.profiles, refuted=refuted)
+    with pytest.raises(Unplaceable) as raised:
+        solve(problem)
+    assert raised.value.tenant == "c"
+    assert str(raised.value) == "c: target 6 was refuted by a proof run on every GPU it fits alone (best 10 on H200 dedicated)"

@@ -23,6 +23,7 @@ from scipy.sparse import csr_array
 from gpushare.measure.packing import (DEDICATED, EIGHTHS, PARTITIONED_PLACEMENTS, PLACEMENTS, SEVENTHS, BesideKey,
                                       GpuAssignment, GpuKind, Packing, PackingProblem, Unplaceable, least_shares,
                                       lower_bound, seat_capacities, smallest_slice)
+from gpushare.measure.packing_bound import relaxed_bound
 
 
 def headroom(assignment: GpuAssignment) -> float:
@@ -192,6 +193,9 @@ def _unplaceable_tenant(problem: PackingProblem) -> Unplaceable | None:
         if not known:
             return Unplaceable(d.name, f"{d.name}: target {d.target:g} has no measured capacity on any GPU the fleet has")
         capacity, key = known[0]
+        if problem.counted * capacity >= d.target:
+            return Unplaceable(d.name, f"{d.name}: target {d.target:g} was refuted by a proof run on every GPU "
+                                       f"it fits alone (best {capacity:.3g} on {key.gpu} {key.placement})")
         where = f"{key.gpu} {key.placement}" + (f" {key.slice}" if key.slice else "")
         counted = f", {problem.counted * capacity:.3g} after the {problem.margin * 100:g} % margin" if problem.margin else ""
         return Unplaceable(d.name, f"{d.name}: target {d.target:g} exceeds its capacity on every GPU even alone "
@@ -219,7 +223,7 @@ def solve(problem: PackingProblem, exact_columns: int = 20000, time_limit_s: flo
     Raises Unplaceable when no packing exists."""
     if (alone := _unplaceable_tenant(problem)) is not None:
         raise alone
-    bound, n = lower_bound(problem), len(problem.demands)
+    bound, n = max(lower_bound(problem), relaxed_bound(problem)), len(problem.demands)
     counts = {k.model: k.count for k in problem.usable}
     unlimited = {k.model: n for k in problem.usable}
     found = columns(problem, exact_columns)
