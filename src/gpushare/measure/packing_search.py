@@ -217,7 +217,7 @@ def _sorted(problem: PackingProblem, assignments: list[GpuAssignment]) -> tuple[
     return tuple(sorted(assignments, key=lambda a: (models.index(a.gpu), problem.order[a.seats[0].tenant])))
 
 
-def solve(problem: PackingProblem, exact_columns: int = 20000, time_limit_s: float = 50.0) -> Packing:
+def solve(problem: PackingProblem, exact_columns: int = 20000, time_limit_s: float = 20.0) -> Packing:
     """The packing with the fewest GPUs: exact when the feasible groups number at most
     `exact_columns` and HiGHS finds a solution within `time_limit_s`, else the heuristic's.
     Raises Unplaceable when no packing exists."""
