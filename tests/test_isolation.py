@@ -195,3 +195,78 @@ def test_an_interference_doc_with_a_key_it_does_not_declare_is_left_out_by_name(
     data = read_interference(find_interference([tmp_path]))
     assert data.empty and data.left_out == [f"{tmp_path / 'interference.json'}: scenarios.split.scores.fairnes: "
                                             "Extra inputs are not permitted"]
+
+
+
+def drawn_figures(paths, out, monkeypatch):
+    """Every figure analyze draws from the runs under paths, by name, as matplotlib drew it."""
+    from gpushare.reporting import analysis, isolation
+    from gpushare.reporting.style import save
+
+    figures = {}
+
+    def keep(fig, folder, name):
+        figures[name] = fig
+        return save(fig, folder, name)
+
+    monkeypatch.setattr(analysis, "save", keep)
+    monkeypatch.setattr(isolation, "save", keep)
+    analysis.analyze(read_runs(paths), out)
+    return figures
+
+
+def assert_mode_colours(figures, names, modes):
+    """Every artist drawn for a mode (its gid names the mode) has that mode's colour, and each
+    figure draws every mode."""
+    from matplotlib.colors import to_rgba
+
+    from gpushare.reporting.style import sharing_mode_colour
+
+    for name in names:
+        drawn = [a for a in figures[name].findobj() if a.get_gid() in modes]
+        assert {a.get_gid() for a in drawn} == modes, name
+        for artist in drawn:
+            if hasattr(artist, "get_xdata"):  # a line
+                colour = artist.get_color()
+            else:  # a bar, or an unfilled histogram's outline
+                colour = artist.get_facecolor() if artist.get_fill() else artist.get_edgecolor()
+            assert to_rgba(colour)[:3] == sharing_mode_colour(artist.get_gid())[:3], (name, artist)
+
+
+ANALYSIS_FIGURES = ["throughput_tokens_per_s", "p99_latency_s", "throughput_vs_p99_latency", "ttft_cdf",
+                    "e2e_latency_cdf"]
+
+
+def test_every_figure_colours_each_sharing_mode_alike(interference, tmp_path, monkeypatch):
+    """Two sharing modes (split: timeslice, packed: baseline): every line, bar and step of every
+    figure drawn for a mode has sharing_mode_colour(mode), and so do the heatmap's scenario
+    labels, which are horizontal."""
+    from matplotlib.colors import to_rgba
+
+    from gpushare.reporting.style import sharing_mode_colour
+
+    figures = drawn_figures([interference.parent], tmp_path, monkeypatch)
+    shown = [name for name in FIGURES if name != "slowdown_heatmap"]
+    assert_mode_colours(figures, ANALYSIS_FIGURES + shown, {"timeslice", "baseline"})
+    data = read_interference(find_interference([interference]))
+    modes_of = dict(zip(data.scores["scenario"], data.scores["sharing_mode"]))
+    ticks = figures["slowdown_heatmap"].axes[0].get_xticklabels()
+    assert len(ticks) == len(modes_of) and all(t.get_rotation() == 0 for t in ticks)
+    for tick, scenario in zip(ticks, data.scores["scenario"]):
+        assert to_rgba(tick.get_color()) == sharing_mode_colour(modes_of[scenario])
+
+
+def test_the_gpu_timeline_has_a_panel_per_phase(tmp_path, monkeypatch):
+    """The committed H200 interference runs (four modes, three phases each): a column per phase,
+    a row per quantity (utilisation and power smoothed, memory per server), each mode its colour."""
+    folder = RESULTS / "h200" / "interference"
+    figures = drawn_figures([folder], tmp_path, monkeypatch)
+    data = read_interference(find_interference([folder]))
+    assert_mode_colours(figures, ["gpu_timeline", "noisy_neighbour"], set(data.scores["sharing_mode"]))
+    timeline = figures["gpu_timeline"]
+    phases = data.phases["phase"].nunique()
+    assert phases == 3 and len(timeline.axes) == 3 * phases
+    assert [ax.get_title() for ax in timeline.axes[:phases]] == ["batch alone", "chat alone", "chat+batch shared"]
+    assert timeline.axes[2 * phases].get_ylabel().replace("\n", " ") == "memory per server (GiB)"
+    legend = " ".join(t.get_text() for leg in timeline.legends for t in leg.get_texts())
+    assert "2 s rolling mean" in legend and "1st server: batch-4g, batch-gpu, shared" in legend

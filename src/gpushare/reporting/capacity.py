@@ -29,7 +29,7 @@ from ..measure.capacity_doc import CAPACITY_JSON, CapacityDoc, CapacityUnreadabl
 from ..measure.results import read_run_config
 from .isolation import LEVEL_AXIS, label
 from .found import read_found
-from .style import markdown, save, sharing_mode_colour, subplots
+from .style import PAGE_IN, markdown, save, sharing_mode_colour, styled, subplots
 
 UNITS = {"request_rate": "req/s", "concurrency": "requests in flight"}
 """The searched tenant's knob, as its capacity's unit."""
@@ -232,6 +232,7 @@ def _spread_labels(ys: list[float], gap: float, floor: float = -math.inf) -> lis
     return placed
 
 
+@styled
 def plot_capacity(data: Capacity, out: Path) -> list[Path]:
     """The searched tenant's capacity (y) against its neighbour's level (x; alone the leftmost
     tick), one line per scenario coloured by its sharing mode; the band reaches from the capacity
@@ -249,7 +250,7 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
     scenarios = list(dict.fromkeys(rows["scenario"]))
     modes = dict(zip(rows["scenario"], rows["sharing_mode"]))
     per_mode = {mode: [s for s in scenarios if modes[s] == mode] for mode in modes.values()}
-    fig, axes = subplots(len(targets), len(groups), figsize=(7.6 * len(groups), 3.9 * len(targets) + 0.5),
+    fig, axes = subplots(len(targets), len(groups), figsize=(max(PAGE_IN, 4.6 * len(groups)), 2.9 * len(targets) + 0.9),
                          squeeze=False)
     any_unresolved = any_open = any_band = False
     for ax_row, target in zip(axes, targets):
@@ -273,13 +274,14 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
                 caps = line["capacity"].to_numpy(dtype=float)
                 tops = line["first_infeasible"].to_numpy(dtype=float)
                 resolved = line["resolved"].astype(bool).to_numpy()
-                ax.fill_between(xs, caps, tops, color=colour, alpha=0.15, linewidth=0)
-                ax.vlines(xs, caps, tops, color=colour, alpha=0.45, linewidth=2.5)
-                ax.plot(xs, caps, color=colour, linestyle=LINE_STYLES[style % 4], linewidth=1.8)
+                ax.fill_between(xs, caps, tops, color=colour, alpha=0.15, linewidth=0, gid=mode)
+                ax.vlines(xs, caps, tops, color=colour, alpha=0.45, linewidth=2.5, gid=mode)
+                ax.plot(xs, caps, color=colour, linestyle=LINE_STYLES[style % 4], linewidth=1.8, gid=mode)
                 marker = MARKERS[style % 4]
-                ax.plot(xs[resolved], caps[resolved], linestyle="none", marker=marker, markersize=6.5, color=colour)
+                ax.plot(xs[resolved], caps[resolved], linestyle="none", marker=marker, markersize=6.5, color=colour,
+                        gid=mode)
                 ax.plot(xs[~resolved], caps[~resolved], linestyle="none", marker=marker, markersize=6.5,
-                        markerfacecolor="white", markeredgewidth=1.6, color=colour)
+                        markerfacecolor="white", markeredgewidth=1.6, color=colour, gid=mode)
                 any_unresolved |= bool((~resolved).any())
                 any_band |= bool((~np.isnan(tops)).any())
                 for x, cap in zip(xs[np.isnan(tops)], caps[np.isnan(tops)]):

@@ -6,7 +6,7 @@ the scenario's scores, and the victim's latency per step of its aggressor's load
 level against solo. This module reads those files back into tidy frames, draws them and writes
 a summary table, whose headline for a victim is its aggressor's worst loaded level;
 `analysis.analyze` calls it when --runs holds such files. Each scenario keeps the colour the
-other figures give it, so one mode reads the same everywhere.
+other figures give its sharing mode (style.Look), so one mode reads the same everywhere.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -27,7 +28,9 @@ from ..experiment.interference_protocol import SHARED, solo_cell
 from ..measure.interference_doc import STEP_METRICS, InterferenceUnreadable, ScenarioEntry, read_interference_doc
 from ..measure.metric_catalog import METRICS
 from ..measure.results import read_verdict
-from .style import legend, markdown, save, subplots
+from .style import (ALONE, PAGE_IN, PHASE_LINE, Look, common_prefix, figure_legend, key, markdown, save,
+                    scenario_label, styled, subplots, wrapped)
+from .style import SHARED as STYLE_SHARED
 
 COMPARISON_FIELDS = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]
 SCORE_FIELDS = ["scenario", "sharing_mode", "label", "tenants", "fairness", "stp", "fairness_vs_dedicated",
@@ -91,7 +94,7 @@ class Interference:
 
 def label(scenario: str, mode: str) -> str:
     """What a legend calls a scenario: its name, and its sharing mode where the name lacks it."""
-    return scenario if mode in scenario else f"{scenario} ({mode})"
+    return scenario_label(scenario, mode)
 
 
 def _load(files: list[Path]) -> tuple[list[tuple[Path, str, ScenarioEntry]], list[str]]:
@@ -239,39 +242,56 @@ def write_isolation_table(data: Interference, out: Path) -> list[Path]:
 # --- figures ------------------------------------------------------------------------------------
 
 
-def plot_noisy_neighbour(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+def _scenario_ticks(ax: Axes, scenarios: list[str], names: dict[str, str], colour: Look, width: int = 13) -> str:
+    """Horizontal tick labels, one per scenario, wrapped and coloured by sharing mode, less the
+    prefix they all share (returned, for the axis label)."""
+    prefix = common_prefix([names[s] for s in scenarios])
+    ax.set_xticks(range(len(scenarios)), [wrapped(names[s].removeprefix(prefix), width) for s in scenarios])
+    for tick, scenario in zip(ax.get_xticklabels(), scenarios):
+        tick.set_color(colour[scenario])
+    return prefix
+
+
+def _scenario_axis(prefix: str) -> str:
+    return f"scenario ({prefix}…; colour: sharing mode)" if prefix else "scenario (colour: sharing mode)"
+
+
+@styled
+def plot_noisy_neighbour(data: Interference, out: Path, colour: Look) -> list[Path]:
     """Each victim's P99 TTFT and TPOT per step of its aggressor's load, one line per mode;
     dotted: the victim's solo value, what no neighbour load gives it."""
     victims = data.steps[data.steps["tenant"] != data.steps["aggressor"]]
     groups = list(victims.groupby(["tenant", "aggressor", "kind"], sort=True))
     if not groups:
         return []
-    labels = data.labels()
     solo = data.comparisons.set_index(["scenario", "tenant", "metric"])["solo"]
-    fig, axes = subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
+    fig, axes = subplots(len(groups), 2, figsize=(PAGE_IN, 2.5 * len(groups) + 0.7), squeeze=False)
     for row, ((victim, aggressor, kind), part) in zip(axes, groups):
         for ax, metric in zip(row, (METRICS["p99_ttft_ms"], METRICS["p99_tpot_ms"])):
             for scenario, lines in part.groupby("scenario"):
-                ax.plot(lines["level"], lines[metric.key], marker="o", color=colour[scenario], label=labels[scenario])
+                mode, style = colour.mode(scenario), colour.scenario_style(scenario)
+                ax.plot(lines["level"], lines[metric.key], marker="o", color=colour[scenario], linestyle=style,
+                        gid=mode)
                 ax.axhline(solo.get((scenario, victim, metric.key), np.nan), color=colour[scenario], linestyle=":",
-                           linewidth=1)
-            ax.set_title(f"{victim}: {metric.label} while {aggressor} steps up its load", fontsize="medium")
+                           linewidth=0.9, gid=mode)
+            ax.set_title(f"{victim}: {metric.label} while {aggressor} steps up its load")
             ax.set_xlabel(f"{aggressor}'s {LEVEL_AXIS.get(kind, kind)}")
             ax.set_ylabel(f"{victim}'s {metric.title}")
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-        handles, names = row[1].get_legend_handles_labels()
-        row[1].legend([*handles, Line2D([], [], color="grey", linestyle=":")], [*names, f"{victim} solo"],
-                      loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    handles, names = key(colour, data.scores["scenario"], phases=False)
+    figure_legend(fig, [*handles, Line2D([], [], color="grey", linestyle=":")],
+                  [*names, "dotted: the victim alone"], where="bottom")
     return save(fig, out, "noisy_neighbour")
 
 
-def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+@styled
+def plot_slowdown_heatmap(data: Interference, out: Path, colour: Look) -> list[Path]:
     """Tenant × mode: P99 TTFT shared/solo (above 1 is worse) and the share each tenant kept of
     the quantity it is scored on (below 1 is worse; output tok/s for a file that scored none);
     green is good, red is bad in both, pale is little change. The colour scale is logarithmic and
     symmetric about 1 (×0.5 reads as strong as ×2), at least ×0.5 to ×2 so that noise does not
-    look like harm."""
+    look like harm. Scenario labels are horizontal, wrapped and coloured by sharing mode."""
     labels = data.labels()
     scenarios = list(data.scores["scenario"])
     ttft = data.comparisons[data.comparisons["metric"] == "p99_ttft_ms"]
@@ -281,10 +301,10 @@ def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple
     else:
         kept = data.tenant_scores.rename(columns={"kept": "slowdown"}).assign(
             quantity=data.tenant_scores["scored_on"].fillna("not scored"))
-        kept_title = "kept of what it is scored on, shared / solo (<1: less)"
-    panels = ((ttft.assign(quantity=""), f"{METRICS['p99_ttft_ms'].label} shared / solo (>1: slower)", "RdYlGn_r"),
+        kept_title = "kept of what it is scored on,\nshared / solo (<1: less)"
+    panels = ((ttft.assign(quantity=""), f"{METRICS['p99_ttft_ms'].label} shared / solo\n(>1: slower)", "RdYlGn_r"),
               (kept, kept_title, "RdYlGn"))
-    size = (2 * (2.5 + 1.6 * len(scenarios)), 2.2 + 0.6 * data.comparisons["tenant"].nunique())
+    size = (PAGE_IN, 1.7 + 0.4 * data.comparisons["tenant"].nunique())
     fig, axes = subplots(1, 2, figsize=size, squeeze=False)
     for ax, (rows, title, cmap) in zip(axes[0], panels):
         grid = rows.pivot(index="tenant", columns="scenario", values="slowdown").reindex(columns=scenarios)
@@ -297,21 +317,20 @@ def plot_slowdown_heatmap(data: Interference, out: Path, colour: dict[str, tuple
         for (i, j), v in np.ndenumerate(values):
             quantity = what.iat[i, j] if isinstance(what.iat[i, j], str) else ""
             text = ("n/a" if np.isnan(v) else f"×{v:.2f}") + (f"\n{quantity}" if quantity else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize="small")
-        ax.set_xticks(range(len(scenarios)), [labels[s] for s in scenarios], rotation=20, ha="right")
-        for tick, scenario in zip(ax.get_xticklabels(), scenarios):
-            tick.set_color(colour[scenario])
+            ax.text(j, i, text, ha="center", va="center", fontsize=6.5)
+        prefix = _scenario_ticks(ax, scenarios, labels, colour, width=max(8, int(36 / max(1, len(scenarios)))))
         ax.set_yticks(range(len(grid.index)), grid.index)
-        ax.set_xlabel("sharing mode (scenario)")
+        ax.set_xlabel(_scenario_axis(prefix))
         ax.set_ylabel("tenant")
-        ax.set_title(title, fontsize="medium")
-        bar = fig.colorbar(image, ax=ax, label="shared / solo (ratio, log scale)",
+        ax.set_title(title)
+        bar = fig.colorbar(image, ax=ax, label="shared / solo (log scale)", shrink=0.9,
                            ticks=np.geomspace(1 / reach, reach, 5), format=FuncFormatter(lambda v, _: f"{v:.2g}"))
         bar.minorticks_off()
     return save(fig, out, "slowdown_heatmap")
 
 
-def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+@styled
+def plot_slo_attainment(data: Interference, out: Path, colour: Look) -> list[Path]:
     """Per tenant with an SLO: the share of its requests that met it, alone (hatched) and shared
     (solid), per mode."""
     slo = data.comparisons[(data.comparisons["metric"] == "good_request_fraction")
@@ -320,26 +339,27 @@ def plot_slo_attainment(data: Interference, out: Path, colour: dict[str, tuple])
     if not tenants:
         return []
     labels = data.labels()
-    width = max(5.0, 1.6 * slo["scenario"].nunique())
-    fig, axes = subplots(1, len(tenants), figsize=(width * len(tenants) + 2, 4), squeeze=False)
+    fig, axes = subplots(1, len(tenants), figsize=(PAGE_IN, 2.8), squeeze=False)
     sides = (("solo", -0.2, {"hatch": "//", "alpha": 0.45}), ("shared", 0.2, {}))
     for ax, tenant in zip(axes[0], tenants):
         part = slo[slo["tenant"] == tenant].sort_values("scenario")
         for x, row in enumerate(part.itertuples()):
             for side, offset, style in sides:
                 value = 100 * getattr(row, side)
-                ax.bar(x + offset, value, width=0.4, color=colour[row.scenario], edgecolor="black", **style)
+                ax.bar(x + offset, value, width=0.4, color=colour[row.scenario], edgecolor="black", linewidth=0.5,
+                       gid=colour.mode(row.scenario), **style)
                 ax.annotate("n/a" if np.isnan(value) else f"{value:.0f}%", (x + offset, np.nan_to_num(value)),
-                            ha="center", va="bottom", fontsize="x-small", textcoords="offset points", xytext=(0, 2))
-        ax.set_xticks(range(len(part)), [labels[s] for s in part["scenario"]], rotation=20, ha="right")
-        ax.set_ylim(0, 110)
+                            ha="center", va="bottom", fontsize=5.5, textcoords="offset points", xytext=(0, 1))
+        prefix = _scenario_ticks(ax, list(part["scenario"]), labels, colour,
+                                 width=max(8, int(40 / max(1, len(part) * len(tenants)))))
+        ax.set_ylim(0, 112)
         ax.set_ylabel("requests meeting the SLO (%)")
-        ax.set_xlabel("sharing mode (scenario)")
-        ax.set_title(f"{tenant}: {METRICS['good_request_fraction'].label}, solo vs shared", fontsize="medium")
+        ax.set_xlabel(_scenario_axis(prefix))
+        ax.set_title(f"{tenant}: {METRICS['good_request_fraction'].label}, solo vs shared")
         ax.grid(alpha=0.3, axis="y")
-    key = [Patch(facecolor="white", edgecolor="black", hatch="//"), Patch(facecolor="grey", edgecolor="black")]
-    axes[0][-1].legend(key, ["solo (tenant alone)", "shared (all tenants)"], loc="upper left",
-                       bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    figure_legend(fig, [Patch(facecolor="white", edgecolor="black", hatch="//"),
+                        Patch(facecolor="grey", edgecolor="black")],
+                  ["solo (tenant alone)", "shared (all tenants)"], where="bottom")
     return save(fig, out, "slo_attainment")
 
 
@@ -351,32 +371,35 @@ def phase_requests(folder: Path, tenant: str) -> pd.DataFrame:
     return requests[(requests["tenant"] == tenant) & (requests["in_window"] == 1) & (requests["status"] == "ok")]
 
 
-def plot_latency_cdfs(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+@styled
+def plot_latency_cdfs(data: Interference, out: Path, colour: Look) -> list[Path]:
     """Per tenant, the TTFT distribution alone (dashed) and shared (solid), per mode: the whole
     distribution, where the table gives only its P99."""
     tenants = sorted(data.comparisons["tenant"].unique())
     if not tenants:
         return []
-    labels = data.labels()
     folders = data.phases.set_index(["scenario", "phase"])["folder"]
-    fig, axes = subplots(1, len(tenants), figsize=(4.5 * len(tenants) + 2.5, 3.8), squeeze=False, sharey=True)
+    fig, axes = subplots(1, len(tenants), figsize=(PAGE_IN, 2.8), squeeze=False, sharey=True)
     for ax, tenant in zip(axes[0], tenants):
         for scenario in data.scores["scenario"]:
-            for phase, side, style in ((solo_cell(tenant), "solo", "--"), (SHARED, "shared", "-")):
+            for phase, style in ((solo_cell(tenant), PHASE_LINE[ALONE]), (SHARED, PHASE_LINE[STYLE_SHARED])):
                 ttft = phase_requests(folders[(scenario, phase)], tenant)["ttft_s"].dropna()
                 values = np.sort(ttft.to_numpy(dtype=float)) * 1000
                 if values.size:
                     ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", linestyle=style,
-                            color=colour[scenario], label=f"{labels[scenario]}: {side}")
-        ax.set_title(f"{tenant}: TTFT solo vs shared", fontsize="medium")
+                            color=colour[scenario], gid=colour.mode(scenario))
+        ax.set_title(f"{tenant}: TTFT solo vs shared")
         ax.set_xlabel("time to first token (ms)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of requests")
-    legend(axes[0][-1])
+    handles, names = key(colour, data.scores["scenario"], phases=False)
+    handles += [Line2D([], [], color="dimgrey", linestyle=PHASE_LINE[p]) for p in (ALONE, STYLE_SHARED)]
+    names += ["dashed: tenant alone", "solid: shared"]
+    figure_legend(fig, handles, names, where="bottom")
     return save(fig, out, "latency_cdf_solo_vs_shared")
 
 
-def write_isolation(data: Interference, out: Path, colour: dict[str, tuple]) -> list[Path]:
+def write_isolation(data: Interference, out: Path, colour: Look) -> list[Path]:
     """The table and every figure; nothing where no scenario is complete."""
     if data.empty:
         return []

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
 from ..core.files import CONFIG, ENV
 from ..errors import RunFailure
@@ -21,6 +22,7 @@ from .capacity import capacity_part, find_capacity, read_capacity
 from .isolation import Interference, find_interference, isolation_table, read_interference
 from .decision import decision
 from .plan import find_plans, plan_part, read_plans
+from .style import COLUMN_IN, DPI
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
 
@@ -122,7 +124,9 @@ FIGURES = [
     ("throughput_vs_p99_latency", "Throughput against P99 latency; points are labelled with their load."),
     ("e2e_latency_cdf", "Distribution of end-to-end latency per scenario and load."),
     ("ttft_cdf", "Distribution of time to first token."),
-    ("gpu_timeline", "GPU utilisation, memory and power during the measurement windows."),
+    ("gpu_timeline", "GPU utilisation and power (2 s rolling mean over the faint raw samples) and memory per server "
+                     "(the GPU's where per-server memory was not recorded) during the measurement windows, a column "
+                     "per phase or scenario."),
     ("per_server", "Per-server throughput and P99 latency in multi-server scenarios."),
 ]
 
@@ -146,14 +150,28 @@ workload and load, with each later model's ratio to the first and each model's m
 """
 
 
+def drawn_wide(png: Path) -> bool:
+    """Whether a figure was drawn wider than the report's column (style.COLUMN_IN), read from
+    its PNG's size at style.DPI: it is then printed across the page, at its drawn size."""
+    try:
+        with Image.open(png) as image:
+            return image.width / DPI > COLUMN_IN + 0.05
+    except OSError:
+        return False
+
+
 def figure_blocks(figures: list[tuple[str, str]], figures_dir: Path, wide: bool = False) -> str:
-    """LaTeX floats for the figures that were drawn; `wide` spans both columns."""
-    env, width = ("figure*", "\\textwidth") if wide else ("figure", "\\columnwidth")
-    return "\n".join(
-        f"\\begin{{{env}}}[t]\\centering\\includegraphics[width={width}]{{figures/{name}.pdf}}"
-        f"\\caption{{{caption}}}\\label{{fig:{name}}}\\end{{{env}}}"
-        for name, caption in figures if (figures_dir / f"{name}.pdf").exists()
-    )
+    """LaTeX floats for the figures that were drawn; `wide` spans both columns, as does a
+    figure drawn wider than a column, so that every figure prints at about its drawn size."""
+    blocks = []
+    for name, caption in figures:
+        if not (figures_dir / f"{name}.pdf").exists():
+            continue
+        env, width = (("figure*", "\\textwidth") if wide or drawn_wide(figures_dir / f"{name}.png")
+                      else ("figure", "\\columnwidth"))
+        blocks.append(f"\\begin{{{env}}}[t]\\centering\\includegraphics[width={width}]{{figures/{name}.pdf}}"
+                      f"\\caption{{{caption}}}\\label{{fig:{name}}}\\end{{{env}}}")
+    return "\n".join(blocks)
 
 
 def isolation_observations(data: Interference) -> list[str]:
