@@ -22,7 +22,7 @@ import pytest
 
 from gpushare import cli
 from gpushare.measure.plan_doc import GpuDoc, PlanDoc, SeatDoc, write_plan_doc
-from gpushare.reporting.html import latex_text, markdown_table
+from gpushare.reporting.html import latex_text, markdown_table, tex_abstract
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -254,7 +254,9 @@ def test_the_page_renders_in_chromium_without_an_error(built, tmp_path):
     assert re.search(r"alone: \d+ req/s, infeasible from \d+", hovered["plotly-capacity"]), hovered
     assert re.search(r"batch's concurrency \(requests in flight\): 0.*chat's P99 TTFT: [\d.]+ ms",
                      hovered["plotly-noisy_neighbour"]), hovered
-    assert "We measure" in found["abstract"] and "tokens/s" in found["abstract"]
+    # the abstract (the decision the runs were made for) as the PDF words it, with its numbers
+    abstract = found["abstract"]
+    assert abstract == tex_abstract(out / "report.tex") and len(abstract) > 100 and re.search(r"\d", abstract)
     # sorting by the capacity alone: ascending puts 18 first, descending last
     key = [float(re.match(r"[\d.]+", cell).group()) for cell in found["ascending"]]
     assert key == sorted(key) and key != sorted(key, reverse=True)
