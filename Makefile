@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <PyTorch's CPU wheel index>"
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup quickstart test tex bench clean-venv
+.PHONY: setup quickstart test tex chromium bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -34,11 +34,17 @@ quickstart: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
-# TeX for `gpushare report` (IEEEtran) and pdftotext for its test; Debian packages, needs root.
-tex:
+# TeX for `gpushare report` (IEEEtran) and pdftotext for its test, and (through `chromium`) the
+# browser that checks `report --html`; Debian packages, needs root.
+tex: chromium
 	command -v latexmk >/dev/null && kpsewhich IEEEtran.cls >/dev/null && command -v pdftotext >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk poppler-utils; }
+
+# Headless Chromium for tests/test_html_report.py (report.html opened in a real browser).
+chromium:
+	command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 bench: setup
 	$(BIN)/python benchmarks/loadgen_capacity.py

@@ -570,6 +570,8 @@ def report(
     runs: List[Path] = typer.Option(..., "--runs", help=RUNS_HELP),
     more: Optional[List[Path]] = typer.Argument(None, hidden=True),
     out: Path = typer.Option(Path("report"), "--out", help="Where report.tex, its figures and the PDF go."),
+    html: bool = typer.Option(False, "--html", help="Also write report.html: one self-contained page (figures "
+                              "inline, sortable tables, interactive capacity and noisy-neighbour curves)."),
 ) -> None:
     """An IEEE-style paper (IEEEtran) from the runs: tables, figures and observations from the data; PDF if TeX is installed."""
     from .reporting.analysis import read_runs
@@ -579,6 +581,10 @@ def report(
     for line in found.notes():
         err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     tex_path = write_report(found, out)
+    if html:
+        from .reporting.html import write_html_report
+
+        print(write_html_report(found, out, tex_path))
     if not tex_available():
         err_console.print(f"Wrote {tex_path}. TeX is not installed, so no PDF: apt-get install {TEX_PACKAGES}",
                           markup=False, soft_wrap=True)
