@@ -39,8 +39,8 @@ def law_plan(tmp_path: Path, tenants: int, **extra) -> dict:
                        for i in range(tenants)],
            "fleet": [{"gpu": "sim", "count": tenants, "placements": ["timeslice"]}],
            "margin": 0.0,
-           "profile": {"window_s": 1.5, "settle_s": 0.3, "budget": 4},
-           "proof": {"window_s": 2, "settle_s": 0.3}}
+           "profile": {"window_s": 1.0, "settle_s": 0.3, "budget": 4},
+           "proof": {"window_s": 1.5, "settle_s": 0.3}}
     doc.update(extra)
     return doc
 
@@ -194,3 +194,27 @@ def test_one_engine_per_gpu_packed_and_proven_side_by_side_on_two_gpus(tmp_path)
     assert sorted(len(g.seats) for g in plan.gpus) == [1, 2]
     assert {g.placement for g in plan.gpus} == {"engine", "dedicated"}
     assert "on GPU 0" in proc.stderr and "on GPU 1" in proc.stderr  # the proofs ran side by side
+
+
+def test_a_group_the_model_admits_but_its_proof_refutes_is_searched_again_without_it(tmp_path):
+    """The law (TPOT bound 47.5 ms): a at 3 in flight runs at 40 ms alone, 45 ms beside one
+    neighbour at 1 and 50 ms beside two. Capacities are whole requests in flight, so each pair
+    measures no loss for a (3 alone, 3 beside b or c) and the additive model admits all three on
+    one GPU; their proof fails a, the group goes to the store, and the next search's two GPUs
+    are proven."""
+    doc = law_plan(tmp_path, 3, fleet=[{"gpu": "sim", "count": 3, "placements": ["timeslice"]}])
+    for tenant, target in zip(doc["tenants"], (3, 1, 1)):
+        tenant["load"] = {"concurrency": target}
+        tenant["slo"]["tpot"] = 0.0475
+    out = tmp_path / "out"
+    assert cli.main(["plan", str(write_config(tmp_path / "plan.yaml", **doc)), "--out", str(out)]) == 0
+    plan = read_plan_doc(out)
+    read = {(u.tenant, u.neighbour): u.capacity for u in plan.profiles}
+    assert (read[("t0", None)], read[("t0", "t1")], read[("t0", "t2")]) == (3, 3, 3)
+    assert (plan.status, plan.rounds, plan.gpus_used, plan.dedicated) == ("proven", 2, 2, 3)
+    (refuted,) = plan.refuted
+    assert (refuted.placement, len(refuted.tenants), refuted.held) == ("timeslice", 3, False)
+    summary = json.loads((Path(refuted.run_dir) / "summary.json").read_text())
+    assert summary["tenants"]["t0"]["p50_tpot_ms"] == pytest.approx(50.0, rel=0.05)  # the law beside two
+    assert summary["tenants"]["t0"]["good_requests"] == 0
+    assert all(g.proven for g in plan.gpus) and sorted(len(g.seats) for g in plan.gpus) == [1, 2]

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpushare import cli
+from gpushare.plan_config import parse_plan
 from gpushare.config import ApiConfig, LoadConfig, ScenarioConfig, apply_overrides, parse_config, read_config_file
 from gpushare.load.workloads.dataset import DatasetWorkload
 from gpushare.load.workloads.synthetic import SyntheticWorkload
@@ -202,4 +203,8 @@ def test_monitor_without_nvml_writes_only_the_header(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml")))
 def test_shipped_configs_are_valid(path):
-    parse_config(read_config_file(Path(path)))
+    raw = read_config_file(Path(path))
+    if "plan" in raw:  # a plan file (gpushare plan), not a scenario
+        parse_plan(raw)
+    else:
+        parse_config(raw)
