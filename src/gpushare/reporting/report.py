@@ -245,7 +245,7 @@ def write_report(found: RunSet, out: Path) -> Path:
     summary = summarize_runs(runs)
     facts = _first_run_facts(runs)
     on_gpus, hardware = hardware_text(runs, facts)
-    scenarios = ", ".join(tex(s) for s in sorted(runs["scenario"].unique()))
+    scenarios = runs["scenario"].nunique()
     modes = ", ".join(tex(m) for m in sorted(runs["sharing_mode"].unique()))
     loads = ", ".join(f"{v:g}" for v in sorted(runs["load"].unique()))
     workloads = sorted(runs["workload"].unique())
@@ -287,7 +287,7 @@ under MPS, its share of the SMs; it is not hardware isolation.
 
 \section{{Method}}
 Hardware: {hardware}. Software: vLLM {tex(facts['vllm'])}, PyTorch
-{tex(facts['torch'])}, Python {tex(facts['python'])}. Scenarios: {scenarios}. {weights}
+{tex(facts['torch'])}, Python {tex(facts['python'])}. {scenarios} scenarios, named in the tables. {weights}
 Each run started its servers one after another (each once the previous answered), sent warm-up requests that are
 excluded from every statistic, then the measured requests from an asynchronous client. Time to first token (TTFT) is
 measured from sending a request to the arrival of its first token; TPOT is the mean time per output token after the
