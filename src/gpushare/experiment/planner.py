@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,6 +67,12 @@ def engine_version(plan: PlanConfig, model: str) -> str:
     server = plan.models[model]
     if server.engine != "vllm" or server.command is not None:
         return server.engine if server.command is None else "command:" + " ".join(server.command[:3])
+    return installed_vllm()
+
+
+@cache
+def installed_vllm() -> str:
+    """The vLLM a launched server runs, read once: every profile key and fingerprint names it."""
     found = engines()["vllm"]
     return "vllm " + (found["version"] if found else "not installed")
 
