@@ -41,6 +41,14 @@ def process_alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
+def same_process_alive(pid: int, started: int | None) -> bool:
+    """True while the process that had `pid` when its start time `started` was read still
+    runs: a PID reused since (Linux hands out a dead member's PID, or a thread's id under
+    it, within minutes on a busy machine) is another process."""
+    stat = process_stat(pid)
+    return stat is not None and stat[0] != "Z" and stat[1] == started
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group, read from /proc."""
     members = []

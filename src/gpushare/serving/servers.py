@@ -25,6 +25,7 @@ from . import leftovers
 from .engines import LaunchPlan
 from .server_env import server_environment
 
+KILL_WAIT_S = 60.0  # SIGKILL cannot be caught; a wait past a few seconds is the kernel's (a loaded machine)
 STARTING_GRACE_S = 5.0  # a server stopped before it was ready has no request to finish
 
 
@@ -186,12 +187,13 @@ class ServerHandle:
             return ""
         return f"; last log lines ({self.log_path}): " + " | ".join(line.strip()[:200] for line in tail)
 
-    def stop(self, grace_s: float | None = None, hurry: Callable[[], bool] = lambda: False) -> None:
+    def stop(self, grace_s: float | None = None, hurry: Callable[[], bool] = lambda: False) -> list[int]:
         """SIGTERM the whole process group, SIGKILL what is left after `grace_s` (at once when
         `hurry()` turns true: a second Ctrl-C). One deadline covers the leader and the engine
-        workers, which can outlive it in the group its id still names."""
+        workers, which can outlive it in the group its id still names. Returns the members
+        still alive KILL_WAIT_S after SIGKILL (a process stuck in the kernel): none, as a rule."""
         if self.process is None:
-            return
+            return []
         if grace_s is None:
             grace_s = self.plan.stop_grace_s if self.startup_s is not None else STARTING_GRACE_S
         pgid = self.process.pid  # start_new_session makes the server its group's leader
@@ -202,7 +204,7 @@ class ServerHandle:
             time.sleep(0.1)
         if group_members(pgid):
             signal_group(pgid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + KILL_WAIT_S
             while group_members(pgid) and time.monotonic() < deadline:
                 time.sleep(0.05)
         try:
@@ -210,6 +212,7 @@ class ServerHandle:
         except subprocess.TimeoutExpired:
             pass
         leftovers.forget(pgid)  # kept while any member lives: `gpushare doctor` lists it
+        return group_members(pgid)
 
 
 class ServerFleet:
@@ -245,9 +248,10 @@ class ServerFleet:
     def first_dead(self) -> ServerHandle | None:
         return next((h for h in self.handles if h.exit_code() is not None), None)
 
-    def stop(self, hurry: Callable[[], bool] = lambda: False) -> None:
-        for handle in reversed(self.handles):
-            handle.stop(hurry=hurry)
+    def stop(self, hurry: Callable[[], bool] = lambda: False) -> dict[str, list[int]]:
+        """Every server stopped, last first; the members each one left alive (see `ServerHandle.stop`)."""
+        left = {handle.name: handle.stop(hurry=hurry) for handle in reversed(self.handles)}
+        return {name: pids for name, pids in left.items() if pids}
 
     def __enter__(self) -> "ServerFleet":
         return self

@@ -66,7 +66,9 @@ class ScenarioServers:
         hurry = self.interrupts.hurry(self.interrupts.mark())  # before the message that invites the signal
         if any(h.process is not None for h in fleet.handles):
             self._say("stopping servers (SIGTERM, then SIGKILL after a grace period; Ctrl-C again to kill at once)")
-        fleet.stop(hurry=hurry)
+        for name, pids in fleet.stop(hurry=hurry).items():
+            self._say(f"server {name}: process {', '.join(map(str, pids))} of its group still alive after SIGKILL;"
+                      " `gpushare doctor --clean` ends it once it can")
 
     def close(self) -> None:
         with self.interrupts.deferred():

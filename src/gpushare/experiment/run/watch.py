@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ...core.events import Event, PhaseChanged, RequestFinished
-from ...core.processes import process_alive
+from ...core.processes import same_process_alive, start_time
 from ...core.records import RequestRecord
 from ...serving.servers import ServerFleet
 
@@ -21,17 +21,22 @@ class ServerWatch:
     def __init__(self, fleet: ServerFleet):
         self.fleet = fleet
         self.stop_load: Any = None
-        self._members: dict[str, list[int]] = {}
+        self._members: dict[str, dict[int, int | None]] = {}
 
     def death(self) -> str | None:
+        """Why the first dead server is dead. The group is read before the exit codes: a
+        leader seen gone from its group has an exit code by then, so a leader's death is
+        always told as its exit, never as a lost member."""
+        lost = {h.name: [pid for pid, started in self._members.get(h.name, {}).items()
+                         if not same_process_alive(pid, started)]
+                for h in self.fleet.handles}
         dead = self.fleet.first_dead()
         if dead is not None:
             return f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}"
         for handle in self.fleet.handles:
-            lost = [pid for pid in self._members.get(handle.name, []) if not process_alive(pid)]
-            if lost:
-                return (f"server {handle.name} lost process {', '.join(map(str, lost))} of its group during the run"
-                        f"{handle.log_hint()}")
+            if lost[handle.name]:
+                return (f"server {handle.name} lost process {', '.join(map(str, lost[handle.name]))} of its group"
+                        f" during the run{handle.log_hint()}")
         return None
 
     def check(self) -> bool:
@@ -42,7 +47,7 @@ class ServerWatch:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, PhaseChanged) and event.phase == "measure":
-            self._members = {h.name: h.group() for h in self.fleet.handles}
+            self._members = {h.name: {pid: start_time(pid) for pid in h.group()} for h in self.fleet.handles}
         elif isinstance(event, RequestFinished) and not event.record.ok:
             self.check()
 
