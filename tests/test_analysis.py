@@ -105,16 +105,17 @@ def test_prefix_cache_hits_are_counted_where_servers_report_them(tmp_path):
     assert read_runs(PROOF_RUNS).runs["prefix_cache_hit_tokens"].isna().all()  # counters not recorded then
     matrix = read_runs([RESULTS / "matrix"]).runs
     assert len(matrix) == 9 and (matrix["prefix_cache_hit_tokens"] == 0).all()
-    assert "No prompt token was answered from a server's prefix cache." in observations(summarize_runs(matrix))
+    assert "No prompt token was answered from a server's prefix cache." in observations(summarize_runs(matrix), matrix)
 
     cell = tmp_path / "runs" / "c8"
     shutil.copytree(RESULTS / "matrix" / "h100-migemu-3g4g" / "c8_rep1", cell)
     doc = json.loads((cell / "summary.json").read_text())
     doc["server_counters"]["gpu-3g"]["prefix_cache_hits"] = 512.0
     (cell / "summary.json").write_text(json.dumps(doc))
-    summary = summarize_runs(read_runs([cell]).runs)
+    runs = read_runs([cell]).runs
+    summary = summarize_runs(runs)
     assert summary["prefix_cache_hit_tokens"][0] == 512
-    assert "answered 512 prompt tokens from their prefix caches" in " ".join(observations(summary))
+    assert "answered 512 prompt tokens from their prefix caches" in " ".join(observations(summary, runs))
 
 
 

@@ -6,6 +6,7 @@ config.yaml (the workload config's `label`); here the expected labels are built 
 YAML directly."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -116,9 +117,9 @@ def test_one_scenario_on_two_gpu_models_is_two_rows(tmp_path):
     assert summary.loc["unknown", "output_throughput"] == pytest.approx(throughput[nowhere])
 
     assert figure_series(table).nunique() == 3  # one line per model in every figure
-    said = " ".join(observations(summarize_runs(table.reset_index())))
-    assert f"On the {H100}, at load 8, h100-baseline had the highest output throughput ({throughput[h100]:,.0f}" in said
-    assert f"On the {H200}, at load 8, h100-baseline" in said
+    # one sharing mode on three GPU models: nothing to compare, and the report says so
+    said = observations(summarize_runs(table.reset_index()), table.reset_index())
+    assert said[0].startswith("No two sharing modes ran the same workload at the same load")
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,18 @@ def test_the_cross_gpu_table_holds_each_models_means_and_their_ratio(two_gpus):
             else:
                 assert pd.isna(row[(ratio, field)])
     assert cross.loc[("baseline", SYNTHETIC, "closed_loop", 8), (ratio, "output_throughput")] == pytest.approx(1.5)  # (1.4+1.6)/2
+
+
+def test_observations_compare_the_modes_on_each_gpu_model_never_across_models(two_gpus):
+    runs = read_runs([two_gpus]).complete_runs()
+    said = observations(summarize_runs(runs), runs)
+    expected = expected_cross_gpu(two_gpus).xs((SYNTHETIC, 8), level=("workload", "load"))
+    for model, modes in ((H100, {"one server", "MPS"}), (H200, {"one server", "MPS", "MIG-like caps"})):
+        (line,) = [line for line in said if line.startswith(f"On the {model}, at load 8, ")]
+        best = expected.xs(model, level="gpu_model")["output_throughput"].max()
+        assert f"({best:,.0f} tokens/s)" in line and "h100-" not in line and "h200-" not in line
+        assert set(re.findall(r"one server|MPS|MIG-like caps", line)) == modes
+    assert not [line for line in said if "load 16" in line]  # one mode ran it on each model
 
 
 def test_analyze_writes_the_cross_gpu_table_only_across_models(two_gpus, tmp_path):

@@ -133,8 +133,12 @@ def test_analyze_writes_the_table_with_the_docs_numbers_and_kept_beside_over_alo
     assert "8 ($\\times$0.64)" in tex and "6* ($\\times$0.50)" in tex
 
 
+MODE_NAMES = {"split": "time-slicing", "mps": "MPS"}
+"""What the text calls each scenario: its sharing mode (one scenario per mode here)."""
+
+
 def sentence(tex: str, scenario: str) -> re.Match:
-    found = re.search(rf"chat holds ([\d.]+) req/s alone under [^.,]*?\b{scenario}\b[^,]*, ([\d.]+)( \(unresolved\))? "
+    found = re.search(rf"chat holds ([\d.]+) req/s alone under {MODE_NAMES[scenario]}, ([\d.]+)( \(unresolved\))? "
                       r"beside batch=4 \(kept ([\d.]+)\) and ([\d.]+)( \(unresolved\))? beside batch=16 "
                       r"\(kept ([\d.]+)\)\.", tex)
     assert found, scenario
@@ -147,7 +151,7 @@ def test_report_leads_the_isolation_section_with_capacity_its_numbers_the_tables
     assert "figures/capacity.pdf" in tex and (report.parent / "figures" / "capacity.pdf").exists()
     assert "interference_table" not in tex  # no interfere output: the section holds the capacity part alone
     assert "Hollow points are unresolved." in tex and "An arrow" not in tex  # every bracket here is closed
-    assert ("chat holds 12.5 req/s alone under timeslice (split), 8 beside batch=4 (kept 0.64) and 5 beside "
+    assert ("chat holds 12.5 req/s alone under time-slicing, 8 beside batch=4 (kept 0.64) and 5 beside "
             "batch=16 (kept 0.40).") in tex
     table = pd.read_csv(analysed / "capacity_table.csv", keep_default_na=False, na_values=[""])
     table["beside"] = table["beside"].fillna("")
@@ -160,9 +164,10 @@ def test_report_leads_the_isolation_section_with_capacity_its_numbers_the_tables
         assert found[4] == f"{mine.loc['batch=4', 'kept']:.2f}"
         assert found[7] == f"{mine.loc['batch=16', 'kept']:.2f}"
         assert bool(found[6]) == (not mine.loc["batch=16", "resolved"])
-    assert ("Beside batch=16, chat kept the most of its capacity alone under mps (0.50) and the least under "
-            "split (timeslice) (0.40).") in tex
-    assert f"Unresolved: mps batch=16, target 0.99: {UNRESOLVED_WHY}." in tex
+    assert ("Beside batch=16, chat kept the most of its capacity alone under MPS (0.50) and the least under "
+            "time-slicing (0.40).") in tex
+    assert f"Unresolved: chat under MPS, batch=16, target 0.99: {UNRESOLVED_WHY}." in tex
+    assert "split" not in tex.split("\\section{Isolation}")[1].split("\\begin{table")[0]  # prose names modes
 
 
 def test_with_interference_data_the_capacity_part_comes_first():
@@ -181,10 +186,10 @@ def test_sentences_say_at_least_and_less_than_where_the_bracket_is_open(capacity
     doc.rows[3].capacity, doc.rows[3].first_infeasible = 0.0, 0.2  # mps alone: not even the lowest level held
     write_capacity_doc(tmp_path, doc)
     lines = capacity_sentences(read_capacity(find_capacity([tmp_path])))
-    assert ("chat holds at least 12.5 req/s alone under timeslice (split), 8 beside batch=4 (kept 0.64) and 5 "
+    assert ("chat holds at least 12.5 req/s alone under time-slicing, 8 beside batch=4 (kept 0.64) and 5 "
             "beside batch=16 (kept 0.40).") in lines
     # kept is left out where nothing held alone: no share of nothing
-    assert "chat holds less than 0.2 req/s alone under mps, 10.5 beside batch=4 and 6 (unresolved) beside batch=16." in lines
+    assert "chat holds less than 0.2 req/s alone under MPS, 10.5 beside batch=4 and 6 (unresolved) beside batch=16." in lines
 
 
 @pytest.mark.skipif(not tex_available() or not shutil.which("pdftotext"),

@@ -4,8 +4,6 @@ run names, with the numbers of the tables the report shows."""
 import re
 from pathlib import Path
 
-import pytest
-
 from gpushare.reporting.analysis import read_runs, summarize_runs
 from gpushare.reporting.capacity import capacity_table, find_capacity, read_capacity
 from gpushare.reporting.decision import decision
@@ -20,7 +18,7 @@ def decided(folder: Path) -> tuple[list[str], object, object]:
     runs = found.complete_runs()
     summary = summarize_runs(runs)
     capacities = read_capacity(find_capacity(found.paths))
-    lines = decision(summary, runs, capacities, read_interference(find_interference(found.paths)),
+    lines = decision(runs, capacities, read_interference(find_interference(found.paths)),
                      read_plans(find_plans(found.paths)))
     return lines, summary, capacities
 
@@ -46,8 +44,11 @@ def test_a_matrix_opens_with_each_loads_best_mode_by_its_throughput():
     assert len(lines) == summary["load"].nunique()
 
 
-@pytest.mark.parametrize("folder", ["h200/sharegpt-matrix"])
-def test_modes_that_ran_twice_are_told_apart_by_workload_not_by_run_name(folder):
-    lines, _, _ = decided(RESULTS / folder)
-    assert lines and all("h200-" not in line for line in lines)
-    assert "MPS on sharegpt" in lines[0] and "MPS on synthetic" in lines[0]
+def test_modes_are_compared_within_a_workload_never_across_two():
+    lines, summary, _ = decided(RESULTS / "h200" / "sharegpt-matrix")
+    runs = read_runs([RESULTS / "h200" / "sharegpt-matrix"]).complete_runs()
+    assert len(lines) == runs["workload"].nunique() == 2 and all("h200-" not in line for line in lines)
+    for line, (workload, part) in zip(lines, runs.groupby("workload")):
+        assert line.startswith(f"With {workload}, at load 16, ")
+        assert f"({part['output_throughput'].max():,.0f} tokens/s)" in line
+        assert {"one server", "MPS", "MIG-like caps"} <= set(re.findall(r"one server|MPS|MIG-like caps", line))

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from gpushare.core.processes import group_members, same_process_alive, start_time
-from helpers import CPU_SERVER, alive, free_port, summary, write_config
+from helpers import CPU_SERVER, alive, free_port, summary, wait_until, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -103,20 +103,21 @@ def _api_server_pid(log: Path) -> int:
 
 
 @pytest.mark.parametrize("target, load", [
-    ("api_server", {"request_rate": 2.0, "n_requests": 20, "warmup_requests": 1}),
+    ("api_server", {"request_rate": 1.0, "n_requests": 20, "warmup_requests": 1}),
     ("engine_core", {"concurrency": 2, "n_requests": 20, "warmup_requests": 1}),
 ])
 def test_server_process_killed_mid_run_on_real_vllm(tmp_path, target, load):
     """A count-bound run (chat endpoint) loses its API server, or only its engine core while the
     API server lives on and fails the remaining requests fast: never complete, exit 1, and
     every process of the server's group gone."""
-    cfg = scenario(tmp_path, "killed", workload={"kind": "synthetic", "input_tokens": 16, "output_tokens": 48},
+    cfg = scenario(tmp_path, "killed", workload={"kind": "synthetic", "input_tokens": 16, "output_tokens": 16},
                    api={"endpoint": "chat"}, load=load)
     proc, log = _start_and_wait_ready(cfg, tmp_path)
     folder = log.parent
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and pd.read_csv(folder / "requests.csv")["warmup"].eq(0).sum() < 2:
-        time.sleep(0.2)
+    # two measured requests done (short ones, an open loop that leaves the engine room: on a
+    # loaded machine longer ones piled up and none finished before the kill)
+    requests = folder / "requests.csv"
+    wait_until(lambda: requests.exists() and pd.read_csv(requests)["warmup"].eq(0).sum() >= 2, timeout=300, poll_s=0.2)
     api_server = _api_server_pid(log)
     members = _group_snapshot(api_server)
     assert len(members) >= 2  # API server and engine core
@@ -127,9 +128,8 @@ def test_server_process_killed_mid_run_on_real_vllm(tmp_path, target, load):
     assert doc["complete"] is False and "during the run" in doc["error"], doc["error"]
     assert stderr.strip().splitlines()[-1].startswith(f"error: {doc['error'][:60]}")
     assert doc["completed"] >= 2 and doc["completed"] + doc["failed"] == doc["num_prompts"] <= 20
-    requests = pd.read_csv(folder / "requests.csv")
-    assert (requests["warmup"] == 0).sum() == doc["num_prompts"]
-    assert not _survivors(members)
+    assert (pd.read_csv(requests)["warmup"] == 0).sum() == doc["num_prompts"]
+    assert not _survivors(members), stderr[-3000:]
 
 
 def test_ctrl_c_twice_during_real_vllm_start_up_leaves_nothing(tmp_path):

@@ -73,8 +73,14 @@ def test_the_page_is_self_contained_and_holds_every_section(built):
     markup = re.sub(r"(<script\b[^>]*>).*?</script>", r"\1</script>", page, flags=re.DOTALL)
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", markup), "the page links outside itself"
     assert not re.search(r"<script\b[^>]*\bsrc=", markup) and "<link" not in markup
-    for section in ("summary", "results", "isolation", "plan", "observations"):
+    for section in ("summary", "introduction", "method", "results", "isolation", "plan", "observations", "limits"):
         assert f'<section id="{section}">' in page, section
+    # the prose worded once in report.tex, read back: the Method's and the Limits' own sentences
+    assert "Failed requests are counted, never dropped." in page and "is not hardware isolation" in page
+    # run names only in tables: none in a paragraph, a caption or the run facts
+    names = {row[0] for row in markdown_table(out / "figures" / "summary.md")[1]}
+    prose = " ".join(text for _, text in re.findall(r"<(p|dd|figcaption)\b[^>]*>(.*?)</\1>", page, flags=re.DOTALL))
+    assert len(names) > 3 and [name for name in names if name in prose] == []
     for table in ("summary", "capacity_table", "interference_table", "plan_table"):
         assert f'id="table-{table}"' in page, table
     assert page.count("data:image/png;base64,") >= 8

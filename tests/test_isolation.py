@@ -25,7 +25,8 @@ from test_tenants import server
 pytestmark = pytest.mark.timeout(240)
 
 FIGURES = ["noisy_neighbour", "slowdown_heatmap", "slo_attainment", "latency_cdf_solo_vs_shared"]
-LABELS = {"split": "split (timeslice)", "packed": "packed (baseline)"}
+LABELS = {"split": "time-slicing", "packed": "one server"}
+"""What the text calls each scenario: its sharing mode."""
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
@@ -146,7 +147,7 @@ def test_report_names_the_mode_that_isolated_the_victim_best(interference, repor
     levels = csv(interference, "interference_levels.csv")
     chat = levels.query("tenant == 'chat' and metric == 'p99_ttft_ms' and worst").sort_values("slowdown")
     best, worst = chat.iloc[0], chat.iloc[-1]
-    assert (f"{LABELS[best['scenario']]} isolated chat best: its P99 TTFT shared at its aggressor's worst loaded "
+    assert (f"{LABELS[best['scenario']].capitalize()} isolated chat best: its P99 TTFT shared at its aggressor's worst loaded "
             f"level ({best['level']:g}) was {best['slowdown']:.2f}$\\times$ its value alone") in tex
     assert f"against {worst['slowdown']:.2f}$\\times$ under {LABELS[worst['scenario']]}, the worst" in tex
     assert "tokens/s while every tenant loaded" in tex

@@ -20,8 +20,9 @@ def test_report_text_comes_from_the_runs(tmp_path):
     tex = write_report(read_runs(PROOF_RUNS), tmp_path).read_text()
     assert "\\documentclass[conference]{IEEEtran}" in tex and "\\input{figures/summary.tex}" in tex
     assert "NVIDIA H100 80GB HBM3" in tex and "vLLM 0.26.0" in tex and "dummy loader" in tex
-    assert "h100-baseline had the highest output throughput (1,081 tokens/s)" in tex
-    assert "h100-timeslice -49\\%" in tex and "No request failed in any run." in tex
+    assert "At load 8, one server gave the most output throughput (1,081 tokens/s)" in tex
+    assert "time-slicing -49\\%" in tex and "No request failed in any run." in tex
+    assert "MPS [h100-mps-sm43] -15\\%" in tex  # two scenarios of one mode: told apart by name
     assert "not hardware isolation" in tex
     for name in ("throughput_tokens_per_s", "p99_latency_s", "gpu_timeline"):
         assert f"figures/{name}.pdf" in tex and (tmp_path / "figures" / f"{name}.pdf").exists()
@@ -44,10 +45,3 @@ def test_a_tex_failure_is_one_line(tmp_path):
     bad.write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}")
     with pytest.raises(RunFailure, match="report: latexmk failed on bad.tex: ! Undefined control sequence"):
         build_pdf(bad)
-
-
-def test_relative_changes_read_as_percentages():
-    from gpushare.reporting.report import percent
-
-    assert percent(-0.49) == "-49\\%" and percent(0.125) == "+12\\%"
-    assert percent(-0.003) == "-0.3\\%"  # a small gap is not printed as -0 %

@@ -28,6 +28,7 @@ from ..experiment.capacity import knob_of
 from ..measure.capacity_doc import CAPACITY_JSON, CapacityDoc, CapacityUnreadable, read_capacity_doc
 from ..measure.results import read_run_config
 from .isolation import LEVEL_AXIS, label
+from .compare import reader_names
 from .found import read_found
 from .style import PAGE_IN, markdown, save, sharing_mode_colour, styled, subplots
 
@@ -354,11 +355,11 @@ def capacity_sentences(data: Capacity) -> list[str]:
     least; every unresolved search and every file left out. Plain text (no LaTeX)."""
     table = capacity_table(data)
     several = table["target"].nunique() > 1
+    names = reader_names(table["scenario"], table["sharing_mode"])
     out = []
     for (scenario, target), part in table.groupby(["scenario", "target"], sort=False):
         first = part.iloc[0]
-        mode = first["sharing_mode"]
-        where = f"under {mode}" + ("" if scenario == mode else f" ({scenario})")
+        where = f"under {names[scenario]}"
         at = f" at attainment target {target:g}" if several else ""
 
         def held(r: pd.Series, unit: str = "") -> str:
@@ -378,14 +379,11 @@ def capacity_sentences(data: Capacity) -> list[str]:
         if part["scenario"].nunique() < 2:
             continue
         best, worst = part.loc[part["kept"].idxmax()], part.loc[part["kept"].idxmin()]
-
-        def mode_of(r: pd.Series) -> str:
-            return r["sharing_mode"] if r["scenario"] == r["sharing_mode"] else label(r["scenario"], r["sharing_mode"])
-
         at = f" at attainment target {target:g}" if several else ""
         out.append(f"Beside {beside}{at}, {best['tenant']} kept the most of its capacity alone under "
-                   f"{mode_of(best)} ({best['kept']:.2f}) and the least under {mode_of(worst)} ({worst['kept']:.2f}).")
-    out += [f"Unresolved: {r.scenario} {r.beside or ALONE}, target {r.target:g}: {r.why}."
+                   f"{names[best['scenario']]} ({best['kept']:.2f}) and the least under {names[worst['scenario']]} "
+                   f"({worst['kept']:.2f}).")
+    out += [f"Unresolved: {r.tenant} under {names[r.scenario]}, {r.beside or ALONE}, target {r.target:g}: {r.why}."
             for r in table[~table["resolved"].astype(bool)].itertuples()]
     return out + [f"Left out: {why}." for why in data.left_out]
 

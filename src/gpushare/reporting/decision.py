@@ -3,8 +3,8 @@ sharing modes and tenants, never run names, computed from the same tables the re
 
 A plan: the GPUs it needs and its proofs. A capacity set: per neighbour setting, which mode
 held the tenant's most load inside its SLO. An interference set: which mode kept each tenant
-the most of what it is scored on. A plain matrix: per load, which mode gave the most output
-throughput and what the others gave relative to it.
+the most of what it is scored on. A plain matrix: where the modes ran the same thing
+(compare.py), which one did best and what the others gave relative to it.
 """
 
 from __future__ import annotations
@@ -12,15 +12,9 @@ from __future__ import annotations
 import pandas as pd
 
 from .capacity import Capacity, capacity_table
+from .compare import mode_comparisons, mode_name
 from .isolation import Interference
 from .plan import Plans
-
-MODE_NAMES = {"baseline": "one server", "timeslice": "time-slicing", "mps": "MPS",
-              "mig_emulation": "MIG-like caps", "mig": "MIG"}
-
-
-def mode_name(mode: str) -> str:
-    return MODE_NAMES.get(mode, mode)
 
 
 def plan_decision(plans: Plans) -> list[str]:
@@ -74,37 +68,13 @@ def interference_decision(isolation: Interference) -> list[str]:
     return lines
 
 
-def _change(share: float) -> str:
-    return "±0%" if round(share, 2) == 0 else f"{share:+.0%}"
+def matrix_decision(runs: pd.DataFrame) -> list[str]:
+    """Where the sharing modes ran the same thing: the best one and the others against it."""
+    return [c.headline() for c in mode_comparisons(runs)]
 
 
-def reader_names(runs: pd.DataFrame) -> dict[str, str]:
-    """What prose calls each scenario: its sharing mode, with its workload where two scenarios
-    share a mode, and its name only where both are shared."""
-    cases = runs[["scenario", "sharing_mode", "workload"]].drop_duplicates("scenario")
-    by_mode = cases.groupby("sharing_mode")["scenario"].transform("count")
-    by_both = cases.groupby(["sharing_mode", "workload"])["scenario"].transform("count")
-    return {r.scenario: mode_name(r.sharing_mode) if m == 1 else f"{mode_name(r.sharing_mode)} on {r.workload}"
-            if b == 1 else r.scenario for r, m, b in zip(cases.itertuples(), by_mode, by_both)}
-
-
-def matrix_decision(summary: pd.DataFrame, names: dict[str, str]) -> list[str]:
-    """Per load level, the scenario with the most output throughput and the others against it,
-    named as `reader_names` does."""
-    lines = []
-    for load, part in summary[summary["output_throughput"].notna()].groupby("load"):
-        ranked = part.sort_values("output_throughput", ascending=False)
-        best = ranked.iloc[0]
-        others = "; ".join(f"{names[r['scenario']]} {_change(r['output_throughput'] / best['output_throughput'] - 1)}"
-                           for _, r in ranked.iloc[1:].iterrows() if best["output_throughput"] > 0)
-        lines.append(f"At load {load:g}, {names[best['scenario']]} gave the most output throughput "
-                     f"({best['output_throughput']:,.0f} tokens/s)" + (f"; {others}." if others else "."))
-    return lines
-
-
-def decision(summary: pd.DataFrame, runs: pd.DataFrame, capacity: Capacity, isolation: Interference,
-             plans: Plans) -> list[str]:
+def decision(runs: pd.DataFrame, capacity: Capacity, isolation: Interference, plans: Plans) -> list[str]:
     """The report's opening sentences: the plan's, the capacity's and the interference's answers
     where those were measured, else the matrix's."""
     found = plan_decision(plans) + capacity_decision(capacity) + interference_decision(isolation)
-    return found or matrix_decision(summary, reader_names(runs))
+    return found or matrix_decision(runs)

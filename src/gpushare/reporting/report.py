@@ -20,6 +20,7 @@ from ..errors import RunFailure
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .capacity import capacity_part, find_capacity, read_capacity
 from .isolation import Interference, find_interference, isolation_table, read_interference
+from .compare import capitalised, change, mode_comparisons, reader_names
 from .decision import decision
 from .plan import find_plans, plan_part, read_plans
 from .style import COLUMN_IN, DPI
@@ -27,7 +28,8 @@ from .style import COLUMN_IN, DPI
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "×": r"$\times$", "±": r"$\pm$"}
 
 
 def tex(text: Any) -> str:
@@ -65,49 +67,15 @@ def hardware_text(runs: pd.DataFrame, facts: dict[str, Any]) -> tuple[str, str]:
             f"{len(models)} GPU models, one GPU per run: {named}; the first run's driver {tex(facts['driver'])}")
 
 
-def percent(change: float) -> str:
-    """A relative change for the text: whole percent, one decimal under 1 % (never "-0%")."""
-    digits = 1 if abs(change) < 0.01 else 0
-    return f"{100 * change:+.{digits}f}\\%"
-
-
-def _extreme(part: pd.DataFrame, column: str, highest: bool) -> pd.Series | None:
-    """The row with the highest (or lowest) value of `column`; None where no run measured it
-    (every request failed, or a CPU run has no GPU energy)."""
-    values = part[column].dropna()
-    if values.empty:
-        return None
-    return part.loc[values.idxmax() if highest else values.idxmin()]
-
-
-def observations(summary: pd.DataFrame) -> list[str]:
-    """Sentences that state, per load level (and GPU model, where there are several: scenarios
-    compete on one GPU), which scenario did best and by how much."""
-    out = []
-    several = summary["gpu_model"].nunique() > 1
-    for (model, load), part in summary.groupby(["gpu_model", "load"]):
-        where = f"On the {tex(model)}, at load {load:g}" if several else f"At load {load:g}"
-        best = _extreme(part, "output_throughput", highest=True)
-        if best is None:
-            line = f"{where}, no run measured an output throughput"
-        else:
-            line = (f"{where}, {tex(best['scenario'])} had the highest output throughput "
-                    f"({best['output_throughput']:,.0f} tokens/s)")
-            others = part[(part["scenario"] != best["scenario"]) & part["output_throughput"].notna()]
-            if not others.empty and best["output_throughput"] > 0:
-                ratios = ", ".join(
-                    f"{tex(r['scenario'])} {percent(r['output_throughput'] / best['output_throughput'] - 1)}"
-                    for _, r in others.iterrows())
-                line += f"; relative to it: {ratios}"
-        lowest = _extreme(part, "p99_latency_s", highest=False)
-        if lowest is not None:
-            line += (f". The lowest P99 end-to-end latency was {lowest['p99_latency_s']:.2f} s "
-                     f"({tex(lowest['scenario'])})")
-        frugal = _extreme(part, "energy_per_output_token_j", highest=False)
-        if frugal is not None:
-            line += (f". The least GPU energy per output token was {frugal['energy_per_output_token_j']:.3f} J "
-                     f"({tex(frugal['scenario'])})")
-        out.append(line + ".")
+def observations(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """The Observations section (TeX): the sharing modes compared where they ran the same thing
+    (compare.mode_comparisons), or why nothing was compared; what failed; the prefix caches."""
+    compared = mode_comparisons(runs)
+    out = [tex(c.sentence()) for c in compared] or [
+        "No two sharing modes ran the same workload at the same load, so no mode is compared with another here; "
+        "the tables give each run's own numbers."]
+    if any(c.open_loop for c in compared):
+        out.append("Open loops are compared on latency: their throughput is the rate they were offered.")
     failed = int(summary["failed"].sum())
     out.append(f"Across all runs, {failed} request(s) failed." if failed else "No request failed in any run.")
     hits = summary["prefix_cache_hit_tokens"]
@@ -174,12 +142,21 @@ def figure_blocks(figures: list[tuple[str, str]], figures_dir: Path, wide: bool 
     return "\n".join(blocks)
 
 
+def _extreme(part: pd.DataFrame, column: str, highest: bool) -> pd.Series | None:
+    """The row with the highest (or lowest) value of `column`; None where no row measured it."""
+    values = part[column].dropna()
+    if values.empty:
+        return None
+    return part.loc[values.idxmax() if highest else values.idxmin()]
+
+
 def isolation_observations(data: Interference) -> list[str]:
     """Per victim: the mode that kept its P99 TTFT closest to its solo value (at its aggressor's
     worst loaded level, where the aggressor stepped), against the worst mode, and what that mode
     gave up in throughput (its STP against the best STP)."""
     table = isolation_table(data)
-    labels = {scenario: tex(name) for scenario, name in data.labels().items()}
+    labels = {scenario: tex(name) for scenario, name in
+              reader_names(data.scores["scenario"], data.scores["sharing_mode"]).items()}
     top = _extreme(data.scores, "stp", highest=True)
     out = []
     for victim in data.victims():
@@ -199,12 +176,12 @@ def isolation_observations(data: Interference) -> list[str]:
         if part["p99_ttft_headline_slowdown"].count() == 1:
             out.append(f"Only {labels[best['scenario']]} measured {tex(victim)} alone and shared: {alone} ({stp}).")
             continue
-        line = (f"{labels[best['scenario']]} isolated {tex(victim)} best: {alone}, against "
+        line = (f"{capitalised(labels[best['scenario']])} isolated {tex(victim)} best: {alone}, against "
                 f"{worst['p99_ttft_headline_slowdown']:.2f}$\\times$ under {labels[worst['scenario']]}, the worst")
         if top["scenario"] == best["scenario"]:
             line += f"; it also had the highest throughput ({stp})"
         elif pd.notna(best["stp"]):
-            line += (f"; its {stp} cost {percent(best['stp'] / top['stp'] - 1)} of STP against the best, "
+            line += (f"; its {stp} cost {tex(change(best['stp'] / top['stp'] - 1))} of STP against the best, "
                      f"{top['stp']:.2f} under {labels[top['scenario']]}")
         out.append(line + ".")
     return out + [f"Left out: {tex(why)}." for why in data.left_out]
@@ -259,7 +236,7 @@ def write_report(found: RunSet, out: Path) -> Path:
     capacity = capacity_part(capacities, figures_dir, tex)
     isolation = isolation_section(interference, figures_dir, capacity)
     plan = plan_part(plans, figures_dir, tex)
-    decided = " ".join(tex(line) for line in decision(summary, runs, capacities, interference, plans))
+    decided = " ".join(tex(line) for line in decision(runs, capacities, interference, plans))
     weights = ("The model's weights were random (vLLM's dummy loader): speed is real, the generated text is not, "
                "so every request generated exactly its output length." if facts["dummy_weights"] else
                "The model served real weights.")
@@ -304,7 +281,7 @@ Table~\ref{{tab:summary}} summarises the runs (means over repeats).
 {cross_gpu}{figures}
 {isolation}{plan}
 \section{{Observations}}
-{chr(10).join(observations(summary))}
+{chr(10).join(observations(summary, runs))}
 
 \section{{Limits}}
 MIG-like emulation is not hardware isolation: servers share caches, memory bandwidth and a fault domain, and an MPS
