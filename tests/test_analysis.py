@@ -37,10 +37,10 @@ def test_tables_and_figures_from_the_h100_runs(tmp_path):
         assert row["p99_latency_s"] == pytest.approx(doc["p99_latency_s"])
         assert row["energy_per_output_token_j"] == pytest.approx(doc["gpu"]["energy_per_output_token_j"])
     md = (tmp_path / "summary.md").read_text()
-    assert "| Scenario | Concurrency | Failed (requests) | Output throughput (tokens/s) | P99 TTFT (ms) |" in md
-    assert "| h100-baseline | 8 | 0 | 1,081 | 150 | 7.3 | 0.98 | 0.443 | 1 |" in md
+    assert "| Scenario | Load | Failed (requests) | Output throughput (tokens/s) | P99 TTFT (ms) |" in md
+    assert "| h100-baseline | 8 in flight | 0 | 1,081 | 150 | 7.3 | 0.98 | 0.443 | 1 |" in md
     tex = (tmp_path / "summary.tex").read_text()
-    assert "\\begin{tabular}" in tex and "h100-timeslice & 8 & 0 & 547 & 126 & 14.8 & 1.94" in tex
+    assert "\\begin{tabular}" in tex and "h100-timeslice & 8 in flight & 0 & 547 & 126 & 14.8 & 1.94" in tex
 
 
 def test_repeated_runs_are_averaged_with_their_spread(tmp_path):
@@ -96,7 +96,7 @@ def test_the_script_wrapper_keeps_its_flags(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--runs", *map(str, PROOF_RUNS), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "| h100-mps | 8 | 0 | 1,033 |" in proc.stdout and (tmp_path / "p99_latency_s.png").exists()
+    assert "| h100-mps | 8 in flight | 0 | 1,033 |" in proc.stdout and (tmp_path / "p99_latency_s.png").exists()
 
 
 def test_prefix_cache_hits_are_counted_where_servers_report_them(tmp_path):

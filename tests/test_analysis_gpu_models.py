@@ -205,7 +205,7 @@ def test_analyze_writes_the_cross_gpu_table_only_across_models(two_gpus, tmp_pat
     assert f"| {H200} / {H100}: Output throughput |" in md
     assert "\\multicolumn{3}{c}{" + f"{H200} / {H100}" + "}" in (tmp_path / "cross_gpu.tex").read_text()
     summary_md = (tmp_path / "summary.md").read_text()
-    assert summary_md.startswith("| Scenario | GPU | Concurrency |") and f"| h200-mps | {H200} | 8 |" in summary_md
+    assert summary_md.startswith("| Scenario | GPU | Load |") and f"| h200-mps | {H200} | 8 in flight |" in summary_md
 
     one_model = read_runs([two_gpus / "h100"]).runs
     assert cross_gpu_table(one_model) is None and write_cross_gpu(one_model, tmp_path / "none") == []

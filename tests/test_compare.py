@@ -14,6 +14,7 @@ def run(folder: str, scenario: str, mode: str, load: float, throughput: float, p
         load_mode: str = "closed_loop", workload: str = "synthetic 512/128", tenant: str | None = None,
         energy: float | None = None) -> dict:
     return {"run": folder, "scenario": scenario, "sharing_mode": mode, "load": load, "load_mode": load_mode,
+            "load_unit": "req/s" if load_mode == "open_loop" else "in flight",
             "workload": workload, "tenant": tenant, "gpu_model": GPU, "output_throughput": throughput,
             "p99_latency_s": p99_s, "energy_per_output_token_j": energy}
 

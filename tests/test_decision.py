@@ -7,7 +7,7 @@ from pathlib import Path
 from gpushare.reporting.analysis import read_runs, summarize_runs
 from gpushare.reporting.capacity import capacity_table, find_capacity, read_capacity
 from gpushare.reporting.decision import decision
-from gpushare.reporting.isolation import find_interference, read_interference
+from gpushare.reporting.isolation import find_interference, isolation_table, read_interference
 from gpushare.reporting.plan import find_plans, read_plans
 
 RESULTS = Path(__file__).parent.parent / "results"
@@ -52,3 +52,13 @@ def test_modes_are_compared_within_a_workload_never_across_two():
         assert line.startswith(f"With {workload}, at load 16, ")
         assert f"({part['output_throughput'].max():,.0f} tokens/s)" in line
         assert {"one server", "MPS", "MIG-like caps"} <= set(re.findall(r"one server|MPS|MIG-like caps", line))
+
+
+def test_an_interference_set_opens_with_the_mode_that_kept_the_victims_latency_closest_to_alone():
+    lines, _, _ = decided(RESULTS / "h200" / "interference")
+    table = isolation_table(read_interference(find_interference([RESULTS / "h200" / "interference"])))
+    chat = table[table["tenant"] == "chat"].sort_values("p99_ttft_headline_slowdown")
+    (line,) = [line for line in lines if line.startswith("chat's P99 TTFT")]
+    assert f"under MPS (x{chat.iloc[0]['p99_ttft_headline_slowdown']:.2f})" in line and chat.iloc[0]["sharing_mode"] == "mps"
+    assert f"under time-slicing (x{chat.iloc[-1]['p99_ttft_headline_slowdown']:.2f})" in line
+    assert all("h200-" not in line for line in lines)

@@ -79,6 +79,11 @@ def prefix_cache_hits(summary: Summary) -> float | None:
     return sum(counted) if counted else None
 
 
+LOAD_UNITS = {"request_rate": "req/s", "max_concurrency": "in flight"}
+"""What a run's load counts: its requests per second sent (open loop, or steps of rates) or
+the requests it keeps in flight."""
+
+
 def _row(folder: Path, identity: dict, metrics: MetricBlock, rest: dict) -> dict:
     """A row: `identity` (RUN_FIELDS), the metrics' METRIC_FIELDS, and `rest`. A metric the
     summary lacks (every request failed, no GPU) is left empty; a row without its load is
@@ -87,6 +92,7 @@ def _row(folder: Path, identity: dict, metrics: MetricBlock, rest: dict) -> dict
     rate_led = row["load_mode"] == "open_loop" or (row["load_mode"] == "steps" and row["request_rate"])
     load_key = "request_rate" if rate_led else "max_concurrency"
     row["load"] = row[load_key]
+    row["load_unit"] = LOAD_UNITS[load_key]
     if row["load"] is None:
         raise SummaryUnreadable(f"{folder / SUMMARY}: lacks {load_key}")
     return row
@@ -162,7 +168,8 @@ def read_runs(paths: Iterable[Path]) -> RunSet:
             left_out.append((folder, str(err)))
     numeric = METRIC_FIELDS + GPU_FIELDS + ["prefix_cache_hit_tokens"]
     runs = pd.DataFrame(rows, columns=[*RUN_FIELDS, *METRIC_FIELDS, *GPU_FIELDS, "prefix_cache_hit_tokens",
-                                       "run", "tenant", "servers", "load", *LOCATION_FIELDS, "workload"])
+                                       "run", "tenant", "servers", "load", "load_unit", *LOCATION_FIELDS,
+                                       "workload"])
     runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")
     return RunSet(runs.sort_values(["scenario", "load", "run"]).reset_index(drop=True), left_out, paths)
 
@@ -176,6 +183,7 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     mean = grouped[numeric].mean()
     std = grouped[numeric].std(ddof=1).add_suffix("_std")
     out = pd.concat([mean, std], axis=1)
+    out["load_unit"] = grouped["load_unit"].first()
     out["failed"] = grouped["failed"].sum()
     out["prefix_cache_hit_tokens"] = grouped["prefix_cache_hit_tokens"].sum(min_count=1)
     out["runs"] = grouped.size()
@@ -187,7 +195,7 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"Scenario": summary["scenario"]})
     if summary["gpu_model"].nunique() > 1:
         out["GPU"] = summary["gpu_model"]
-    out["Concurrency"] = summary["load"]
+    out["Load"] = [f"{load:g} {unit}" for load, unit in zip(summary["load"], summary["load_unit"])]
     for m in TABLE_METRICS:
         out[m.title] = summary[m.key].map(lambda v, d=m.table: "" if pd.isna(v) else f"{v:,.{d}f}")
     out["Runs"] = summary["runs"]

@@ -3,7 +3,7 @@
 A comparison holds the runs of a set that differ only in their sharing mode: the same GPU
 model, workload, kind of load and load level and, for a tenant row, the same tenant in the
 same phase, beside the same neighbours at the same loads. A closed loop is ranked on its output throughput;
-an open loop on its P99 end-to-end latency, since its throughput is the rate it was offered.
+a load sent at a rate on its P99 end-to-end latency, since its throughput is the rate offered.
 Rows are named by their sharing mode, never by their run's name, unless two scenarios of one
 mode ran the same thing. Both the report's decision (a plain matrix) and its Observations are
 worded from these.
@@ -19,13 +19,19 @@ from .style import base_scenario, phase_of
 
 MODE_NAMES = {"baseline": "one server", "timeslice": "time-slicing", "mps": "MPS",
               "mig_emulation": "MIG-like caps", "mig": "MIG"}
-OPEN_LOOP = "open_loop"
-KEYS = ["gpu_model", "workload", "load_mode", "load", "tenant", "phase", "neighbours"]
+RATE = "req/s"
+"""analysis.LOAD_UNITS's unit of a load that sends requests at a rate, whatever the server does."""
+KEYS = ["gpu_model", "workload", "load_mode", "load_unit", "load", "tenant", "phase", "neighbours"]
 MEASURED = ("output_throughput", "p99_latency_s", "energy_per_output_token_j")
 
 
 def mode_name(mode: str) -> str:
     return MODE_NAMES.get(mode, mode)
+
+
+def mode_list(modes: pd.Series) -> str:
+    """The sharing modes of a run set in words, in a fixed order."""
+    return ", ".join(mode_name(m) for m in sorted(modes.dropna().unique()))
 
 
 def capitalised(text: str) -> str:
@@ -85,20 +91,20 @@ def change(share: float) -> str:
     return "±0%" if round(share, digits + 2) == 0 else f"{share:+.{digits}%}"
 
 
-def load_text(load_mode: str, load: float) -> str:
-    return f"{load:g} req/s" if load_mode == OPEN_LOOP else f"load {load:g}"
+def load_text(load_unit: str, load: float) -> str:
+    return f"{load:g} {RATE}" if load_unit == RATE else f"load {load:g}"
 
 
 def _rows(runs: pd.DataFrame) -> pd.DataFrame:
     """The complete runs with what each row ran beside what: its phase, its scenario less phase
     and tenant, and its neighbours' loads in the same run (a tenant row shared)."""
     rows = runs.copy()
-    for column in ("workload", "load_mode", "sharing_mode", "gpu_model"):
+    for column in ("workload", "load_mode", "load_unit", "sharing_mode", "gpu_model"):
         rows[column] = rows[column].fillna("").astype(str)
     rows["tenant"] = (rows["tenant"] if "tenant" in rows else pd.Series("", index=rows.index)).fillna("").astype(str)
     rows["phase"] = rows["scenario"].map(lambda s: phase_of(s) or "")
     rows["base"] = rows["scenario"].map(base_scenario)
-    loads = {run: [(r.tenant, load_text(r.load_mode, r.load)) for r in part.itertuples()]
+    loads = {run: [(r.tenant, load_text(r.load_unit, r.load)) for r in part.itertuples()]
              for run, part in rows[rows["tenant"] != ""].groupby("run")}
     rows["neighbours"] = [", ".join(f"{t} at {text}" for t, text in loads.get(r.run, []) if t != r.tenant)
                           for r in rows.itertuples()]
@@ -106,7 +112,7 @@ def _rows(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _where(key: dict, several_gpus: bool, several_workloads: bool) -> str:
-    load = load_text(key["load_mode"], key["load"])
+    load = load_text(key["load_unit"], key["load"])
     if key["tenant"]:
         beside = f"beside {key['neighbours']}" if key["neighbours"] else "alone"
         subject = f"for {key['tenant']} at {load} {beside}"
@@ -146,7 +152,7 @@ def mode_comparisons(runs: pd.DataFrame) -> list[ModeComparison]:
     for values, group in rows.groupby(KEYS, sort=True):
         part = group.groupby(["base", "sharing_mode"], as_index=False)[list(MEASURED)].mean()
         key = dict(zip(KEYS, values))
-        metric = "p99_latency_s" if key["load_mode"] == OPEN_LOOP else "output_throughput"
+        metric = "p99_latency_s" if key["load_unit"] == RATE else "output_throughput"
         measured = part[part[metric].notna()].sort_values(metric, ascending=metric == "p99_latency_s")
         if measured["sharing_mode"].nunique() < 2:
             continue

@@ -3,8 +3,9 @@ sharing modes and tenants, never run names, computed from the same tables the re
 
 A plan: the GPUs it needs and its proofs. A capacity set: per neighbour setting, which mode
 held the tenant's most load inside its SLO. An interference set: which mode kept each tenant
-the most of what it is scored on. A plain matrix: where the modes ran the same thing
-(compare.py), which one did best and what the others gave relative to it.
+the most of what it is scored on, and each victim's P99 TTFT closest to its value alone. A
+plain matrix: where the modes ran the same thing (compare.py), which one did best and what
+the others gave relative to it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pandas as pd
 
 from .capacity import Capacity, capacity_table
 from .compare import mode_comparisons, mode_name
-from .isolation import Interference
+from .isolation import Interference, isolation_table
 from .plan import Plans
 
 
@@ -60,6 +61,16 @@ def interference_decision(isolation: Interference) -> list[str]:
         best = part.loc[part["kept"].idxmax()]
         lines.append(f"{tenant} kept the most of its {best['scored_on']} beside its neighbours under "
                      f"{mode_name(best['sharing_mode'])} (x{best['kept']:.2f} of alone).")
+    table = isolation_table(isolation)
+    for victim in isolation.victims():
+        part = table[(table["tenant"] == victim) & table["p99_ttft_headline_slowdown"].notna()]
+        if part["sharing_mode"].nunique() < 2:
+            continue
+        ranked = part.sort_values("p99_ttft_headline_slowdown")
+        best, worst = ranked.iloc[0], ranked.iloc[-1]
+        lines.append(f"{victim}'s P99 TTFT beside its neighbours stayed closest to its value alone under "
+                     f"{mode_name(best['sharing_mode'])} (x{best['p99_ttft_headline_slowdown']:.2f}), and strayed "
+                     f"furthest under {mode_name(worst['sharing_mode'])} (x{worst['p99_ttft_headline_slowdown']:.2f}).")
     stp = isolation.scores[isolation.scores["stp"].notna()]
     if not stp.empty:
         best = stp.loc[stp["stp"].idxmax()]

@@ -28,6 +28,7 @@ from .analysis import RunSet, summarize_runs
 from .capacity import FIGURE as CAPACITY_FIGURE
 from .capacity import TABLE as CAPACITY_TABLE
 from .capacity import ALONE, Capacity, capacity_sentences, capacity_table, find_capacity, read_capacity, setting_key
+from .compare import mode_list
 from .isolation import LEVEL_AXIS, Interference, find_interference, read_interference
 from .plan import FIGURE as PLAN_FIGURE
 from .plan import TABLE as PLAN_TABLE
@@ -388,7 +389,7 @@ def _facts(runs: pd.DataFrame) -> str:
     facts = {
         "Runs": f"{len(runs)} complete",
         "GPU": ", ".join(sorted(map(str, runs["gpu_model"].unique()))),
-        "Sharing modes": ", ".join(sorted(map(str, runs["sharing_mode"].unique()))),
+        "Sharing modes": mode_list(runs["sharing_mode"]),
         "Scenarios": f"{runs['scenario'].nunique()}, named in the tables",
         "Workloads": "; ".join(sorted(map(str, runs["workload"].unique()))),
         "Loads": ", ".join(f"{v:g}" for v in sorted(runs["load"].unique())),
@@ -414,7 +415,7 @@ def write_html_report(found: RunSet, out: Path, tex_path: Path | None = None) ->
     capacity = read_capacity(find_capacity(found.paths))
     interference = read_interference(find_interference(found.paths))
     plans = read_plans(find_plans(found.paths))
-    modes = ", ".join(sorted(map(str, runs["sharing_mode"].unique())))
+    modes = mode_list(runs["sharing_mode"])
     interactive: list[str] = []
 
     results = _facts(runs) + table_block(figures_dir, "summary", "Measured results per scenario and load (means "

@@ -20,7 +20,7 @@ from ..errors import RunFailure
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .capacity import capacity_part, find_capacity, read_capacity
 from .isolation import Interference, find_interference, isolation_table, read_interference
-from .compare import capitalised, change, mode_comparisons, reader_names
+from .compare import capitalised, change, mode_comparisons, mode_list, reader_names
 from .decision import decision
 from .plan import find_plans, plan_part, read_plans
 from .style import COLUMN_IN, DPI
@@ -75,7 +75,7 @@ def observations(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
         "No two sharing modes ran the same workload at the same load, so no mode is compared with another here; "
         "the tables give each run's own numbers."]
     if any(c.open_loop for c in compared):
-        out.append("Open loops are compared on latency: their throughput is the rate they were offered.")
+        out.append("Loads sent at a rate are compared on latency: their throughput is the rate offered.")
     failed = int(summary["failed"].sum())
     out.append(f"Across all runs, {failed} request(s) failed." if failed else "No request failed in any run.")
     hits = summary["prefix_cache_hit_tokens"]
@@ -223,7 +223,7 @@ def write_report(found: RunSet, out: Path) -> Path:
     facts = _first_run_facts(runs)
     on_gpus, hardware = hardware_text(runs, facts)
     scenarios = runs["scenario"].nunique()
-    modes = ", ".join(tex(m) for m in sorted(runs["sharing_mode"].unique()))
+    modes = tex(mode_list(runs["sharing_mode"]))
     loads = ", ".join(f"{v:g}" for v in sorted(runs["load"].unique()))
     workloads = sorted(runs["workload"].unique())
     workload = ("the same workload" if len(workloads) == 1 else

@@ -85,12 +85,13 @@ def sharing_mode_colour(mode: str) -> tuple:
 
 
 def save(fig: Figure, out: Path, name: str) -> list[Path]:
-    """The figure as out/NAME.png and out/NAME.pdf at its drawn size, then closed."""
+    """The figure as out/NAME.png and out/NAME.pdf at its drawn size, then closed. The PDF
+    carries no creation date, so drawing the same data again writes the same bytes."""
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     for p in paths:
-        fig.savefig(p, dpi=DPI)
+        fig.savefig(p, dpi=DPI, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 
