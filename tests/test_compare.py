@@ -92,5 +92,5 @@ def test_every_comparison_holds_two_modes_or_more_best_first_on_its_loops_quanti
     for c in compared:
         values = [r.value for r in c.ranked]
         assert len(c.ranked) >= 2 and len({r.name for r in c.ranked}) == len(c.ranked)
-        assert values == sorted(values, reverse=not c.open_loop)
-        assert ("req/s" in c.where) == c.open_loop
+        assert values == sorted(values, reverse=not c.rate_led)
+        assert ("req/s" in c.where) == c.rate_led

@@ -148,7 +148,9 @@ def test_signal_during_server_start_up(tmp_path, twice):
         sent = run.signal(signal.SIGINT)
     code, stderr = run.finish()
     took = time.monotonic() - sent
-    assert took < (3 if twice else 9), took
+    # hurried: SIGKILL at once, well inside the 5 s start-up grace; else the grace, never the
+    # 60 s wait after SIGKILL (a loaded two-core machine adds seconds to either)
+    assert took < (3 if twice else 15), took
     assert_interrupted(code, stderr, folder, "SIGINT")
     assert_nothing_left(pids)
 
@@ -200,7 +202,7 @@ def test_signal_while_servers_stop(tmp_path, twice):
         time.sleep(0.3)
         run.signal(signal.SIGTERM)
     code, stderr = run.finish()
-    assert time.monotonic() - sent < 5
+    assert time.monotonic() - sent < 15  # the 2 s grace and the exit, never the 60 s wait after SIGKILL
     assert "Traceback" not in stderr, stderr
     doc = json.loads((folder / "summary.json").read_text())
     assert doc["complete"] is True and doc["error"] is None and doc["completed"] == 4

@@ -2,11 +2,11 @@
 
 A comparison holds the runs of a set that differ only in their sharing mode: the same GPU
 model, workload, kind of load and load level and, for a tenant row, the same tenant in the
-same phase, beside the same neighbours at the same loads. A closed loop is ranked on its output throughput;
-a load sent at a rate on its P99 end-to-end latency, since its throughput is the rate offered.
-Rows are named by their sharing mode, never by their run's name, unless two scenarios of one
-mode ran the same thing. Both the report's decision (a plain matrix) and its Observations are
-worded from these.
+same phase, beside the same neighbours at the same loads. A closed loop is ranked on its
+output throughput; a load sent at a rate on its P99 end-to-end latency, since its throughput
+is the rate offered. Rows are named by their sharing mode, never by their run's name, unless
+two scenarios of one mode ran the same thing. Both the report's decision (a plain matrix) and
+its Observations are worded from these.
 """
 
 from __future__ import annotations
@@ -60,13 +60,14 @@ class ModeComparison:
     least_energy: Named | None
 
     @property
-    def open_loop(self) -> bool:
+    def rate_led(self) -> bool:
+        """Ranked on latency: the load was sent at a rate, which its throughput only repeats."""
         return self.metric == "p99_latency_s"
 
     def headline(self) -> str:
         """The best mode and the others against it."""
         best, rest = self.ranked[0], self.ranked[1:]
-        if self.open_loop:
+        if self.rate_led:
             others = "; ".join(f"{r.name} {r.value / best.value:.2f}×" for r in rest if best.value > 0)
             return (f"{self.where}, {best.name} had the lowest P99 end-to-end latency ({best.value:.2f} s)"
                     + (f"; {others}." if others else "."))
@@ -77,7 +78,7 @@ class ModeComparison:
     def sentence(self) -> str:
         """The headline, with the lowest latency (a closed loop) and the least energy per token."""
         line = self.headline()
-        if not self.open_loop and self.lowest_latency is not None:
+        if not self.rate_led and self.lowest_latency is not None:
             line += f" The lowest P99 end-to-end latency was {self.lowest_latency.value:.2f} s ({self.lowest_latency.name})."
         if self.least_energy is not None:
             line += (f" The least GPU energy per output token was {self.least_energy.value:.3f} J "
@@ -101,7 +102,7 @@ def _rows(runs: pd.DataFrame) -> pd.DataFrame:
     rows = runs.copy()
     for column in ("workload", "load_mode", "load_unit", "sharing_mode", "gpu_model"):
         rows[column] = rows[column].fillna("").astype(str)
-    rows["tenant"] = (rows["tenant"] if "tenant" in rows else pd.Series("", index=rows.index)).fillna("").astype(str)
+    rows["tenant"] = rows["tenant"].fillna("").astype(str)
     rows["phase"] = rows["scenario"].map(lambda s: phase_of(s) or "")
     rows["base"] = rows["scenario"].map(base_scenario)
     loads = {run: [(r.tenant, load_text(r.load_unit, r.load)) for r in part.itertuples()]

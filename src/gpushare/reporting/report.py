@@ -74,7 +74,7 @@ def observations(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     out = [tex(c.sentence()) for c in compared] or [
         "No two sharing modes ran the same workload at the same load, so no mode is compared with another here; "
         "the tables give each run's own numbers."]
-    if any(c.open_loop for c in compared):
+    if any(c.rate_led for c in compared):
         out.append("Loads sent at a rate are compared on latency: their throughput is the rate offered.")
     failed = int(summary["failed"].sum())
     out.append(f"Across all runs, {failed} request(s) failed." if failed else "No request failed in any run.")
