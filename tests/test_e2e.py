@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gpushare.core.processes import group_members, same_process_alive, start_time
+from gpushare.core.processes import group_members, snapshot, still_running
 from helpers import CPU_SERVER, alive, free_port, summary, wait_until, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -73,16 +73,9 @@ def _engine_core_pid(api_server_pid: int) -> int:
     raise AssertionError(f"no EngineCore in group {api_server_pid}: {group_members(api_server_pid)}")
 
 
-def _group_snapshot(pgid: int) -> dict[int, int | None]:
-    """The group's members with their start times: a member's PID may be reused by the time
-    the test looks again (Linux's default pid_max is 32768, and threads take ids too)."""
-    return {pid: start_time(pid) for pid in group_members(pgid)}
-
-
-def _survivors(snapshot: dict[int, int | None]) -> list[bytes]:
+def _survivors(taken: dict[int, int | None]) -> list[bytes]:
     """The command lines of the snapshot's processes still running."""
-    return [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid, started in snapshot.items()
-            if same_process_alive(pid, started)]
+    return [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in still_running(taken)]
 
 
 def _start_and_wait_ready(cfg: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
@@ -119,7 +112,7 @@ def test_server_process_killed_mid_run_on_real_vllm(tmp_path, target, load):
     requests = folder / "requests.csv"
     wait_until(lambda: requests.exists() and pd.read_csv(requests)["warmup"].eq(0).sum() >= 2, timeout=300, poll_s=0.2)
     api_server = _api_server_pid(log)
-    members = _group_snapshot(api_server)
+    members = snapshot(group_members(api_server))
     assert len(members) >= 2  # API server and engine core
     os.kill(api_server if target == "api_server" else _engine_core_pid(api_server), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=180)
@@ -146,7 +139,7 @@ def test_ctrl_c_twice_during_real_vllm_start_up_leaves_nothing(tmp_path):
     assert log is not None, "vLLM did not begin its start-up"
     api_server = _api_server_pid(log)
     time.sleep(3)  # into the engine's start-up
-    members = _group_snapshot(api_server)
+    members = snapshot(group_members(api_server))
     first = time.monotonic()
     proc.send_signal(signal.SIGINT)
     time.sleep(1)

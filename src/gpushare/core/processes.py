@@ -41,12 +41,21 @@ def process_alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def same_process_alive(pid: int, started: int | None) -> bool:
-    """True while the process that had `pid` when its start time `started` was read still
-    runs: a PID reused since (Linux hands out a dead member's PID, or a thread's id under
-    it, within minutes on a busy machine) is another process."""
-    stat = process_stat(pid)
-    return stat is not None and stat[0] != "Z" and stat[1] == started
+def snapshot(pids: list[int]) -> dict[int, int | None]:
+    """The processes with their start times, so that `still_running` can tell each from a
+    later process given its PID (Linux reuses a dead member's PID, or gives it to a thread,
+    once its counter wraps at pid_max: 32768 by default)."""
+    return {pid: start_time(pid) for pid in pids}
+
+
+def still_running(taken: dict[int, int | None]) -> list[int]:
+    """The processes of a `snapshot` that still run (not a zombie, not a reused PID)."""
+    running = []
+    for pid, started in taken.items():
+        stat = process_stat(pid)
+        if stat is not None and stat[0] != "Z" and stat[1] == started:
+            running.append(pid)
+    return running
 
 
 def group_members(pgid: int) -> list[int]:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .capacity import Capacity, capacity_table
 from .compare import mode_comparisons, mode_name
-from .isolation import Interference, isolation_table
+from .isolation import Interference, closest_to_alone, isolation_table
 from .plan import Plans
 
 
@@ -63,10 +63,9 @@ def interference_decision(isolation: Interference) -> list[str]:
                      f"{mode_name(best['sharing_mode'])} (x{best['kept']:.2f} of alone).")
     table = isolation_table(isolation)
     for victim in isolation.victims():
-        part = table[(table["tenant"] == victim) & table["p99_ttft_headline_slowdown"].notna()]
-        if part["sharing_mode"].nunique() < 2:
+        ranked = closest_to_alone(table, victim)
+        if ranked["sharing_mode"].nunique() < 2:
             continue
-        ranked = part.sort_values("p99_ttft_headline_slowdown")
         best, worst = ranked.iloc[0], ranked.iloc[-1]
         lines.append(f"{victim}'s P99 TTFT beside its neighbours stayed closest to its value alone under "
                      f"{mode_name(best['sharing_mode'])} (x{best['p99_ttft_headline_slowdown']:.2f}), and strayed "

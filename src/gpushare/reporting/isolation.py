@@ -183,6 +183,14 @@ def isolation_table(data: Interference) -> pd.DataFrame:
                      on="scenario")
 
 
+def closest_to_alone(table: pd.DataFrame, victim: str) -> pd.DataFrame:
+    """The victim's rows of `isolation_table` that measured its P99 TTFT alone and shared,
+    the mode that kept it closest to its value alone first: what both the decision and the
+    isolation observations name."""
+    part = table[(table["tenant"] == victim) & table["p99_ttft_headline_slowdown"].notna()]
+    return part.sort_values("p99_ttft_headline_slowdown", kind="stable")
+
+
 def _shown(table: pd.DataFrame, aggressors: dict[tuple[str, str], str]) -> pd.DataFrame:
     """The table as a reader wants it: solo → shared with the ratio (a victim's at its
     aggressor's worst loaded level, "@ batch 32"), "–" where nothing was measured."""

@@ -19,7 +19,7 @@ from ..core.files import CONFIG, ENV
 from ..errors import RunFailure
 from .analysis import RunSet, analyze, summarize_runs, writable_folder
 from .capacity import capacity_part, find_capacity, read_capacity
-from .isolation import Interference, find_interference, isolation_table, read_interference
+from .isolation import Interference, closest_to_alone, find_interference, isolation_table, read_interference
 from .compare import capitalised, change, mode_comparisons, mode_list, reader_names
 from .decision import decision
 from .plan import find_plans, plan_part, read_plans
@@ -160,12 +160,11 @@ def isolation_observations(data: Interference) -> list[str]:
     top = _extreme(data.scores, "stp", highest=True)
     out = []
     for victim in data.victims():
-        part = table[table["tenant"] == victim]
-        best = _extreme(part, "p99_ttft_headline_slowdown", highest=False)
-        worst = _extreme(part, "p99_ttft_headline_slowdown", highest=True)
-        if best is None or worst is None or top is None:
+        ranked = closest_to_alone(table, victim)
+        if ranked.empty or top is None:
             out.append(f"No sharing mode measured {tex(victim)}'s P99 TTFT both alone and shared.")
             continue
+        best, worst = ranked.iloc[0], ranked.iloc[-1]
         where = ("" if pd.isna(best["p99_ttft_headline_level"]) else
                  f" at its aggressor's worst loaded level ({best['p99_ttft_headline_level']:g})")
         alone = (f"its P99 TTFT shared{where} was {best['p99_ttft_headline_slowdown']:.2f}$\\times$ its value alone "
@@ -173,7 +172,7 @@ def isolation_observations(data: Interference) -> list[str]:
         stp = "STP not measured" if pd.isna(best["stp"]) else f"STP {best['stp']:.2f}"
         if pd.notna(best["stp"]) and pd.notna(best["common_output_throughput"]):
             stp += f", {best['common_output_throughput']:,.0f} tokens/s while every tenant loaded"
-        if part["p99_ttft_headline_slowdown"].count() == 1:
+        if len(ranked) == 1:
             out.append(f"Only {labels[best['scenario']]} measured {tex(victim)} alone and shared: {alone} ({stp}).")
             continue
         line = (f"{capitalised(labels[best['scenario']])} isolated {tex(victim)} best: {alone}, against "

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ...core.events import Event, PhaseChanged, RequestFinished
-from ...core.processes import same_process_alive, start_time
+from ...core.processes import snapshot, still_running
 from ...core.records import RequestRecord
 from ...serving.servers import ServerFleet
 
@@ -27,9 +27,11 @@ class ServerWatch:
         """Why the first dead server is dead. The group is read before the exit codes: a
         leader seen gone from its group has an exit code by then, so a leader's death is
         always told as its exit, never as a lost member."""
-        lost = {h.name: [pid for pid, started in self._members.get(h.name, {}).items()
-                         if not same_process_alive(pid, started)]
-                for h in self.fleet.handles}
+        lost = {}
+        for handle in self.fleet.handles:
+            taken = self._members.get(handle.name, {})
+            running = still_running(taken)
+            lost[handle.name] = [pid for pid in taken if pid not in running]
         dead = self.fleet.first_dead()
         if dead is not None:
             return f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}"
@@ -47,7 +49,7 @@ class ServerWatch:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, PhaseChanged) and event.phase == "measure":
-            self._members = {h.name: {pid: start_time(pid) for pid in h.group()} for h in self.fleet.handles}
+            self._members = {h.name: snapshot(h.group()) for h in self.fleet.handles}
         elif isinstance(event, RequestFinished) and not event.record.ok:
             self.check()
 
