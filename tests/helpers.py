@@ -12,6 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from gpushare.core.processes import process_alive
+
+alive = process_alive  # the tests' short name: the process exists and is not a zombie
+
 TESTS = Path(__file__).resolve().parent
 SSE_SERVER = [sys.executable, str(TESTS / "sse_server.py")]
 FAULT_SERVER = [sys.executable, str(TESTS / "fault_server.py")]
@@ -29,15 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
 
 
 def wait_until(check, timeout: float = 30.0, poll_s: float = 0.05) -> None:

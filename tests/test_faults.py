@@ -20,6 +20,7 @@ import pytest
 
 from gpushare.measure.results import read_verdict
 from gpushare.core.processes import group_members
+from gpushare.serving.servers import STARTING_GRACE_S
 from helpers import SSE_SERVER, alive, free_port, server_pids, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -141,16 +142,18 @@ def test_signal_during_server_start_up(tmp_path, twice):
     run, folder = started(tmp_path, cfg)
     wait_until(lambda: pids_of_run(folder))
     pids = pids_of_run(folder)
-    sent = run.signal(signal.SIGINT)
+    first = run.signal(signal.SIGINT)
     run.wait_for("stopping servers")
     if twice:
         time.sleep(0.3)
-        sent = run.signal(signal.SIGINT)
+        run.signal(signal.SIGINT)
+    wait_until(lambda: not any(alive(pid) for pid in pids), 90)
+    gone = time.monotonic() - first
     code, stderr = run.finish()
-    took = time.monotonic() - sent
-    # hurried: SIGKILL at once, well inside the 5 s start-up grace; else the grace, never the
-    # 60 s wait after SIGKILL (a loaded two-core machine adds seconds to either)
-    assert took < (3 if twice else 15), took
+    # timed to the server's end, not the command's (a loaded machine takes seconds to write the
+    # summary and exit): hurried, SIGKILL at once, well inside the start-up grace; else after
+    # the grace, never the 60 s wait after SIGKILL
+    assert (gone < STARTING_GRACE_S - 1) if twice else (STARTING_GRACE_S <= gone < 15), gone
     assert_interrupted(code, stderr, folder, "SIGINT")
     assert_nothing_left(pids)
 

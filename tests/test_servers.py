@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from gpushare.config import ServerConfig
+from gpushare.core.events import PhaseChanged
+from gpushare.core.processes import process_alive
+from gpushare.experiment.run.watch import ServerWatch
 from gpushare.serving.engines import LaunchPlan, redact
 from gpushare.serving.engines.external import ExternalEngine
 from gpushare.serving.engines.vllm import VllmEngine
 from gpushare.errors import ConfigError, RunFailure
 from gpushare.serving.server_env import passed_on, server_environment
 from gpushare.serving.servers import ServerFleet, ServerHandle, ensure_port_free, scrape_counters
-from helpers import SSE_SERVER, alive, free_port, server_pids
+from helpers import SSE_SERVER, alive, free_port, server_pids, wait_until
 
 
 def sse_plan(name: str, port: int, *extra: str, timeout: float = 30) -> LaunchPlan:
@@ -207,3 +210,33 @@ def test_a_server_gets_the_stated_environment_not_the_drivers_whole_one(tmp_path
     assert "DRIVER_ONLY_SECRET" not in seen and seen["PATH"] and seen["HF_HOME"] == "/models/hf"
     assert seen["VLLM_LOGGING_LEVEL"] == "INFO" and seen["CUDA_VISIBLE_DEVICES"] == "0"
     assert "CUDA_VISIBLE_DEVICES" not in passed_on({"CUDA_VISIBLE_DEVICES": "3", "PATH": "/bin"})
+
+
+LEADER_OUTLIVED_BY_A_THREAD = """
+import ctypes, os, pathlib, sys, threading, time
+go = pathlib.Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.01)
+threading.Thread(target=lambda: (time.sleep(1.5), os._exit(7))).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+"""A server whose main thread ends 1.5 s before its process: its leader shows as a zombie that
+the kernel does not hand over yet, as a SIGKILLed server's does while its threads end."""
+
+
+def test_a_leader_seen_gone_before_its_threads_end_is_told_as_its_exit(tmp_path):
+    go = tmp_path / "go"
+    fleet = ServerFleet([LaunchPlan("lingers", "http://127.0.0.1:1",
+                                    [sys.executable, "-c", LEADER_OUTLIVED_BY_A_THREAD, str(go)])], tmp_path)
+    (handle,) = fleet.handles
+    handle.start()
+    try:
+        watch = ServerWatch(fleet)
+        wait_until(lambda: handle.group() == [handle.pid], 10)
+        watch(PhaseChanged("measure", 0.0))
+        go.touch()
+        wait_until(lambda: not process_alive(handle.pid), 10)
+        assert handle.exit_code() is None  # a zombie leader, not yet reaped: the case under test
+        assert watch.death().startswith("server lingers exited with code 7 during the run")
+    finally:
+        fleet.stop()

@@ -145,6 +145,16 @@ class ServerHandle:
         """The launched process's exit code, or None while it runs (or for external servers)."""
         return None if self.process is None else self.process.poll()
 
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """The exit code of a leader seen gone from its group: the kernel hands it over only
+        once every thread of the leader has ended, which takes a while on a loaded machine."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def wait_ready(self, poll_s: float = 0.5, progress: Callable[[float], None] | None = None) -> float:
         """Block until the ready URL answers 200; return the seconds it took."""
         began = time.monotonic()

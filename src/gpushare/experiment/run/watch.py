@@ -11,6 +11,10 @@ from ...core.processes import snapshot, still_running
 from ...core.records import RequestRecord
 from ...serving.servers import ServerFleet
 
+LEADER_EXIT_WAIT_S = 10.0
+"""How long a leader seen gone from its group may take to hand over its exit code: it shows
+as a zombie once its main thread ends, but the kernel reaps it only after all its threads."""
+
 
 class ServerWatch:
     """Whether every server lived through the window: its process, and every process of its
@@ -24,14 +28,16 @@ class ServerWatch:
         self._members: dict[str, dict[int, int | None]] = {}
 
     def death(self) -> str | None:
-        """Why the first dead server is dead. The group is read before the exit codes: a
-        leader seen gone from its group has an exit code by then, so a leader's death is
-        always told as its exit, never as a lost member."""
+        """Why the first dead server is dead. The group is read before the exit codes, and a
+        leader seen gone from it is waited for, so a leader's death is always told as its
+        exit, never as a lost member."""
         lost = {}
         for handle in self.fleet.handles:
             taken = self._members.get(handle.name, {})
             running = still_running(taken)
             lost[handle.name] = [pid for pid in taken if pid not in running]
+            if handle.process is not None and handle.process.pid in lost[handle.name]:
+                handle.wait_exit(LEADER_EXIT_WAIT_S)
         dead = self.fleet.first_dead()
         if dead is not None:
             return f"server {dead.name} exited with code {dead.exit_code()} during the run{dead.log_hint()}"
