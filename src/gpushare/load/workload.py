@@ -7,6 +7,7 @@ the same requests in the same order whatever the timing of the run.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -14,13 +15,21 @@ import numpy as np
 from ..config import ApiConfig, LoadConfig
 from ..errors import ConfigError
 from ..core.records import RequestSpec
+from .folder_tokenizer import FolderTokenizer, readable
 from .tokens import Tokenizer
 from .workloads import Workload
 
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str) -> Tokenizer:
-    """Loaded once per process: a matrix's cells share their scenario's tokenizer."""
+    """Loaded once per process: a matrix's cells share their scenario's tokenizer. A folder
+    with a tokenizer.json is read directly; anything else goes through transformers."""
+    folder = Path(name_or_path)
+    if readable(folder):
+        try:
+            return FolderTokenizer.load(folder)
+        except Exception as err:  # tokenizers and json raise their own types for a broken file
+            raise ConfigError(f"tokenizer: cannot load '{name_or_path}': {str(err).splitlines()[0]}") from None
     try:
         from transformers import AutoTokenizer
     except ImportError as err:  # pragma: no cover - transformers is a dependency
