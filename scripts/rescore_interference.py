@@ -23,7 +23,7 @@ from pathlib import Path
 from gpushare.errors import ConfigError
 from gpushare.experiment.interference_protocol import DEDICATED, plan_interference, solo_cell, write_interference
 from gpushare.measure.results import read_run_config
-from gpushare.cli import print_interference
+from gpushare.cli.interfere import print_interference
 
 SHARED = "shared"
 

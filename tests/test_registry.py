@@ -6,7 +6,8 @@ from typing import Literal, get_args
 
 import pytest
 
-from gpushare.cli import matrix_executors, matrix_parser
+from gpushare.cli.app import matrix_executors
+from gpushare.cli.matrix import matrix_parser
 from gpushare.config import ScenarioConfig, ServerConfig, SharingConfig, TenantConfig
 from gpushare.errors import ConfigError
 from gpushare.experiment.matrix import Executor
