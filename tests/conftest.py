@@ -133,7 +133,13 @@ def _shared_vllm_cpu_server(private_process_registry, tmp_path_factory):
     from helpers import CPU_SERVER, free_port
 
     model = resolve_model("smollm2", None, say=lambda _: None)
-    config = ServerConfig(**CPU_SERVER, port=free_port())
+    cpus = sorted(os.sched_getaffinity(0))
+    # vLLM's CPU worker binds its compute to the first CPU by default, as does every server
+    # test_e2e.py launches while this one serves the other worker's tests: two engines on one
+    # core stalled a first 300-token prefill for 44 s (1.3 s on a core of its own), and the
+    # suite's real-vLLM tests by minutes. This one computes on the last CPU instead.
+    env = {**CPU_SERVER["env"], **({"VLLM_CPU_OMP_THREADS_BIND": str(cpus[-1])} if len(cpus) > 1 else {})}
+    config = ServerConfig(**{**CPU_SERVER, "env": env}, port=free_port())
     plan = VllmEngine.plan("shared-cpu", config, model.path, model.served_name, private_process_registry)
     handle = ServerHandle(plan, tmp_path_factory.mktemp("shared-vllm") / "server.log")
     try:
