@@ -66,8 +66,14 @@ def test_quick_run_on_real_vllm(tmp_path, vllm_cpu_server):
     assert counted["generation_tokens"] == doc["total_output_tokens"]
     assert counted["prompt_tokens"] == doc["total_input_tokens"]
     assert counted["requests_finished"] == 24
+    # chunks.csv holds each token event; vLLM merges the tokens of engine steps its API server
+    # has not sent yet into one event (on a loaded machine, now and then), and a request whose
+    # events fall short of its usage says so
     chunks = pd.read_csv(folder / "chunks.csv")
-    assert chunks[chunks["index"].isin(measured["index"])]["tokens"].sum() == 24 * 16
+    per_request = chunks.groupby("index")["tokens"].sum().reindex(measured["index"], fill_value=0)
+    assert per_request.tolist() == measured["streamed_tokens"].tolist()
+    assert ((measured["streamed_tokens"] == 16) == (measured["usage_disagrees"] == 0)).all()
+    assert (measured["usage_disagrees"] == 0).sum() >= len(measured) // 2  # as a rule, one token an event
     assert 0 < doc["p50_ttft_ms"] <= doc["p99_ttft_ms"] < doc["p99_e2el_ms"]
     assert doc["output_throughput"] > 0
 

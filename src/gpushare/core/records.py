@@ -63,5 +63,6 @@ class RequestRecord:
     @property
     def usage_disagrees(self) -> bool:
         """The server's usage gives another output length than the token events it streamed
-        (speculative decoding sends several tokens in one event; otherwise a server fault)."""
+        (speculative decoding sends several tokens in one event, and vLLM merges the tokens of
+        steps its API server had not sent yet; otherwise a server fault)."""
         return self.usage_reported and self.streamed_tokens is not None and self.output_tokens != self.streamed_tokens
