@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpushare import cli
+from gpushare.core.processes import group_members
 from helpers import (SSE_SERVER, alive, cli as run_cli, error_line, free_port, run_folder, server_pids, summary,
                      wait_until, write_config)
 
@@ -197,8 +198,11 @@ def test_a_full_run_against_the_test_server_writes_pandas_readable_files(tmp_pat
 
 
 def test_server_dying_mid_run_is_recorded_and_stops_the_run(tmp_path):
+    """The server's main process is SIGKILLed mid-run while a worker of its group (one that
+    ignores SIGTERM, as an orphaned engine does) lives on: the death is told as the leader's
+    exit, and the worker is ended with the group."""
     port = free_port()
-    cfg = fake_server_config(tmp_path, port, "--token-delay", "0.2", n_requests=200)
+    cfg = fake_server_config(tmp_path, port, "--token-delay", "0.2", "--child-ignoring-sigterm", n_requests=200)
     proc = subprocess.Popen([sys.executable, "-m", "gpushare.cli", "run", "--config", str(cfg)],
                                           stderr=subprocess.PIPE, text=True)
     log = None
@@ -211,7 +215,8 @@ def test_server_dying_mid_run_is_recorded_and_stops_the_run(tmp_path):
         time.sleep(0.2)
     assert log is not None
     time.sleep(3)  # into the measured requests
-    (server_pid,) = server_pids(log)
+    pids = {line.split(" pid ")[0]: int(line.rsplit(" ", 1)[1]) for line in log.read_text().splitlines() if " pid " in line}
+    server_pid, worker_pid = pids["server"], pids["child"]
     os.kill(server_pid, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr
@@ -219,6 +224,7 @@ def test_server_dying_mid_run_is_recorded_and_stops_the_run(tmp_path):
     assert doc["complete"] is False and "exited with code -9 during the run" in doc["error"]
     assert doc["completed"] + doc["failed"] == doc["num_prompts"] > 0
     assert doc["failed"] >= 1
+    assert not alive(worker_pid) and group_members(server_pid) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
