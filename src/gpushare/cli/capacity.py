@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ConfigError
-from .app import FlagParser, app, check_executor_flags, command_interrupts, err_console, matrix_executor, matrix_executors, note_late_signal, positive, say_counts
+from .app import (FlagParser, app, check_executor_flags, command_interrupts, err_console, matrix_executor,
+    matrix_executors, note_late_signal, positive, say_counts)
 
 if TYPE_CHECKING:
     from ..measure.capacity_doc import CapacityDoc

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from ..errors import ConfigError
-from .app import FlagParser, app, check_executor_flags, command_interrupts, err_console, matrix_executor, matrix_executors, note_late_signal, positive
+from .app import (FlagParser, app, check_executor_flags, command_interrupts, err_console, matrix_executor,
+    matrix_executors, note_late_signal, positive)
 
 
 def matrix_parser() -> FlagParser:

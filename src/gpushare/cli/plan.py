@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
-from .app import FlagParser, app, check_executor_flags, command_interrupts, err_console, matrix_executor, matrix_executors, note_late_signal
+from .app import (FlagParser, app, check_executor_flags, command_interrupts, err_console, matrix_executor,
+    matrix_executors, note_late_signal)
 
 
 def parse_plan_args(args: list[str]) -> argparse.Namespace:

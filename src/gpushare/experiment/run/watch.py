@@ -26,6 +26,7 @@ class ServerWatch:
         self.fleet = fleet
         self.stop_load: Any = None
         self._members: dict[str, dict[int, int | None]] = {}
+        self._waited: set[str] = set()
 
     def death(self) -> str | None:
         """Why the first dead server is dead. The group is read before the exit codes, and a
@@ -36,7 +37,9 @@ class ServerWatch:
             taken = self._members.get(handle.name, {})
             running = still_running(taken)
             lost[handle.name] = [pid for pid in taken if pid not in running]
-            if handle.process is not None and handle.process.pid in lost[handle.name]:
+            leader = None if handle.process is None else handle.process.pid
+            if leader in lost[handle.name] and handle.name not in self._waited:
+                self._waited.add(handle.name)  # once: a leader that never hands over is told as lost
                 handle.wait_exit(LEADER_EXIT_WAIT_S)
         dead = self.fleet.first_dead()
         if dead is not None:
