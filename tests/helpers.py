@@ -62,9 +62,20 @@ def summary(folder: Path) -> dict:
     return json.loads((folder / "summary.json").read_text())
 
 
+def _pid_lines(log: Path) -> list[tuple[str, int]]:
+    """(who, PID) for each line the test server printed as "server pid N" or "child pid N"."""
+    return [(line.split(" pid ")[0], int(line.rsplit(" ", 1)[1])) for line in log.read_text().splitlines()
+            if line.endswith(tuple("0123456789")) and " pid " in line]
+
+
 def server_pids(log: Path) -> list[int]:
     """PIDs the test server printed into its log (itself and any child)."""
-    return [int(line.rsplit(" ", 1)[1]) for line in log.read_text().splitlines() if line.endswith(tuple("0123456789")) and " pid " in line]
+    return [pid for _, pid in _pid_lines(log)]
+
+
+def pid_of(log: Path, who: str) -> int:
+    """The PID the test server printed for `who` ("server" or "child")."""
+    return next(pid for name, pid in _pid_lines(log) if name == who)
 
 
 def error_line(stderr: str) -> str:

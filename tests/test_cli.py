@@ -14,7 +14,7 @@ import pytest
 
 from gpushare import cli
 from gpushare.core.processes import group_members
-from helpers import (SSE_SERVER, alive, cli as run_cli, error_line, free_port, run_folder, server_pids, summary,
+from helpers import (SSE_SERVER, alive, cli as run_cli, error_line, free_port, pid_of, run_folder, server_pids, summary,
                      wait_until, write_config)
 
 pytestmark = pytest.mark.timeout(300)
@@ -215,8 +215,7 @@ def test_server_dying_mid_run_is_recorded_and_stops_the_run(tmp_path):
         time.sleep(0.2)
     assert log is not None
     time.sleep(3)  # into the measured requests
-    pids = {line.split(" pid ")[0]: int(line.rsplit(" ", 1)[1]) for line in log.read_text().splitlines() if " pid " in line}
-    server_pid, worker_pid = pids["server"], pids["child"]
+    server_pid, worker_pid = pid_of(log, "server"), pid_of(log, "child")
     os.kill(server_pid, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr
