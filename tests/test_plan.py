@@ -216,5 +216,7 @@ def test_a_group_the_model_admits_but_its_proof_refutes_is_searched_again_withou
     assert (refuted.placement, len(refuted.tenants), refuted.held) == ("timeslice", 3, False)
     summary = json.loads((Path(refuted.run_dir) / "summary.json").read_text())
     assert summary["tenants"]["t0"]["p50_tpot_ms"] == pytest.approx(50.0, rel=0.05)  # the law beside two
-    assert summary["tenants"]["t0"]["good_requests"] == 0
+    # a request that overlaps a neighbour's gap between its requests may still meet the bound;
+    # the proof fails a on its attainment, far below the 0.5 it must reach
+    assert summary["tenants"]["t0"]["good_request_fraction"] < 0.5
     assert all(g.proven for g in plan.gpus) and sorted(len(g.seats) for g in plan.gpus) == [1, 2]
