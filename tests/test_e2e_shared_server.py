@@ -190,16 +190,18 @@ def test_a_reduced_plan_on_real_vllm(tmp_path, vllm_cpu_server):
     beside the other on one engine (reduced searches: a loose target, two probes each), packed,
     and the packing proven by a run of its tenants together; the known answers are test_plan.py's.
     Chat's target is 1 req/s: at 2 a loaded two-core machine (another test's vLLM starting beside
-    this one) held it below its SLO even alone, and a plan with no tenant seated is no test of one."""
+    this one) held it below its SLO even alone, and a plan with no tenant seated is no test of one.
+    The attainment target 0.5 is proven by 4 good requests of 4 (0.7 needs 9), so the probe at
+    1 req/s measures 10 s, not 18."""
     tokens = {"kind": "synthetic", "input_tokens": 32, "output_tokens": 8}
-    slo = {"ttft": 2.0, "tpot": 0.5, "attainment": 0.7}
+    slo = {"ttft": 2.0, "tpot": 0.5, "attainment": 0.5}
     doc = {"plan": "e2e-plan", "models": {"smollm2": external(vllm_cpu_server)},
            "tenants": [{"name": "chat", "model": "smollm2", "workload": tokens, "load": {"request_rate": 1},
                         "slo": slo},
                        {"name": "batch", "model": "smollm2", "workload": tokens, "load": {"concurrency": 1},
                         "slo": slo}],
            "fleet": [{"gpu": "cpu", "count": 2, "placements": ["engine"]}], "margin": 0.0,
-           "profile": {"window_s": 6, "settle_s": 1, "budget": 2}, "proof": {"window_s": 6, "settle_s": 1}}
+           "profile": {"window_s": 4, "settle_s": 0.5, "budget": 2}, "proof": {"window_s": 4, "settle_s": 0.5}}
     out = tmp_path / "plan"
     proc = cli("plan", str(write_config(tmp_path / "plan.yaml", **doc)), "--out", str(out), timeout=850)
     assert (out / "plan.json").is_file(), proc.stderr[-1500:]
@@ -221,5 +223,5 @@ def test_a_reduced_plan_on_real_vllm(tmp_path, vllm_cpu_server):
                             & (requests["in_window"] == 1)]
             good = (mine["status"] == "ok") & (mine["ttft_s"] <= 2.0) & (mine["tpot_s"].fillna(0) <= 0.5)
             assert (seat["good"], seat["total"]) == (int(good.sum()), len(mine)) and seat["total"] > 0
-        assert gpu["proven"] == all(s["attainment"] >= 0.7 for s in gpu["seats"])
+        assert gpu["proven"] == all(s["attainment"] >= 0.5 for s in gpu["seats"])
         still_running(vllm_cpu_server, json.loads((Path(gpu["proof_run_dir"]) / "summary.json").read_text()))
