@@ -350,7 +350,7 @@ def test_longest_scenarios_are_placed_first():
     longer cells go first; ties keep the order of --configs."""
     from gpushare.config import parse_config
     from gpushare.fleet import longest_first
-    from gpushare.experiment.matrix import Todo, plan_matrix
+    from gpushare.experiment.matrix_plan import Todo, plan_matrix
 
     def config(name, servers):
         return parse_config({"scenario": name, "sharing": {"mode": "timeslice"},

@@ -94,7 +94,7 @@ def test_matrix_flags_are_checked(tmp_path):
 
 def test_cells_grow_with_concurrency(tmp_path):
     from gpushare.config import parse_config
-    from gpushare.experiment.matrix import Cell, cell_config
+    from gpushare.experiment.matrix_plan import Cell, cell_config
 
     base = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 3})
     c24 = cell_config(base, Cell("s", "concurrency", 24, 2), 200, tmp_path, per_concurrency=25)
@@ -130,7 +130,7 @@ def test_sigterm_stops_the_matrix_and_its_servers(tmp_path):
 
 def test_cells_bounded_by_time(tmp_path):
     from gpushare.config import parse_config
-    from gpushare.experiment.matrix import Cell, cell_config
+    from gpushare.experiment.matrix_plan import Cell, cell_config
 
     base = parse_config({"load": {"concurrency": 8, "n_requests": 200}})
     timed = cell_config(base, Cell("s", "concurrency", 16, 1), None, tmp_path, duration_s=150)
@@ -144,7 +144,7 @@ def test_every_cell_has_its_own_prompts(tmp_path):
     """Cells share a server, so no cell may repeat another's prompts (its prefix cache would
     answer them); the same cell always gets the same seed."""
     from gpushare.config import parse_config
-    from gpushare.experiment.matrix import cell_config, cells_for
+    from gpushare.experiment.matrix_plan import cell_config, cells_for
 
     base = parse_config({"load": {"concurrency": 8, "n_requests": 200}, "seed": 3})
     cells = cells_for("s", [8, 16, 24], [0.5, 8.0], repeats=3)
@@ -160,7 +160,7 @@ def test_a_cells_hash_ignores_where_it_ran_and_nothing_it_measures(tmp_path):
     """The hash resume compares is the same for a cell an executor moved to another GPU, whose
     servers got ports, or written under another --out (as a Ray actor or a --gpus worker runs it);
     it differs for a change of what the cell measures."""
-    from gpushare.experiment.matrix import config_hash, load_scenarios, on_gpu, plan_matrix
+    from gpushare.experiment.matrix_plan import config_hash, load_scenarios, on_gpu, plan_matrix
 
     cfg = scenario(tmp_path, "s", [fake("s", free_port())])
     (plan,) = plan_matrix(load_scenarios([cfg], None), [1, 2], [], 1, tmp_path / "m", 4, None, None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpushare.environment import git_state
-from gpushare.experiment.matrix import kept_cell, previous_index, write_index
+from gpushare.experiment.matrix_book import kept_cell, previous_index, write_index
 from gpushare.measure.metric_catalog import CATALOGUE
 from gpushare.measure.results import (
     UNFINISHED,

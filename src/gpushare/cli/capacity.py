@@ -85,7 +85,8 @@ def capacity(ctx: typer.Context) -> None:
     """
     from ..experiment.capacity import parse_beside, plan_capacity, write_capacity
     from ..measure.capacity_doc import CAPACITY_CSV
-    from ..experiment.matrix import load_scenarios, run_plan
+    from ..experiment.matrix import run_plan
+    from ..experiment.matrix_plan import load_scenarios
 
     ns = parse_capacity_args(list(ctx.args))
     flags = {"tenant": ns.tenant, "beside": parse_beside(ns.beside) or None, "targets": ns.target,

@@ -52,7 +52,8 @@ def interfere(ctx: typer.Context) -> None:
     """
     from ..core.files import INTERFERENCE_CSV
     from ..experiment.interference_protocol import plan_interference, read_dedicated, write_interference
-    from ..experiment.matrix import load_scenarios, run_plan
+    from ..experiment.matrix import run_plan
+    from ..experiment.matrix_plan import load_scenarios
 
     ns = parse_interfere_args(list(ctx.args))
     configs = load_scenarios(ns.configs, ns.model)

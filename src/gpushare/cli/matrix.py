@@ -68,7 +68,8 @@ def matrix(ctx: typer.Context) -> None:
     (or written there directly with --shared-out, when every node mounts --out at the same path). Ray is an extra: pip install 'gpushare[cluster]'.
     See docs/fleet.md.
     """
-    from ..experiment.matrix import load_scenarios, run_matrix
+    from ..experiment.matrix import run_matrix
+    from ..experiment.matrix_plan import load_scenarios
 
     ns = parse_matrix_args(list(ctx.args))
     configs = load_scenarios(ns.configs, ns.model)

@@ -23,7 +23,7 @@ from ..measure.capacity_search import (GoalResult, Knob, NextProbe, Probe, Searc
 from ..measure.capacity_doc import CapacityDoc, CapacityRow, ProbeEntry, write_capacity_doc
 from ..measure.results import SummaryUnreadable, read_run
 from .interference_protocol import phase_salt
-from .matrix import PlannedCell, ScenarioPlan
+from .matrix_plan import PlannedCell, ScenarioPlan
 
 ALONE = "alone"
 INCOMPLETE = "did not complete"
@@ -137,7 +137,7 @@ class AloneBounds:
 class TenantSearch:
     """A scenario's searches for one tenant: alone (unless `alone` says what it found), then
     beside each neighbour setting, in that order, in one session of its servers (a
-    matrix.CellSearch)."""
+    matrix_plan.CellSearch)."""
 
     config: ScenarioConfig
     tenant: str
@@ -263,7 +263,7 @@ class TenantSearch:
 @dataclass(frozen=True)
 class SearchChain:
     """Several searches in one session of the same servers, one after another (a
-    matrix.CellSearch): a plan's profiles that differ only in their tenants' loads start the
+    matrix_plan.CellSearch): a plan's profiles that differ only in their tenants' loads start the
     servers once. Each search's probes carry its own prefix."""
 
     searches: tuple[TenantSearch, ...]

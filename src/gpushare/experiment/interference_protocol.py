@@ -29,7 +29,7 @@ from ..measure.interference import (INTERFERENCE_METRICS, LEVEL_METRICS, CommonT
 from ..measure.interference_doc import (STEP_METRICS, ComparedMetric, DedicatedEntry, InterferenceDoc, PhaseEntry,
                                         ScenarioEntry, StepPoint, StepSeries, write_interference_doc)
 from ..measure.results import Summary, SummaryUnreadable, TenantBlock, read_run
-from .matrix import PlannedCell, ScenarioPlan, load_scenarios
+from .matrix_plan import PlannedCell, ScenarioPlan, load_scenarios
 
 SHARED = "shared"
 DEDICATED = "dedicated"

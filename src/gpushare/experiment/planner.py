@@ -34,7 +34,7 @@ from ..measure.results import SummaryUnreadable, read_run
 from ..plan_config import FleetGpus, PlanConfig, PlanTenant
 from .capacity import INCOMPLETE, AloneBounds, Neighbours, SearchChain, TenantSearch, search_rows
 from .interference_protocol import phase_salt
-from .matrix import PlannedCell, ScenarioPlan
+from .matrix_plan import PlannedCell, ScenarioPlan
 
 PROOF = "proof"
 """A proof scenario's one cell."""

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..config import parse_config
 from ..interrupts import Interrupts
-from ..experiment.matrix import PlannedCell, ScenarioPlan, Todo
+from ..experiment.matrix_plan import PlannedCell, ScenarioPlan, Todo
 
 
 def cell_doc(cell: PlannedCell) -> dict[str, Any]:

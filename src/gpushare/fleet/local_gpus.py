@@ -27,7 +27,9 @@ from .. import environment
 from ..core.files import FLEET_LOGS
 from ..core.processes import end_with_parent
 from ..errors import ConfigError
-from ..experiment.matrix import EXECUTORS, Executor, MatrixBook, ScenarioPlan, ScenarioReport, Todo
+from ..experiment.matrix import EXECUTORS, Executor
+from ..experiment.matrix_book import MatrixBook, ScenarioReport
+from ..experiment.matrix_plan import ScenarioPlan, Todo
 from ..experiment.matrix_events import CellFinished, MatrixEvent, decode_event
 from ..experiment.run.console import say
 from ..interrupts import Interrupts

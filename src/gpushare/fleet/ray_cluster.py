@@ -36,8 +36,9 @@ from rich.console import Console
 from .. import environment
 from ..core.files import CONSOLE_LOG
 from ..errors import ConfigError, GpushareError
-from ..experiment.matrix import (EXECUTORS, Executor, MatrixBook, PlannedCell, ScenarioPlan, ScenarioReport,
-                                 ScenarioSession, Todo, cell_on_gpu, on_gpu)
+from ..experiment.matrix import EXECUTORS, Executor, ScenarioSession
+from ..experiment.matrix_book import MatrixBook, ScenarioReport
+from ..experiment.matrix_plan import PlannedCell, ScenarioPlan, Todo, cell_on_gpu, on_gpu
 from ..experiment.matrix_events import MatrixEvent, decode_event, encode_event
 from ..experiment.run.console import say
 from ..interrupts import Interrupts

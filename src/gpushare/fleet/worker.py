@@ -16,7 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..experiment.matrix import Todo, cell_on_gpu, on_gpu, run_scenario_here
+from ..experiment.matrix import run_scenario_here
+from ..experiment.matrix_plan import Todo, cell_on_gpu, on_gpu
 from ..experiment.matrix_events import MatrixEvent, encode_event
 from ..interrupts import Interrupts
 from . import cell_from_doc, plan_from_doc
