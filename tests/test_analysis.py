@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from gpushare import cli
-from gpushare.reporting.analysis import analyze, read_runs, summarize_runs
+from gpushare.reporting.analysis import analyze
+from gpushare.reporting.run_tables import read_runs, summarize_runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"
 PROOF_RUNS = sorted(RESULTS.glob("2026*"))  # the six single runs, one per sharing mode

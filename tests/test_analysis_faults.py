@@ -14,14 +14,14 @@ import yaml
 
 from gpushare import cli
 
-from gpushare.reporting import report
-from gpushare.reporting.analysis import read_runs
+from gpushare.core.records import RequestRecord
 from gpushare.measure.metric_catalog import flat
 from gpushare.measure.metrics import e2el, queue_time, summarize, tpot, ttft
 from gpushare.measure.monitor import GPU_COLUMNS
-from gpushare.core.records import RequestRecord
-from gpushare.reporting.report import write_report
 from gpushare.measure.results import UNFINISHED, write_unfinished
+from gpushare.reporting import report
+from gpushare.reporting.report import write_report
+from gpushare.reporting.run_tables import read_runs
 from helpers import error_line
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"

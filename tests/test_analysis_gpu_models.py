@@ -14,13 +14,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from gpushare.reporting.analysis import analyze, cross_gpu_table, figure_series, read_runs, summarize_runs, write_cross_gpu
 from gpushare.config import ScenarioConfig
 from gpushare.load.workloads.dataset import DatasetWorkload
 from gpushare.load.workloads.sharegpt import ShareGPTWorkload
 from gpushare.load.workloads.synthetic import SyntheticWorkload
-from gpushare.reporting.report import observations, write_report
 from gpushare.measure.results import read_run_config
+from gpushare.reporting.analysis import analyze
+from gpushare.reporting.report import observations, write_report
+from gpushare.reporting.run_figures import figure_series
+from gpushare.reporting.run_tables import cross_gpu_table, read_runs, summarize_runs, write_cross_gpu
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 MATRIX = RESULTS / "h100" / "matrix"

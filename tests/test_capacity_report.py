@@ -15,10 +15,10 @@ import pytest
 from gpushare import cli
 from gpushare.config import CapacityConfig
 from gpushare.measure.capacity_doc import CapacityDoc, CapacityRow, ProbeEntry, write_capacity_doc
-from gpushare.reporting.analysis import read_runs
 from gpushare.reporting.capacity import capacity_sentences, find_capacity, read_capacity
 from gpushare.reporting.isolation import find_interference, read_interference
 from gpushare.reporting.report import build_pdf, isolation_section, tex_available, write_report
+from gpushare.reporting.run_tables import read_runs
 from helpers import write_config
 from test_capacity import pair
 

@@ -4,11 +4,11 @@ run names, with the numbers of the tables the report shows."""
 import re
 from pathlib import Path
 
-from gpushare.reporting.analysis import read_runs, summarize_runs
 from gpushare.reporting.capacity import capacity_table, find_capacity, read_capacity
 from gpushare.reporting.decision import decision
 from gpushare.reporting.isolation import find_interference, isolation_table, read_interference
 from gpushare.reporting.plan import find_plans, read_plans
+from gpushare.reporting.run_tables import read_runs, summarize_runs
 
 RESULTS = Path(__file__).parent.parent / "results"
 

@@ -15,9 +15,9 @@ import yaml
 
 from gpushare import cli
 from gpushare.measure.interference_doc import read_interference_doc
-from gpushare.reporting.analysis import read_runs
 from gpushare.reporting.isolation import find_interference, isolation_table, read_interference
 from gpushare.reporting.report import build_pdf, isolation_observations, tex_available, write_report
+from gpushare.reporting.run_tables import read_runs
 from helpers import write_config
 from test_interfere import config_file
 from test_tenants import server
@@ -201,7 +201,7 @@ def test_an_interference_doc_with_a_key_it_does_not_declare_is_left_out_by_name(
 
 def drawn_figures(paths, out, monkeypatch):
     """Every figure analyze draws from the runs under paths, by name, as matplotlib drew it."""
-    from gpushare.reporting import analysis, isolation
+    from gpushare.reporting import analysis, isolation, run_figures
     from gpushare.reporting.style import save
 
     figures = {}
@@ -210,7 +210,7 @@ def drawn_figures(paths, out, monkeypatch):
         figures[name] = fig
         return save(fig, folder, name)
 
-    monkeypatch.setattr(analysis, "save", keep)
+    monkeypatch.setattr(run_figures, "save", keep)
     monkeypatch.setattr(isolation, "save", keep)
     analysis.analyze(read_runs(paths), out)
     return figures

@@ -4,10 +4,10 @@ gpu_window and analysis use is declared there, and docs/metrics.md's table is ge
 from collections import Counter
 from pathlib import Path
 
-from gpushare.reporting.analysis import GPU_FIELDS, METRIC_FIELDS, TABLE_METRICS
+from gpushare.core.records import RequestRecord
 from gpushare.measure.metric_catalog import CATALOGUE, flat, with_generated_table
 from gpushare.measure.metrics import gpu_window, summarize
-from gpushare.core.records import RequestRecord
+from gpushare.reporting.run_tables import GPU_FIELDS, METRIC_FIELDS, TABLE_METRICS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

@@ -12,9 +12,9 @@ import pytest
 
 from gpushare import cli
 from gpushare.measure.plan_doc import GpuDoc, PlanDoc, ProofRecord, SeatDoc, write_plan_doc
-from gpushare.reporting.analysis import read_runs
 from gpushare.reporting.plan import find_plans, plan_sentences, read_plans, write_plan_report
 from gpushare.reporting.report import build_pdf, tex_available, write_report
+from gpushare.reporting.run_tables import read_runs
 
 pytestmark = pytest.mark.timeout(240)
 

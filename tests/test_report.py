@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from gpushare import cli
-from gpushare.reporting.analysis import read_runs
 from gpushare.errors import RunFailure
 from gpushare.reporting.report import build_pdf, tex_available, write_report
+from gpushare.reporting.run_tables import read_runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "h100"
 PROOF_RUNS = sorted(RESULTS.glob("2026*"))

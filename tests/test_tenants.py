@@ -218,7 +218,7 @@ def test_an_open_loop_step_schedule_sends_at_each_steps_rate(tmp_path):
 
 
 def test_analysis_reads_a_tenant_run_as_one_row_per_tenant(tmp_path):
-    from gpushare.reporting.analysis import read_runs, request_table
+    from gpushare.reporting.run_tables import read_runs, request_table
 
     assert run(tmp_path, two_tenants(tmp_path)) == 0
     folder = run_folder(tmp_path / "runs")

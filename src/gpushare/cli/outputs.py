@@ -20,7 +20,8 @@ def analyze(
     out: Path = typer.Option(Path("runs/plots"), "--out", help="Where the tables and figures go."),
 ) -> None:
     """Tidy table (runs.csv), summary tables (CSV, Markdown, LaTeX) and figures from run folders."""
-    from ..reporting.analysis import analyze as analyze_runs, read_runs
+    from ..reporting.analysis import analyze as analyze_runs
+    from ..reporting.run_tables import read_runs
 
     found = read_runs([*runs, *(more or [])])
     for line in found.notes():
@@ -39,7 +40,7 @@ def report(
                               "inline, sortable tables, interactive capacity and noisy-neighbour curves)."),
 ) -> None:
     """An IEEE-style paper (IEEEtran) from the runs: tables, figures and observations from the data; PDF if TeX is installed."""
-    from ..reporting.analysis import read_runs
+    from ..reporting.run_tables import read_runs
     from ..reporting.report import TEX_PACKAGES, build_pdf, tex_available, write_report
 
     found = read_runs([*runs, *(more or [])])

@@ -20,7 +20,7 @@ from .style import base_scenario, phase_of
 MODE_NAMES = {"baseline": "one server", "timeslice": "time-slicing", "mps": "MPS",
               "mig_emulation": "MIG-like caps", "mig": "MIG"}
 RATE = "req/s"
-"""analysis.LOAD_UNITS's unit of a load that sends requests at a rate, whatever the server does."""
+"""run_tables.LOAD_UNITS's unit of a load that sends requests at a rate, whatever the server does."""
 KEYS = ["gpu_model", "workload", "load_mode", "load_unit", "load", "tenant", "phase", "neighbours"]
 MEASURED = ("output_throughput", "p99_latency_s", "energy_per_output_token_j")
 

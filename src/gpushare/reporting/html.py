@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..measure.metric_catalog import METRICS
-from .analysis import RunSet, summarize_runs
+from .run_tables import RunSet, summarize_runs
 from .capacity import FIGURE as CAPACITY_FIGURE
 from .capacity import TABLE as CAPACITY_TABLE
 from .capacity import ALONE, Capacity, capacity_sentences, capacity_table, find_capacity, read_capacity, setting_key

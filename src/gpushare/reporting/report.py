@@ -17,7 +17,8 @@ from PIL import Image
 
 from ..core.files import CONFIG, ENV
 from ..errors import RunFailure
-from .analysis import RunSet, analyze, summarize_runs, writable_folder
+from .analysis import analyze, writable_folder
+from .run_tables import RunSet, summarize_runs
 from .capacity import capacity_part, find_capacity, read_capacity
 from .isolation import Interference, closest_to_alone, find_interference, isolation_table, read_interference
 from .compare import capitalised, change, mode_comparisons, mode_list, reader_names

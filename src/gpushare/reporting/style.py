@@ -119,7 +119,7 @@ _LOADED = re.compile(r"\[([^\]]*)\]:[^ ]+")
 
 
 def loaded_tenants(series: str) -> list[str]:
-    """The tenants a tenant row's run loaded (`scenario[a+b]:tenant`, analysis.run_rows);
+    """The tenants a tenant row's run loaded (`scenario[a+b]:tenant`, run_tables.run_rows);
     none for a whole run."""
     found = _LOADED.search(series)
     return found.group(1).split("+") if found else []
