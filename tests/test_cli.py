@@ -107,7 +107,7 @@ def test_a_config_that_is_not_a_small_regular_file_is_one_line_exit_2(tmp_path, 
 
 
 def test_yaml_merge_keys_may_still_be_overridden():
-    from gpushare.config import load_yaml
+    from gpushare.config_file import load_yaml
 
     assert load_yaml("base: &b {concurrency: 2, n_requests: 4}\nload:\n  <<: *b\n  concurrency: 3\n")["load"] == {
         "concurrency": 3, "n_requests": 4}

@@ -117,7 +117,8 @@ def test_interference_compares_each_tenant_alone_shared_and_dedicated(tmp_path):
 
 
 def test_phases_salt_the_prefix_cache_per_phase(tmp_path):
-    from gpushare.config import parse_config, read_config_file
+    from gpushare.config import parse_config
+    from gpushare.config_file import read_config_file
     from gpushare.experiment.interference_protocol import plan_interference
 
     config = parse_config(read_config_file(config_file(tmp_path)))

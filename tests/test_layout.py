@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "gpushare"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("gpushare", "core", "errors", "interrupts", "registry", "strict"),  # the ground floor
+    ("gpushare", "core", "config_file", "errors", "interrupts", "registry", "strict"),  # the ground floor
     ("load.lengths", "load.tokens", "load.sharegpt", "load.workloads", "serving.engines", "serving.sharing",
      "serving.mig"),  # the seams' registered config types and classes, which the scenario is built from, and
     # the MIG arithmetic and discovery the sharing modes use

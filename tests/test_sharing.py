@@ -12,7 +12,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gpushare.config import parse_config, read_config_file
+from gpushare.config import parse_config
+from gpushare.config_file import read_config_file
 from gpushare.errors import ConfigError, RunFailure
 from gpushare.serving import mig
 from gpushare.serving.mig import H100_80GB_PROFILES, memory_fraction, mig_instances, mig_profiles, profile_caps, table_profiles

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from gpushare import cli
 from gpushare.plan_config import parse_plan
-from gpushare.config import ApiConfig, LoadConfig, ScenarioConfig, apply_overrides, parse_config, read_config_file
+from gpushare.config import ApiConfig, LoadConfig, ScenarioConfig, parse_config
+from gpushare.config_file import apply_overrides, read_config_file
 from gpushare.load.workloads.dataset import DatasetWorkload
 from gpushare.load.workloads.synthetic import SyntheticWorkload
 from gpushare.errors import ConfigError

@@ -10,7 +10,8 @@ from typing import Any, Literal
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from .config import (MAX_NAME, NAME_PATTERN, AnyWorkload, ApiConfig, CapacityConfig, LoadConfig, ServerConfig,
-                     SloConfig, _error_key_and_text, read_config_file)
+                     SloConfig, _error_key_and_text)
+from .config_file import read_config_file
 from .errors import ConfigError
 from .serving.mig import parse_profiles, table_profiles
 from .strict import StrictModel

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ..config import SLO_BOUNDS, apply_overrides, parse_config, read_config_file
+from ..config import SLO_BOUNDS, parse_config
+from ..config_file import apply_overrides, read_config_file
 from ..errors import ConfigError
 from .app import app, command_interrupts, err_console, note_late_signal
 

@@ -14,7 +14,8 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from ..config import ScenarioConfig, apply_overrides, parse_config, read_config_file
+from ..config import ScenarioConfig, parse_config
+from ..config_file import apply_overrides, read_config_file
 from ..errors import ConfigError
 
 

@@ -26,7 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..config import ConfigError, LoadConfig, ScenarioConfig, load_yaml, parse_config
+from ..config import ConfigError, LoadConfig, ScenarioConfig, parse_config
+from ..config_file import load_yaml
 from ..core.files import CONFIG, ENV, INDEX, SUMMARY, SUPERSEDED, write_json_atomic
 from ..core.gpus import GpuInfo
 from ..errors import RunFailure
