@@ -262,7 +262,7 @@ def test_the_page_renders_in_chromium_without_an_error(built, tmp_path):
                      hovered["plotly-noisy_neighbour"]), hovered
     # the abstract (the decision the runs were made for) as the PDF words it, with its numbers
     abstract = found["abstract"]
-    assert abstract == tex_abstract(out / "report.tex") and len(abstract) > 100 and re.search(r"\d", abstract)
+    assert abstract == tex_abstract((out / "report.tex").read_text()) and len(abstract) > 100 and re.search(r"\d", abstract)
     # sorting by the capacity alone: ascending puts 18 first, descending last
     key = [float(re.match(r"[\d.]+", cell).group()) for cell in found["ascending"]]
     assert key == sorted(key) and key != sorted(key, reverse=True)
