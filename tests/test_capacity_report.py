@@ -199,3 +199,34 @@ def test_the_report_with_capacity_builds_and_holds_its_numbers(report):
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert "SOLATION" in text and "Beside batch=16 (req/s)" in text  # IEEEtran's headings are small capitals
     assert "kept 0.64" in text and "6* (×0.50)" in text and "5 (×0.40)" in text
+
+
+def test_the_figure_names_each_line_by_its_mode_and_brackets_each_level_apart(capacity, tmp_path):
+    """Each scenario's line is labelled with its sharing mode in words, and its search's bracket
+    is one bar per level, from the capacity up to first_infeasible, beside the other scenario's
+    bars: nothing is filled between levels, where nothing was measured."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgba
+
+    from gpushare.reporting import capacity as view
+    from gpushare.reporting.style import sharing_mode_colour
+
+    drawn = {}
+    real_save = view.save
+    view.save = lambda fig, out, name: drawn.setdefault(name, fig) and real_save(fig, out, name)
+    try:
+        view.plot_capacity(read_capacity(find_capacity([capacity])), tmp_path)
+    finally:
+        view.save = real_save
+    ax = drawn[view.FIGURE].axes[0]
+    assert {t.get_text() for t in ax.texts} == {"time-slicing", "MPS"}
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]
+    for scenario, mode in (("split", "timeslice"), ("mps", "mps")):
+        bars = [p for p in ax.patches if p.get_gid() == mode]
+        expected = sorted(SEARCHES[(scenario, mode, b)][:2] for b in ("", "batch=4", "batch=16"))
+        assert sorted((p.get_y(), round(p.get_y() + p.get_height(), 6)) for p in bars) == expected
+        assert all(to_rgba(p.get_facecolor())[:3] == sharing_mode_colour(mode)[:3] for p in bars)
+    spans = {mode: [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_gid() == mode]
+             for mode in ("timeslice", "mps")}
+    for (a0, a1), (b0, b1) in zip(sorted(spans["timeslice"]), sorted(spans["mps"])):
+        assert a1 <= b0 or b1 <= a0  # side by side at each level, never over each other

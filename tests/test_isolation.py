@@ -255,6 +255,11 @@ def test_every_figure_colours_each_sharing_mode_alike(interference, tmp_path, mo
     assert len(ticks) == len(modes_of) and all(t.get_rotation() == 0 for t in ticks)
     for tick, scenario in zip(ticks, data.scores["scenario"]):
         assert to_rgba(tick.get_color()) == sharing_mode_colour(modes_of[scenario])
+    # a scenario is named by its mode in words, never by its run's name
+    words = {"timeslice": "time-slicing", "baseline": "one server"}
+    assert [t.get_text().replace("\n", " ") for t in ticks] == [words[modes_of[s]] for s in data.scores["scenario"]]
+    legend = [t.get_text() for leg in figures["noisy_neighbour"].legends for t in leg.get_texts()]
+    assert {"time-slicing", "one server"} <= set(legend) and not set(modes_of) & set(legend)
 
 
 def test_the_gpu_timeline_has_a_panel_per_phase(tmp_path, monkeypatch):
@@ -271,3 +276,21 @@ def test_the_gpu_timeline_has_a_panel_per_phase(tmp_path, monkeypatch):
     assert timeline.axes[2 * phases].get_ylabel().replace("\n", " ") == "memory per server (GiB)"
     legend = " ".join(t.get_text() for leg in timeline.legends for t in leg.get_texts())
     assert "2 s rolling mean" in legend and "1st server: batch-4g, batch-gpu, shared" in legend
+
+
+def test_a_matrix_timeline_titles_its_panels_by_mode_and_labels_each_runs_load(tmp_path, monkeypatch):
+    """The committed H100 matrix (three modes, each at concurrency 8, 16 and 24): a column per
+    scenario titled by its sharing mode, and each power line labelled with its run's load."""
+    from matplotlib.colors import to_rgba
+
+    folder = RESULTS / "h100" / "matrix"
+    timeline = drawn_figures([folder], tmp_path, monkeypatch)["gpu_timeline"]
+    columns = len(timeline.axes) // 3
+    assert [ax.get_title() for ax in timeline.axes[:columns]] == ["one server", "MIG-like caps", "MPS"]
+    power = timeline.axes[columns:2 * columns]
+    assert all(sorted(t.get_text() for t in ax.texts) == ["16", "24", "8"] for ax in power)
+    for ax in power:  # in the panel's colour, and apart enough to read
+        heights = sorted(t.xy[1] for t in ax.texts)
+        low, high = ax.get_ylim()
+        assert all(b - a >= 0.08 * (high - low) for a, b in zip(heights, heights[1:]))
+        assert {to_rgba(t.get_color()) for t in ax.texts} == {to_rgba(ax.lines[-1].get_color())}

@@ -27,10 +27,9 @@ from ..core.files import CONFIG
 from ..experiment.capacity import knob_of
 from ..measure.capacity_doc import CAPACITY_JSON, CapacityDoc, CapacityUnreadable, read_capacity_doc
 from ..measure.results import read_run_config
-from .isolation import LEVEL_AXIS, label
-from .compare import reader_names
+from .isolation import LEVEL_AXIS
 from .found import read_found
-from .style import PAGE_IN, markdown, save, sharing_mode_colour, styled, subplots
+from .style import PAGE_IN, markdown, reader_names, save, sharing_mode_colour, spread_labels, styled, subplots
 
 UNITS = {"request_rate": "req/s", "concurrency": "requests in flight"}
 """The searched tenant's knob, as its capacity's unit."""
@@ -209,38 +208,16 @@ LINE_STYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "D", "^"]
 
 
-def _spread_labels(ys: list[float], gap: float, floor: float = -math.inf) -> list[float]:
-    """Label heights at least `gap` apart: labels that would overlap are stacked `gap` apart,
-    centred on the mean of their lines' ends, and none below `floor`."""
-    clusters: list[list[int]] = []
-    for i in sorted(range(len(ys)), key=lambda i: ys[i]):
-        clusters.append([i])
-        while len(clusters) > 1:
-            low, high = clusters[-2], clusters[-1]
-            low_top = np.mean([ys[j] for j in low]) + (len(low) - 1) * gap / 2
-            high_bottom = np.mean([ys[j] for j in high]) - (len(high) - 1) * gap / 2
-            if high_bottom - low_top >= gap:
-                break
-            clusters[-2:] = [low + high]
-    placed = list(ys)
-    for members in clusters:
-        centre = float(np.mean([ys[j] for j in members]))
-        for k, j in enumerate(members):
-            placed[j] = centre + (k - (len(members) - 1) / 2) * gap
-    last = floor - gap
-    for i in sorted(range(len(ys)), key=lambda i: placed[i]):
-        placed[i] = last = max(placed[i], last + gap)
-    return placed
-
-
 @styled
 def plot_capacity(data: Capacity, out: Path) -> list[Path]:
     """The searched tenant's capacity (y) against its neighbour's level (x; alone the leftmost
-    tick), one line per scenario coloured by its sharing mode; the band reaches from the capacity
-    (the highest level proven feasible) up to first_infeasible (the lowest level proven not),
-    the search's bracket. Hollow: unresolved; an arrow: no infeasible level was found (the
-    capacity is at least that). One panel per attainment target (rows) and per neighbour
-    (columns) where there are several; nothing where no row has a capacity."""
+    tick), one line per scenario coloured by its sharing mode and named by it (reader_names); a
+    bar at each point reaches from the capacity (the highest level proven feasible) up to
+    first_infeasible (the lowest level proven not), the search's bracket at that level only:
+    nothing is drawn between levels but the line, and the scenarios' bars stand side by side.
+    Hollow: unresolved; an arrow: no infeasible level was found (the capacity is at least
+    that). One panel per attainment target (rows) and per neighbour (columns) where there are
+    several; nothing where no row has a capacity."""
     rows = data.rows
     if rows["capacity"].notna().sum() == 0:
         return []
@@ -250,6 +227,8 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
         groups = sorted({(t, "") for t in rows["tenant"]})
     scenarios = list(dict.fromkeys(rows["scenario"]))
     modes = dict(zip(rows["scenario"], rows["sharing_mode"]))
+    shown_as = reader_names(rows["scenario"], rows["sharing_mode"])
+    bar_width = min(0.12, 0.5 / len(scenarios))
     per_mode = {mode: [s for s in scenarios if modes[s] == mode] for mode in modes.values()}
     fig, axes = subplots(len(targets), len(groups), figsize=(max(PAGE_IN, 4.6 * len(groups)), 2.9 * len(targets) + 0.9),
                          squeeze=False)
@@ -264,19 +243,20 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
             x_of = {beside: x for x, beside in enumerate(settings)}
             ends: list[tuple[float, float, str, tuple]] = []
             top = 0.0
-            for scenario in scenarios:
+            for k, scenario in enumerate(scenarios):
                 line = part[(part["scenario"] == scenario) & part["capacity"].notna()]
                 if line.empty:
                     continue
                 mode = modes[scenario]
                 style = per_mode[mode].index(scenario)
                 colour = sharing_mode_colour(mode)
-                xs = line["beside"].map(x_of).to_numpy(dtype=float)
+                beside_one_another = (k - (len(scenarios) - 1) / 2) * bar_width
+                xs = line["beside"].map(x_of).to_numpy(dtype=float) + beside_one_another
                 caps = line["capacity"].to_numpy(dtype=float)
                 tops = line["first_infeasible"].to_numpy(dtype=float)
                 resolved = line["resolved"].astype(bool).to_numpy()
-                ax.fill_between(xs, caps, tops, color=colour, alpha=0.15, linewidth=0, gid=mode)
-                ax.vlines(xs, caps, tops, color=colour, alpha=0.45, linewidth=2.5, gid=mode)
+                ax.bar(xs, np.nan_to_num(tops - caps), bottom=caps, width=bar_width * 0.9, color=colour, alpha=0.3,
+                       linewidth=0, gid=mode)
                 ax.plot(xs, caps, color=colour, linestyle=LINE_STYLES[style % 4], linewidth=1.8, gid=mode)
                 marker = MARKERS[style % 4]
                 ax.plot(xs[resolved], caps[resolved], linestyle="none", marker=marker, markersize=6.5, color=colour,
@@ -290,11 +270,11 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
                                 arrowprops={"arrowstyle": "<|-", "color": colour, "linewidth": 1.4})
                     any_open = True
                 top = max(top, np.nanmax(caps), np.nanmax(tops) if not np.isnan(tops).all() else 0.0)
-                ends.append((xs[-1], caps[-1], label(scenario, mode), colour))
+                ends.append((xs[-1], caps[-1], shown_as[scenario], colour))
             ax.set_ylim(0, 1.15 * top if top > 0 else 1)
             gap = 0.075 * ax.get_ylim()[1]
-            for (x, y, name, colour), y_text in zip(ends, _spread_labels([e[1] for e in ends], gap, gap / 2)):
-                ax.annotate(name, (x, y), xytext=(len(settings) - 1 + 0.12, y_text), textcoords="data",
+            for (x, y, name, colour), y_text in zip(ends, spread_labels([e[1] for e in ends], gap, gap / 2)):
+                ax.annotate(name, (x, y), xytext=(len(settings) - 1 + 0.25, y_text), textcoords="data",
                             color=colour, fontsize="small", va="center", fontweight="bold")
             ax.set_xlim(-0.3, len(settings) - 1 + 0.95)
             ax.set_xticks(range(len(settings)), [ALONE if not b else _tick(b) for b in settings])
@@ -312,7 +292,7 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
     names = ["capacity: the highest level proven feasible"]
     if any_band:
         key.append(Patch(facecolor="dimgrey", alpha=0.3, linewidth=0))
-        names.append("band: up to the lowest level proven infeasible")
+        names.append("bar: up to the lowest level proven infeasible")
     if any_unresolved:
         key.append(Line2D([], [], color="dimgrey", marker="o", markerfacecolor="white", linestyle="none"))
         names.append("hollow: unresolved (the search did not settle)")
@@ -403,9 +383,9 @@ def capacity_part(data: Capacity, figures_dir: Path, tex: Callable[[str], str]) 
             if drawn["first_infeasible"].isna().any() else "")
         figure = (rf"\begin{{figure*}}[t]\centering\includegraphics[width=\textwidth]{{figures/{FIGURE}.pdf}}"
                   rf"\caption{{{tenants}'s SLO capacity alone and beside each neighbour level, one line per sharing "
-                  r"mode: the line joins the highest level proven to meet the attainment target; the band reaches up "
-                  r"to the lowest level proven not to (first infeasible), the search's bracket, where the capacity "
-                  rf"lies.{marks}}}\label{{fig:{FIGURE}}}\end{{figure*}}")
+                  r"mode: the line joins the highest level proven to meet the attainment target; the bar at each "
+                  r"level reaches up to the lowest level proven not to (first infeasible), the search's bracket, "
+                  rf"where the capacity lies.{marks}}}\label{{fig:{FIGURE}}}\end{{figure*}}")
     sentences = "\n".join(tex(line) for line in capacity_sentences(data))
     return rf"""A tenant's capacity is the highest level of its own load (its request rate on an open loop, its
 concurrency on a closed one) at which its SLO attainment was proven to meet the target: the Wilson 95\% interval of

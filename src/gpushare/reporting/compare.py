@@ -15,18 +15,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .style import base_scenario, phase_of
+from .style import base_scenario, mode_name, phase_of, reader_names
 
-MODE_NAMES = {"baseline": "one server", "timeslice": "time-slicing", "mps": "MPS",
-              "mig_emulation": "MIG-like caps", "mig": "MIG"}
 RATE = "req/s"
 """run_tables.LOAD_UNITS's unit of a load that sends requests at a rate, whatever the server does."""
 KEYS = ["gpu_model", "workload", "load_mode", "load_unit", "load", "tenant", "phase", "neighbours"]
 MEASURED = ("output_throughput", "p99_latency_s", "energy_per_output_token_j")
-
-
-def mode_name(mode: str) -> str:
-    return MODE_NAMES.get(mode, mode)
 
 
 def mode_list(modes: pd.Series) -> str:
@@ -122,15 +116,6 @@ def _where(key: dict, several_gpus: bool, several_workloads: bool) -> str:
     else:
         subject = f"at {load}"
     return capitalised(f"on the {key['gpu_model']}, {subject}" if several_gpus else subject)
-
-
-def reader_names(scenarios: pd.Series, modes: pd.Series) -> dict[str, str]:
-    """What prose calls each scenario (scenarios[i] ran under modes[i]): its sharing mode, and
-    its name beside the mode only where two of the scenarios ran under one mode."""
-    cases = pd.DataFrame({"scenario": scenarios.to_numpy(), "mode": modes.to_numpy()}).drop_duplicates("scenario")
-    twice = cases["mode"].duplicated(keep=False)
-    return {r.scenario: f"{mode_name(r.mode)} [{r.scenario}]" if repeated else mode_name(r.mode)
-            for r, repeated in zip(cases.itertuples(), twice)}
 
 
 def _least(part: pd.DataFrame, column: str, names: dict[str, str]) -> Named | None:

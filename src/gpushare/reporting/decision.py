@@ -13,9 +13,10 @@ from __future__ import annotations
 import pandas as pd
 
 from .capacity import Capacity, capacity_table
-from .compare import mode_comparisons, mode_name
+from .compare import mode_comparisons
 from .isolation import Interference, closest_to_alone, isolation_table
 from .plan import Plans
+from .style import mode_name
 
 
 def plan_decision(plans: Plans) -> list[str]:

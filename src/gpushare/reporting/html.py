@@ -34,7 +34,7 @@ from .plan import FIGURE as PLAN_FIGURE
 from .plan import TABLE as PLAN_TABLE
 from .plan import find_plans, plan_sentences, read_plans
 from .report import FIGURES, ISOLATION_FIGURES, isolation_observations, observations, tex, write_report
-from .style import sharing_mode_colour
+from .style import reader_names, sharing_mode_colour
 
 HTML_NAME = "report.html"
 NOISY_NEIGHBOUR = "noisy_neighbour"
@@ -223,14 +223,14 @@ def noisy_neighbour_figure(data: Interference):
             fig.update_xaxes(title_text=axis, row=row, col=col)
             fig.update_yaxes(title_text=f"{victim}'s {metric.title}", rangemode="tozero", row=row, col=col)
     fig.update_layout(height=380 * len(groups) + 80, template="plotly_white", hovermode="closest",
-                      legend={"title": {"text": "scenario (dotted: the victim alone)"}},
+                      legend={"title": {"text": "sharing mode (dotted: the victim alone)"}},
                       margin={"l": 60, "r": 20, "t": 60, "b": 50})
     return fig
 
 
 def capacity_figure(data: Capacity):
     """The searched tenant's capacity alone and beside each neighbour level, one line per
-    scenario in its sharing mode's colour; the error bar reaches up to the lowest level proven
+    scenario in its sharing mode's colour and named by it; the error bar reaches up to the lowest level proven
     infeasible (the search's bracket); hollow: unresolved; a triangle: no level was proven
     infeasible (at least that). One panel per attainment target and neighbour; None where no
     search has a capacity."""
@@ -251,6 +251,7 @@ def capacity_figure(data: Capacity):
               + (f" (attainment target {target:g})" if several else "") for target, tenant, n in panels]
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=titles, vertical_spacing=0.25 / len(panels))
     modes = dict(zip(table["scenario"], table["sharing_mode"]))
+    names = reader_names(table["scenario"], table["sharing_mode"])
     dashes = _dashes(modes)
     shown: set[str] = set()
     for row, (target, tenant, n) in enumerate(panels, start=1):
@@ -278,7 +279,7 @@ def capacity_figure(data: Capacity):
                        for ok, top in zip(resolved, open_top)]
             fig.add_trace(go.Scatter(
                 x=[beside or ALONE for beside in line["beside"]], y=caps, mode="lines+markers",
-                name=f"{scenario} ({mode})" if mode not in scenario else scenario,
+                name=names[scenario],
                 legendgroup=scenario, showlegend=scenario not in shown, customdata=hover,
                 line={"color": rgba(mode), "dash": dashes[scenario]},
                 marker={"color": rgba(mode), "symbol": symbols, "size": 10, "line": {"width": 2, "color": rgba(mode)}},
@@ -294,7 +295,7 @@ def capacity_figure(data: Capacity):
         fig.update_yaxes(title_text=f"{tenant}'s capacity" + (f" ({units[0]})" if len(units) == 1 else ""),
                          rangemode="tozero", row=row, col=1)
     fig.update_layout(height=420 * len(panels) + 60, template="plotly_white", hovermode="closest",
-                      legend={"title": {"text": "scenario (bar: up to the first infeasible level)"}},
+                      legend={"title": {"text": "sharing mode (bar: up to the first infeasible level)"}},
                       margin={"l": 60, "r": 20, "t": 60, "b": 50})
     return fig
 

@@ -28,8 +28,8 @@ from ..experiment.interference_protocol import SHARED, solo_cell
 from ..measure.interference_doc import STEP_METRICS, InterferenceUnreadable, ScenarioEntry, read_interference_doc
 from ..measure.metric_catalog import METRICS
 from ..measure.results import read_verdict
-from .style import (ALONE, PAGE_IN, PHASE_LINE, Look, common_prefix, figure_legend, key, markdown, save,
-                    scenario_label, styled, subplots, wrapped)
+from .style import (ALONE, PAGE_IN, PHASE_LINE, Look, figure_legend, key, markdown, reader_names, save, styled,
+                    subplots, wrapped)
 from .style import SHARED as STYLE_SHARED
 
 COMPARISON_FIELDS = ["scenario", "sharing_mode", "tenant", "metric", "solo", "shared", "slowdown"]
@@ -92,11 +92,6 @@ class Interference:
         return sorted(set(named) if not named.empty else set(self.comparisons["tenant"]))
 
 
-def label(scenario: str, mode: str) -> str:
-    """What a legend calls a scenario: its name, and its sharing mode where the name lacks it."""
-    return scenario_label(scenario, mode)
-
-
 def _load(files: list[Path]) -> tuple[list[tuple[Path, str, ScenarioEntry]], list[str]]:
     """(file, scenario, entry) for each scenario of each readable file, and the files left out."""
     entries: list[tuple[Path, str, ScenarioEntry]] = []
@@ -130,7 +125,7 @@ def read_interference(files: Iterable[Path]) -> Interference:
         where = {"scenario": scenario, "sharing_mode": mode}
         comparisons += [{**where, **row.model_dump()} for row in entry.tenants]
         common = entry.aggregate
-        scores.append({**where, "label": label(scenario, mode),
+        scores.append({**where,
                        **entry.scores.model_dump(include={"tenants", "fairness", "stp", "fairness_vs_dedicated",
                                                           "stp_vs_dedicated"}),
                        "common_output_throughput": None if common is None else common.output_throughput,
@@ -151,7 +146,9 @@ def read_interference(files: Iterable[Path]) -> Interference:
         out[numeric] = out[numeric].apply(pd.to_numeric, errors="coerce")
         return out
 
-    return Interference(frame(comparisons, COMPARISON_FIELDS), frame(scores, SCORE_FIELDS).sort_values("scenario"),
+    scored = frame(scores, SCORE_FIELDS).sort_values("scenario")
+    scored["label"] = scored["scenario"].map(reader_names(scored["scenario"], scored["sharing_mode"]))
+    return Interference(frame(comparisons, COMPARISON_FIELDS), scored,
                         frame(tenant_scores, TENANT_FIELDS), frame(steps, STEP_FIELDS), frame(levels, LEVEL_FIELDS),
                         frame(phases, PHASE_FIELDS), left_out)
 
@@ -250,18 +247,13 @@ def write_isolation_table(data: Interference, out: Path) -> list[Path]:
 # --- figures ------------------------------------------------------------------------------------
 
 
-def _scenario_ticks(ax: Axes, scenarios: list[str], names: dict[str, str], colour: Look, width: int = 13) -> str:
-    """Horizontal tick labels, one per scenario, wrapped and coloured by sharing mode, less the
-    prefix they all share (returned, for the axis label)."""
-    prefix = common_prefix([names[s] for s in scenarios])
-    ax.set_xticks(range(len(scenarios)), [wrapped(names[s].removeprefix(prefix), width) for s in scenarios])
+def _scenario_ticks(ax: Axes, scenarios: list[str], names: dict[str, str], colour: Look, width: int = 13) -> None:
+    """Horizontal tick labels, one per scenario, its sharing mode (reader_names) wrapped and in
+    its colour."""
+    ax.set_xticks(range(len(scenarios)), [wrapped(names[s], width) for s in scenarios])
     for tick, scenario in zip(ax.get_xticklabels(), scenarios):
         tick.set_color(colour[scenario])
-    return prefix
-
-
-def _scenario_axis(prefix: str) -> str:
-    return f"scenario ({prefix}…; colour: sharing mode)" if prefix else "scenario (colour: sharing mode)"
+    ax.set_xlabel("sharing mode")
 
 
 @styled
@@ -326,9 +318,8 @@ def plot_slowdown_heatmap(data: Interference, out: Path, colour: Look) -> list[P
             quantity = what.iat[i, j] if isinstance(what.iat[i, j], str) else ""
             text = ("n/a" if np.isnan(v) else f"×{v:.2f}") + (f"\n{quantity}" if quantity else "")
             ax.text(j, i, text, ha="center", va="center", fontsize=6.5)
-        prefix = _scenario_ticks(ax, scenarios, labels, colour, width=max(8, int(36 / max(1, len(scenarios)))))
+        _scenario_ticks(ax, scenarios, labels, colour, width=max(8, int(36 / max(1, len(scenarios)))))
         ax.set_yticks(range(len(grid.index)), grid.index)
-        ax.set_xlabel(_scenario_axis(prefix))
         ax.set_ylabel("tenant")
         ax.set_title(title)
         bar = fig.colorbar(image, ax=ax, label="shared / solo (log scale)", shrink=0.9,
@@ -358,11 +349,9 @@ def plot_slo_attainment(data: Interference, out: Path, colour: Look) -> list[Pat
                        gid=colour.mode(row.scenario), **style)
                 ax.annotate("n/a" if np.isnan(value) else f"{value:.0f}%", (x + offset, np.nan_to_num(value)),
                             ha="center", va="bottom", fontsize=5.5, textcoords="offset points", xytext=(0, 1))
-        prefix = _scenario_ticks(ax, list(part["scenario"]), labels, colour,
-                                 width=max(8, int(40 / max(1, len(part) * len(tenants)))))
+        _scenario_ticks(ax, list(part["scenario"]), labels, colour, width=max(8, int(40 / max(1, len(part) * len(tenants)))))
         ax.set_ylim(0, 112)
         ax.set_ylabel("requests meeting the SLO (%)")
-        ax.set_xlabel(_scenario_axis(prefix))
         ax.set_title(f"{tenant}: {METRICS['good_request_fraction'].label}, solo vs shared")
         ax.grid(alpha=0.3, axis="y")
     figure_legend(fig, [Patch(facecolor="white", edgecolor="black", hatch="//"),

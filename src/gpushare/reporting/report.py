@@ -21,10 +21,10 @@ from .analysis import analyze, writable_folder
 from .run_tables import RunSet, summarize_runs
 from .capacity import capacity_part, find_capacity, read_capacity
 from .isolation import Interference, closest_to_alone, find_interference, isolation_table, read_interference
-from .compare import capitalised, change, mode_comparisons, mode_list, reader_names
+from .compare import capitalised, change, mode_comparisons, mode_list
 from .decision import decision
 from .plan import find_plans, plan_part, read_plans
-from .style import COLUMN_IN, DPI
+from .style import COLUMN_IN, DPI, reader_names
 
 TEX_PACKAGES = "texlive-publishers texlive-latex-recommended texlive-fonts-recommended latexmk"
 

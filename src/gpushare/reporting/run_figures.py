@@ -10,6 +10,7 @@ panels and markers of their own, never loads of one line.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,8 +25,9 @@ from ..core.files import GPU_SAMPLES, REQUESTS
 from ..measure.metric_catalog import METRICS
 from ..measure.metrics import process_memory
 from ..measure.results import SummaryUnreadable, read_run
-from .style import (ALONE, LINE_STYLES, PAGE_IN, SHARED, SMOOTHING_S, Look, base_scenario, common_prefix,
-                    figure_legend, key, loaded_tenants, phase_of, save, styled, subplots, width_for, wrapped)
+from .style import (ALONE, LINE_STYLES, PAGE_IN, SHARED, SMOOTHING_S, Look, base_scenario,
+                    figure_legend, key, loaded_tenants, phase_of, save, spread_labels, styled, subplots, width_for,
+                    wrapped)
 
 
 def _spread(std: pd.Series) -> pd.Series | None:
@@ -83,13 +85,12 @@ def _draw_series(ax: Axes, summary: pd.DataFrame, series: list[str], x: str, y: 
             for xv, yv, load in zip(line[x], line[y], line["load"]):
                 ax.annotate(f"{load:g}", (xv, yv), fontsize=5.5, textcoords="offset points", xytext=(3, 3))
     if single:
-        prefix = common_prefix([colour.name(b) for b in bases])
         chars = max(6, int((ax.figure.get_figwidth() / len(ax.figure.axes) - 0.5) / len(bases) / 0.055))
-        ax.set_xticks(range(len(bases)), [wrapped(colour.name(b).removeprefix(prefix), chars) for b in bases])
+        ax.set_xticks(range(len(bases)), [wrapped(colour.name(b), chars) for b in bases])
         for tick, base in zip(ax.get_xticklabels(), bases):
             tick.set_color(colour[base])
         ax.set_xlim(-0.6, len(bases) - 0.4)
-        ax.set_xlabel(f"scenario ({prefix}…)" if prefix else "scenario")
+        ax.set_xlabel("sharing mode")
     else:
         ax.set_xlabel(x_label)
     ax.grid(alpha=0.3)
@@ -234,8 +235,10 @@ def smoothed(t: pd.Series, values: pd.Series, window_s: float = SMOOTHING_S) -> 
 def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path]:
     """GPU utilisation, power and memory against time since each run's first measured request,
     as small multiples: a column per phase (interfere) or scenario, a row per quantity, shared
-    axes. Utilisation and power are drawn as a SMOOTHING_S rolling mean over the faint raw
-    samples; memory per server where gpu.csv's processes match the servers, else the GPU's."""
+    axes, a scenario's column titled by its sharing mode. Utilisation and power are drawn as a
+    SMOOTHING_S rolling mean over the faint raw samples, a power line labelled with its run's
+    load where a scenario ran at several; memory per server where gpu.csv's processes match the
+    servers, else the GPU's."""
     traces: list[dict] = []
     for _, run in runs.drop_duplicates("run").iterrows():  # a run of several tenants: one GPU trace
         folder = Path(run["run"])
@@ -247,11 +250,13 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path
         gpu = gpu[(gpu["t"] >= start) & (gpu["t"] <= measured["end"].max())].reset_index(drop=True)
         if gpu.empty:
             continue
-        traces.append({"series": run["scenario"], "gpu": gpu, "start": start, "memory": server_memory(gpu, folder)})
+        traces.append({"series": run["scenario"], "gpu": gpu, "start": start, "memory": server_memory(gpu, folder),
+                       "load": f"{run['load']:g}", "unit": run["load_unit"]})
     if not traces:
         return []
     order = sorted(traces, key=lambda t: (phase_of(t["series"]) == SHARED, timeline_column(t["series"])))
     columns = list(dict.fromkeys(timeline_column(t["series"]) for t in order))
+    runs_of = Counter(t["series"] for t in traces)  # a scenario's runs at several loads share its panel
     per_server = all(t["memory"] for t in traces)
     by_place: dict[int, list[str]] = {}  # a run's servers in name order: its first solid, its second dashed, ...
     for trace in traces:
@@ -260,6 +265,7 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path
     period = float(np.nanmedian(np.concatenate([np.diff(t["gpu"]["t"].to_numpy()) for t in traces])))
     fig, axes = subplots(len(GPU_QUANTITIES) + 1, len(columns), figsize=(width_for(len(columns)), 4.6),
                          sharex=True, sharey="row", squeeze=False)
+    ends: dict[int, list[tuple[float, str, tuple]]] = {}  # per column, the power lines' ends to label
     for trace in traces:
         gpu, series = trace["gpu"], trace["series"]
         j = columns.index(timeline_column(series))
@@ -268,8 +274,12 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path
         for i, (quantity, _) in enumerate(GPU_QUANTITIES):
             ax = axes[i][j]
             ax.plot(t, gpu[quantity], color=style["color"], alpha=0.18, linewidth=0.5, gid=style["gid"])
-            ax.plot(t, smoothed(t, gpu[quantity]), color=style["color"], linewidth=1.1,
-                    linestyle=colour.scenario_style(series), gid=style["gid"])
+            mean = smoothed(t, gpu[quantity])
+            ax.plot(t, mean, color=style["color"], linewidth=1.1, linestyle=colour.scenario_style(series),
+                    gid=style["gid"])
+            if quantity == "power_w" and runs_of[series] > 1:  # which line is which load
+                last_fifth = mean[-max(1, len(mean) // 5):]
+                ends.setdefault(j, []).append((float(np.nanmean(last_fifth)), trace["load"], style["color"]))
         memory = trace["memory"] if per_server else {"GPU": gpu["mem_used_mib"]}
         for k, name in enumerate(sorted(memory)):
             axes[-1][j].plot(t, memory[name] / 1024, color=style["color"], linewidth=1.1, gid=style["gid"],
@@ -279,7 +289,8 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path
     labels = [f"GPU {label}" for _, label in GPU_QUANTITIES] + [
         "memory per server (GiB)" if per_server else "GPU memory used (GiB)"]
     for j, column in enumerate(columns):
-        axes[0][j].set_title(wrapped(column, max(10, 66 // len(columns))))
+        title = column if column not in colour.modes else colour.name(column)  # a phase, or a scenario's mode
+        axes[0][j].set_title(wrapped(title, max(10, 66 // len(columns))))
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
     for ax in axes[-1]:
@@ -288,9 +299,22 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path
     for i, label in enumerate(labels):
         axes[i][0].set_ylabel(wrapped(label, 18))
     axes[0][0].set_ylim(-3, 103)
+    if ends:
+        power = [i for i, (quantity, _) in enumerate(GPU_QUANTITIES) if quantity == "power_w"][0]
+        right = max(float(t["gpu"]["t"].iloc[-1] - t["start"]) for t in traces)
+        axes[power][0].set_xlim(right=right * 1.12)
+        low, high = axes[power][0].get_ylim()
+        for j, found in ends.items():
+            heights = spread_labels([y for y, _, _ in found], 0.09 * (high - low), low)
+            for (_, text, shade), y in zip(found, heights):
+                axes[power][j].annotate(text, (right * 1.015, y), fontsize=5.5, color=shade, va="center")
     handles, names = key(colour, [t["series"] for t in traces], phases=False)
     handles.append(Line2D([], [], color="dimgrey", alpha=0.35, linewidth=0.6))
     names.append(f"faint: raw samples (every {period:.1f} s)\nbold: {window}")
+    if max(runs_of.values()) > 1:
+        units = sorted({t["unit"] for t in traces})
+        handles.append(Line2D([], [], linestyle="none"))
+        names.append(f"at a power line's end: its run's load ({', '.join(units)})")
     if per_server:
         for k, names_at in sorted(by_place.items()):
             handles.append(Line2D([], [], color="dimgrey", linestyle=LINE_STYLES[k % len(LINE_STYLES)]))
@@ -311,7 +335,7 @@ def plot_per_server(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path]:
     rows = []
     for _, run in runs[runs["servers"] > 1].iterrows():
         for server, block in read_run(Path(run["run"])).per_endpoint.items():
-            rows.append({"label": f"{run['scenario']} @ {run['load']:g}: {server}", "scenario": run["scenario"],
+            rows.append({"label": f"{colour.name(run['scenario'])} @ {run['load']:g}: {server}", "scenario": run["scenario"],
                          **block.pick(PER_SERVER_FIELDS)})
     if not rows:
         return []

@@ -3,10 +3,12 @@
 One colour per sharing mode in every figure (SHARING_MODE_COLOURS), one marker per tenant, a
 line style per scenario among the scenarios of one mode, and for the phases of `interfere` a
 hollow marker and a dashed line alone, a filled marker and a solid line shared: `Look` holds
-these for a run set and is what the figure functions are given. Legends are short (a few
-entries: modes, phases, servers), outside the data. Figures are drawn at the width the report
-prints them (COLUMN_IN or PAGE_IN) with fonts sized for that width and matplotlib's constrained
-layout, so that no label is clipped, and written as PNG and PDF; tables as Markdown.
+these for a run set and is what the figure functions are given. A scenario is shown by its
+sharing mode in words (MODE_NAMES), with its name only where two scenarios ran one mode. Legends
+are short (a few entries: modes, phases, servers), outside the data. Figures are drawn at the
+width the report prints them (COLUMN_IN or PAGE_IN) with fonts sized for that width and
+matplotlib's constrained layout, so that no label is clipped, and written as PNG and PDF;
+tables as Markdown.
 
 Figures are drawn to files only: `subplots` selects matplotlib's file backend (Agg) where a
 figure is drawn, so importing the reporting modules changes nothing process-wide.
@@ -15,6 +17,7 @@ figure is drawn, so importing the reporting modules changes nothing process-wide
 from __future__ import annotations
 
 import functools
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
@@ -137,11 +141,22 @@ def base_scenario(series: str) -> str:
     return _LOADED.sub("", series)
 
 
-def scenario_label(scenario: str, mode: str) -> str:
-    """A scenario's name, and its sharing mode where the name lacks it ('-' and '_' alike)."""
-    def plain(text: str) -> str:
-        return text.replace("_", "-").lower()
-    return scenario if plain(mode) in plain(scenario) else f"{scenario} ({mode})"
+MODE_NAMES = {"baseline": "one server", "timeslice": "time-slicing", "mps": "MPS",
+              "mig_emulation": "MIG-like caps", "mig": "MIG"}
+"""What a reader calls each registered sharing mode, in prose, legends and tick labels alike."""
+
+
+def mode_name(mode: str) -> str:
+    return MODE_NAMES.get(mode, mode)
+
+
+def reader_names(scenarios: pd.Series, modes: pd.Series) -> dict[str, str]:
+    """What a reader is shown for each scenario (scenarios[i] ran under modes[i]): its sharing
+    mode, and its name beside the mode only where two of the scenarios ran under one mode."""
+    cases = pd.DataFrame({"scenario": scenarios.to_numpy(), "mode": modes.to_numpy()}).drop_duplicates("scenario")
+    twice = cases["mode"].duplicated(keep=False)
+    return {r.scenario: f"{mode_name(r.mode)} [{r.scenario}]" if repeated else mode_name(r.mode)
+            for r, repeated in zip(cases.itertuples(), twice)}
 
 
 @dataclass(frozen=True)
@@ -183,8 +198,12 @@ class Look:
         return phase_of(series) != ALONE
 
     def name(self, series: str) -> str:
-        """A scenario's legend entry: its name, and its sharing mode where the name lacks it."""
-        return scenario_label(base_scenario(series), self.mode(series))
+        """A scenario's legend entry or tick label: its sharing mode in words, and its name only
+        where another scenario of that mode is in the run set (reader_names)."""
+        bases = sorted({base_scenario(s) for s in self.modes})
+        names = reader_names(pd.Series(bases), pd.Series([self.mode(b) for b in bases]))
+        base = base_scenario(series)
+        return names.get(base, mode_name(self.mode(base)))
 
     def points(self, series: str) -> dict[str, Any]:
         """Keyword arguments of a plotted series: colour, marker (hollow alone), line style, and
@@ -255,14 +274,25 @@ def wrapped(text: str, width: int = 14) -> str:
     return "\n".join(line.strip() for line in lines)
 
 
-def common_prefix(names: list[str]) -> str:
-    """The prefix all names share, up to a '-', '_' or space (so that ticks may leave it out); ''
-    for one name."""
-    if len(names) < 2:
-        return ""
-    shared = names[0]
-    for name in names[1:]:
-        while not name.startswith(shared):
-            shared = shared[:-1]
-    cut = max(shared.rfind(c) for c in "-_ ")
-    return shared[:cut + 1] if cut >= 0 else ""
+def spread_labels(ys: list[float], gap: float, floor: float = -math.inf) -> list[float]:
+    """Heights for labels at lines' ends (ys), at least `gap` apart: labels that would overlap are
+    stacked `gap` apart, centred on the mean of their lines' ends, and none below `floor`."""
+    clusters: list[list[int]] = []
+    for i in sorted(range(len(ys)), key=lambda i: ys[i]):
+        clusters.append([i])
+        while len(clusters) > 1:
+            low, high = clusters[-2], clusters[-1]
+            low_top = np.mean([ys[j] for j in low]) + (len(low) - 1) * gap / 2
+            high_bottom = np.mean([ys[j] for j in high]) - (len(high) - 1) * gap / 2
+            if high_bottom - low_top >= gap:
+                break
+            clusters[-2:] = [low + high]
+    placed = list(ys)
+    for members in clusters:
+        centre = float(np.mean([ys[j] for j in members]))
+        for k, j in enumerate(members):
+            placed[j] = centre + (k - (len(members) - 1) / 2) * gap
+    last = floor - gap
+    for i in sorted(range(len(ys)), key=lambda i: placed[i]):
+        placed[i] = last = max(placed[i], last + gap)
+    return placed
