@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushare.measure.capacity_search import (Knob, Probe, SearchSpec, judge, next_probe, requests_to_resolve,
-                                              results, wilson)
+from gpushare.measure.capacity_search import (Knob, Probe, SearchSpec, judge, least_level_holding, next_probe,
+                                              requests_to_resolve, results, wilson)
 
 
 def run_search(spec: SearchSpec, attainment, n_base: int, rng=None) -> tuple[list, list[Probe]]:
@@ -132,3 +132,24 @@ def test_a_resumed_search_asks_for_the_same_probes():
     for cut in range(len(probes)):
         wanted = next_probe(spec, probes[:cut])
         assert (wanted.level, wanted.window) == (probes[cut].level, probes[cut].window)
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["request_rate", "concurrency"]), target=st.floats(0.01, 500.0),
+       margin=st.floats(0.0, 0.9))
+def test_the_least_level_holding_a_target_is_on_the_grid_holds_it_and_is_the_least(kind, target, margin):
+    """The level a plan's search starts at: one the search probes as given (snap leaves it), at
+    which only (1 - margin) of the capacity still holds the target, and the grid's level below
+    it (one fewer in flight; a rate one unit lower in its third significant figure) does not."""
+    counted = 1 - margin
+    level = least_level_holding(kind, target, counted)
+    assert Knob(kind, 0.1, 0.01, 10_000.0).snap(level) == level
+    assert counted * level >= target
+    if kind == "concurrency":
+        below = level - 1
+    else:
+        below = float(f"{level - 10.0 ** (math.floor(math.log10(level * (1 - 1e-12))) - 2):.3g}")
+    assert below < level
+    if below >= 1 or kind == "request_rate":
+        assert counted * below < target

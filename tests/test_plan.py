@@ -59,6 +59,11 @@ def test_the_planner_finds_the_known_optimum_and_proves_it(tmp_path):
                     **{(t, u): ("beside", "timeslice", beside) for t in names for u in names if u != t}}
     # the three tenants serve and send the same: the store measured one alone and one pair for all
     assert len({u.entry for u in doc.profiles}) == 2
+    # a pair's search, like one alone, starts at what the plan needs of its tenant (its target, with
+    # no margin), not at its capacity alone: its first probe asks for 2 in flight beside the other
+    pair = next(Path(u.entry).stem for u in doc.profiles if u.kind == "beside")
+    first = min(Path(doc.store).glob(f"s-*/{pair}-*/summary.json"), key=lambda f: f.stat().st_mtime_ns)
+    assert first.parent.name.endswith("-c2"), first
     assert len(list((Path(doc.store) / "entries").iterdir())) == 2
     # three tenants: a pair on one GPU and one alone is the optimum, and the model's bound says so
     assert (doc.status, doc.gpus_used, doc.lower_bound, doc.dedicated) == ("proven", 2, 2, 3)
@@ -86,6 +91,23 @@ def test_the_planner_finds_the_known_optimum_and_proves_it(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in Path(doc.store).rglob("summary.json")} == before
     assert read_plan_doc(out).gpus_used == 2
 
+
+
+def test_a_tenants_search_alone_starts_where_its_target_holds_after_the_margin(tmp_path):
+    """t0 asks for 2 in flight with 30 % of every capacity held back, so it needs a capacity of
+    3 (0.7 x 3 >= 2), which the law holds alone. Its search starts at 3: its two probes prove 3
+    and refute 6. Started at its target, the same two probes would prove 2 and refute 4, and a
+    capacity of 2 holds only 1.4 after the margin: no plan."""
+    doc = law_plan(tmp_path, 1, margin=0.3, profile={"window_s": 1.0, "settle_s": 0.3, "budget": 2})
+    out = tmp_path / "out"
+    assert cli.main(["plan", str(write_config(tmp_path / "plan.yaml", **doc)), "--out", str(out)]) == 0
+    plan = read_plan_doc(out)
+    (use,) = plan.profiles
+    assert use.capacity == capacity_in_concurrency(LAW["d0"], LAW["a"], LAW["b"], TPOT_BOUND, 0) == 3
+    probes = sorted(p.name.rsplit("-", 1)[-1] for p in Path(plan.store).glob("s-*/p-*") if p.is_dir())
+    assert probes == ["c3", "c6"]
+    assert (plan.status, plan.gpus_used) == ("proven", 1)
+    assert plan.gpus[0].seats[0].headroom == pytest.approx(1 - 2 / (0.7 * 3))
 
 BAD = [
     ({"fleet": [{"gpu": "sim", "count": 0}]}, "plan: fleet: no GPUs (every count is 0); give at least one"),

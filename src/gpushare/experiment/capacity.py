@@ -146,6 +146,9 @@ class TenantSearch:
     alone: AloneBounds | None = None
     prefix: str = ""
     """Begins its probes' names: several searches in one scenario (a SearchChain) apart."""
+    beside_start: float | None = None
+    """Where each search beside neighbours starts; default: the capacity alone (a plan's: the
+    least capacity its target needs)."""
 
     def probe_name(self, neighbours: Neighbours, level: float, window: int) -> str:
         return self.prefix + probe_name(neighbours, self.kind, level, window)
@@ -203,7 +206,7 @@ class TenantSearch:
             else:  # the loosest target's bound alone is the highest level worth probing beside
                 bounds = [g.first_infeasible for g in alone]
                 ceiling = None if not bounds or None in bounds else max(b for b in bounds if b is not None)
-                start = min((g.capacity for g in alone if g.capacity), default=None)
+                start = self.beside_start or min((g.capacity for g in alone if g.capacity), default=None)
                 spec = self.spec(ceiling, start)
             probes: list[Probe] = []
             failed = None

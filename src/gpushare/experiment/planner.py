@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..config import CapacityConfig, ScenarioConfig, parse_config
 from ..environment import engines
 from ..errors import ConfigError
-from ..measure.capacity_search import wilson
+from ..measure.capacity_search import least_level_holding, wilson
 from ..measure.packing import (DEDICATED, AloneKey, BesideKey, Demand, GpuAssignment, GpuKind, GroupKey, Packing,
                                PackingProblem, Profiles, Slice, Unplaceable, missing_profiles)
 from ..measure.packing_search import solve
@@ -153,15 +153,17 @@ class Fleet:
         tenant = self.plan.tenant(wanted.tenant)
         doc: dict[str, Any] = {"tenant": tenant_spec(self.plan, tenant, False), "gpu": wanted.gpu,
                                "placement": wanted.placement}
+        # alone or beside, a search starts at the least capacity that holds the target after the margin
+        needed = least_level_holding("request_rate" if tenant.load.open_loop else "concurrency", tenant.target,
+                                     1 - self.plan.margin)
+        doc["search"] = self.search_options(needed).model_dump(mode="json")
         if isinstance(wanted, AloneKey):
             doc["slice"] = wanted.slice
-            doc["search"] = self.search_options(tenant.target).model_dump(mode="json")
         else:
             doc["neighbour"] = tenant_spec(self.plan, self.plan.tenant(wanted.neighbour), True)
             alone = self.entry(AloneKey(wanted.tenant, wanted.gpu, DEDICATED, None))
             assert alone is not None, "a pair is measured once its tenant's dedicated capacity is known"
             doc["alone"] = {"capacity": alone.capacity, "first_infeasible": alone.first_infeasible}
-            doc["search"] = self.search_options(alone.capacity or tenant.target).model_dump(mode="json")
         return doc
 
     def entry(self, wanted: AloneKey | BesideKey) -> ProfileEntry | None:
@@ -198,7 +200,8 @@ class Fleet:
                               options.settle_s, self.store)
         setup = "s-" + fingerprint(config.model_dump(mode="json", include={"model", "servers", "sharing"}))
         config = config.model_copy(update={"scenario": setup, "out": self.store / setup})
-        return TenantSearch(config, SEARCHED, settings, options, alone, prefix=f"{entry_id}-")
+        return TenantSearch(config, SEARCHED, settings, options, alone, prefix=f"{entry_id}-",
+                            beside_start=options.start)
 
     def record(self, wanted: AloneKey | BesideKey, search: TenantSearch) -> ProfileEntry | None:
         """The entry, from its probes, once its search has ended (None: it has not)."""

@@ -65,6 +65,26 @@ def requests_to_resolve(target: float) -> int:
     return high
 
 
+def _grid_step(kind: KnobKind, level: float) -> float:
+    """The distance from a level to the next one the search can probe: 1 in flight, or one unit
+    in the third significant figure of a rate."""
+    return 1.0 if kind == "concurrency" else 10.0 ** (math.floor(math.log10(level)) - 2)
+
+
+def least_level_holding(kind: KnobKind, target: float, counted: float) -> float:
+    """The least level the search can probe (Knob.snap's grid: whole requests in flight, or a
+    rate of three significant figures) at which a capacity holds `target` once only `counted`
+    of it counts (counted x level >= target): a search started there answers at its first
+    probe whether the tenant holds what a plan needs of it."""
+    exact = target / counted
+    step = _grid_step(kind, exact)
+    level = max(1.0, math.ceil(exact - 1e-9)) if kind == "concurrency" else float(
+        f"{math.ceil(exact / step - 1e-9) * step:.3g}")
+    while counted * level < target:  # the float product fell short by a rounding error
+        level = float(f"{level + _grid_step(kind, level):.3g}") if kind != "concurrency" else level + 1
+    return float(level)
+
+
 @dataclass(frozen=True)
 class Knob:
     """What the search turns: a request rate (tolerance relative to the level, levels kept to
