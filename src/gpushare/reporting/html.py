@@ -230,10 +230,10 @@ def noisy_neighbour_figure(data: Interference):
 
 def capacity_figure(data: Capacity):
     """The searched tenant's capacity alone and beside each neighbour level, one line per
-    scenario in its sharing mode's colour and named by it; the error bar reaches up to the lowest level proven
-    infeasible (the search's bracket); hollow: unresolved; a triangle: no level was proven
-    infeasible (at least that). One panel per attainment target and neighbour; None where no
-    search has a capacity."""
+    scenario in its sharing mode's colour and named by it; the error bar reaches up to the
+    lowest level proven infeasible (the search's bracket); hollow: unresolved; a triangle: no
+    level was proven infeasible (at least that). One panel per attainment target and neighbour;
+    None where no search has a capacity."""
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 

@@ -349,7 +349,8 @@ def plot_slo_attainment(data: Interference, out: Path, colour: Look) -> list[Pat
                        gid=colour.mode(row.scenario), **style)
                 ax.annotate("n/a" if np.isnan(value) else f"{value:.0f}%", (x + offset, np.nan_to_num(value)),
                             ha="center", va="bottom", fontsize=5.5, textcoords="offset points", xytext=(0, 1))
-        _scenario_ticks(ax, list(part["scenario"]), labels, colour, width=max(8, int(40 / max(1, len(part) * len(tenants)))))
+        _scenario_ticks(ax, list(part["scenario"]), labels, colour,
+                        width=max(8, int(40 / max(1, len(part) * len(tenants)))))
         ax.set_ylim(0, 112)
         ax.set_ylabel("requests meeting the SLO (%)")
         ax.set_title(f"{tenant}: {METRICS['good_request_fraction'].label}, solo vs shared")

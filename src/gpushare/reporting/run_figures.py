@@ -335,8 +335,8 @@ def plot_per_server(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path]:
     rows = []
     for _, run in runs[runs["servers"] > 1].iterrows():
         for server, block in read_run(Path(run["run"])).per_endpoint.items():
-            rows.append({"label": f"{colour.name(run['scenario'])} @ {run['load']:g}: {server}", "scenario": run["scenario"],
-                         **block.pick(PER_SERVER_FIELDS)})
+            rows.append({"label": f"{colour.name(run['scenario'])} @ {run['load']:g}: {server}",
+                         "scenario": run["scenario"], **block.pick(PER_SERVER_FIELDS)})
     if not rows:
         return []
     bars = pd.DataFrame(rows)
