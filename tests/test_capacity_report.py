@@ -201,7 +201,7 @@ def test_the_report_with_capacity_builds_and_holds_its_numbers(report):
     assert "kept 0.64" in text and "6* (×0.50)" in text and "5 (×0.40)" in text
 
 
-def test_the_figure_names_each_line_by_its_mode_and_brackets_each_level_apart(capacity, tmp_path):
+def test_the_figure_names_each_line_by_its_mode_and_brackets_each_level_apart(capacity, tmp_path, monkeypatch):
     """Each scenario's line is labelled with its sharing mode in words, and its search's bracket
     is one bar per level, from the capacity up to first_infeasible, beside the other scenario's
     bars: nothing is filled between levels, where nothing was measured."""
@@ -209,15 +209,16 @@ def test_the_figure_names_each_line_by_its_mode_and_brackets_each_level_apart(ca
     from matplotlib.colors import to_rgba
 
     from gpushare.reporting import capacity as view
-    from gpushare.reporting.style import sharing_mode_colour
+    from gpushare.reporting.style import save, sharing_mode_colour
 
     drawn = {}
-    real_save = view.save
-    view.save = lambda fig, out, name: drawn.setdefault(name, fig) and real_save(fig, out, name)
-    try:
-        view.plot_capacity(read_capacity(find_capacity([capacity])), tmp_path)
-    finally:
-        view.save = real_save
+
+    def keep(fig, out, name):
+        drawn[name] = fig
+        return save(fig, out, name)
+
+    monkeypatch.setattr(view, "save", keep)
+    view.plot_capacity(read_capacity(find_capacity([capacity])), tmp_path)
     ax = drawn[view.FIGURE].axes[0]
     assert {t.get_text() for t in ax.texts} == {"time-slicing", "MPS"}
     assert not [c for c in ax.collections if isinstance(c, PolyCollection)]

@@ -134,7 +134,6 @@ def test_a_resumed_search_asks_for_the_same_probes():
         assert (wanted.level, wanted.window) == (probes[cut].level, probes[cut].window)
 
 
-
 @settings(max_examples=300, deadline=None)
 @given(kind=st.sampled_from(["request_rate", "concurrency"]), target=st.floats(0.01, 500.0),
        margin=st.floats(0.0, 0.9))

@@ -92,7 +92,6 @@ def test_the_planner_finds_the_known_optimum_and_proves_it(tmp_path):
     assert read_plan_doc(out).gpus_used == 2
 
 
-
 def test_a_tenants_search_alone_starts_where_its_target_holds_after_the_margin(tmp_path):
     """t0 asks for 2 in flight with 30 % of every capacity held back, so it needs a capacity of
     3 (0.7 x 3 >= 2), which the law holds alone. Its search starts at 3: its two probes prove 3
