@@ -232,7 +232,7 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
     per_mode = {mode: [s for s in scenarios if modes[s] == mode] for mode in modes.values()}
     fig, axes = subplots(len(targets), len(groups), figsize=(max(PAGE_IN, 4.6 * len(groups)), 2.9 * len(targets) + 0.9),
                          squeeze=False)
-    any_unresolved = any_open = any_band = False
+    any_unresolved = any_open = any_bar = False
     for ax_row, target in zip(axes, targets):
         for ax, (tenant, neighbours) in zip(ax_row, groups):
             part = rows[(rows["target"] == target) & (rows["tenant"] == tenant)
@@ -264,7 +264,7 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
                 ax.plot(xs[~resolved], caps[~resolved], linestyle="none", marker=marker, markersize=6.5,
                         markerfacecolor="white", markeredgewidth=1.6, color=colour, gid=mode)
                 any_unresolved |= bool((~resolved).any())
-                any_band |= bool((~np.isnan(tops)).any())
+                any_bar |= bool((~np.isnan(tops)).any())
                 for x, cap in zip(xs[np.isnan(tops)], caps[np.isnan(tops)]):
                     ax.annotate("", xy=(x, cap), xytext=(0, 16), textcoords="offset points",
                                 arrowprops={"arrowstyle": "<|-", "color": colour, "linewidth": 1.4})
@@ -290,7 +290,7 @@ def plot_capacity(data: Capacity, out: Path) -> list[Path]:
                                   f" (attainment target {target:g})"), fontsize="medium")
     key: list = [Line2D([], [], color="dimgrey", marker="o", linewidth=1.8)]
     names = ["capacity: the highest level proven feasible"]
-    if any_band:
+    if any_bar:
         key.append(Patch(facecolor="dimgrey", alpha=0.3, linewidth=0))
         names.append("bar: up to the lowest level proven infeasible")
     if any_unresolved:

@@ -300,7 +300,7 @@ def plot_gpu_timelines(runs: pd.DataFrame, out: Path, colour: Look) -> list[Path
         axes[i][0].set_ylabel(wrapped(label, 18))
     axes[0][0].set_ylim(-3, 103)
     if ends:
-        power = [i for i, (quantity, _) in enumerate(GPU_QUANTITIES) if quantity == "power_w"][0]
+        power = next(i for i, (quantity, _) in enumerate(GPU_QUANTITIES) if quantity == "power_w")
         right = max(float(t["gpu"]["t"].iloc[-1] - t["start"]) for t in traces)
         axes[power][0].set_xlim(right=right * 1.12)
         low, high = axes[power][0].get_ylim()

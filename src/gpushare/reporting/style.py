@@ -197,13 +197,17 @@ class Look:
     def filled(self, series: str) -> bool:
         return phase_of(series) != ALONE
 
+    @functools.cached_property
+    def _names(self) -> dict[str, str]:
+        """reader_names of the run set's scenarios, worked out once per Look."""
+        bases = sorted({base_scenario(s) for s in self.modes})
+        return reader_names(pd.Series(bases), pd.Series([self.mode(b) for b in bases]))
+
     def name(self, series: str) -> str:
         """A scenario's legend entry or tick label: its sharing mode in words, and its name only
         where another scenario of that mode is in the run set (reader_names)."""
-        bases = sorted({base_scenario(s) for s in self.modes})
-        names = reader_names(pd.Series(bases), pd.Series([self.mode(b) for b in bases]))
         base = base_scenario(series)
-        return names.get(base, mode_name(self.mode(base)))
+        return self._names.get(base, mode_name(self.mode(base)))
 
     def points(self, series: str) -> dict[str, Any]:
         """Keyword arguments of a plotted series: colour, marker (hollow alone), line style, and
